@@ -1,0 +1,1 @@
+"""RecordIO (MXNet byte format) codec and the dataset command-line tools."""

@@ -1,0 +1,56 @@
+"""`recordio_tools`: one command, one subcommand per dataset task.
+
+    recordio_tools synth --out data/synth            # the synthetic six-dataset set
+    recordio_tools build --out data/train data/synth/*/
+    recordio_tools inspect data/train
+    recordio_tools verify data/train
+
+Each subcommand lives in recordio_tools/commands/<name>.py with `add_parser(subparsers)` and
+`run(args) -> int`. Expected failures (bad files, bad arguments) print one line naming the
+file and record and exit 2; Ctrl-C exits 130 with previous outputs intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .manifest import ManifestError
+from .recordio import RecordIOError
+
+COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap"]
+
+
+class UsageError(ValueError):
+    """Bad arguments or input found by a command; printed as one line."""
+
+
+def _module(command: str):
+    return importlib.import_module(f"recordio_tools.commands.{command.replace('-', '_').replace('import', 'import_')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recordio_tools", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        _module(command).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (RecordIOError, ManifestError, UsageError, FileNotFoundError) as e:
+        print(f"recordio_tools {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"recordio_tools {args.command}: interrupted; earlier outputs left as they were", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

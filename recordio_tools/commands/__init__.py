@@ -1,0 +1,1 @@
+"""One module per recordio_tools subcommand: `add_parser(subparsers)` sets `run`."""

@@ -1,0 +1,364 @@
+"""RecordIO in MXNet's byte format (dmlc-core recordio + mxnet.recordio's IRHeader).
+
+On disk a record is one or more parts, each::
+
+    uint32 magic 0xced7230a | uint32 lrec = cflag << 29 | length | payload | zero pad to 4 bytes
+
+cflag 0 is a whole record; 1/2/3 are the first/middle/last part of a record that the writer
+split wherever the magic word occurred, 4-byte aligned, inside the payload (that occurrence is
+dropped on write and restored on read). The `.idx` is text, `key<TAB>byte offset` per line.
+
+An image record's payload starts with IRHeader (uint32 flag, float32 label, uint64 id, uint64 id2);
+when flag > 0 the header's label field is unused and `flag` float32 labels follow it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Sequence
+
+import numpy as np
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_PART_HEADER = struct.Struct("<II")
+_IRHEADER = struct.Struct("<IfQQ")
+_MAX_PART_LEN = (1 << 29) - 1
+
+IRHEADER_SIZE = _IRHEADER.size
+
+
+class RecordIOError(ValueError):
+    """A malformed RecordIO file; the message names the file and the record key or byte offset."""
+
+    def __init__(self, path: str | os.PathLike, where: str, message: str):
+        self.path = os.fspath(path)
+        self.where = where
+        self.message = message
+        super().__init__(f"{self.path}: {where}: {message}")
+
+
+@dataclass(frozen=True)
+class IRHeader:
+    """mxnet.recordio.IRHeader. `label` is a float when flag == 0, else a float32 array of `flag` values."""
+
+    flag: int
+    label: float | np.ndarray
+    id: int
+    id2: int
+
+
+def _encode_lrec(cflag: int, length: int) -> int:
+    return (cflag << 29) | length
+
+
+def _decode_lrec(lrec: int) -> tuple[int, int]:
+    return lrec >> 29, lrec & _MAX_PART_LEN
+
+
+def frame_record(payload: bytes) -> bytes:
+    """The on-disk bytes of one record, split at aligned magic words exactly as dmlc-core does."""
+    size = len(payload)
+    if size > _MAX_PART_LEN:
+        raise ValueError(f"RecordIO records must be under 2^29 bytes, got {size}")
+    view = memoryview(payload)
+    out = bytearray()
+    part_start = 0
+    pos = payload.find(_MAGIC_BYTES)
+    while pos != -1 and pos + 4 <= (size >> 2) << 2:
+        if pos % 4 == 0:
+            out += _PART_HEADER.pack(MAGIC, _encode_lrec(1 if part_start == 0 else 2, pos - part_start))
+            out += view[part_start:pos]
+            part_start = pos + 4
+            pos = payload.find(_MAGIC_BYTES, part_start)
+        else:
+            pos = payload.find(_MAGIC_BYTES, pos + 1)
+    out += _PART_HEADER.pack(MAGIC, _encode_lrec(3 if part_start else 0, size - part_start))
+    out += view[part_start:]
+    out += b"\0" * (-size % 4)
+    return bytes(out)
+
+
+def pack_header(header: IRHeader) -> bytes:
+    """IRHeader bytes as mxnet.recordio.pack writes them (labels array appended when flag > 0)."""
+    if header.flag == 0:
+        return _IRHEADER.pack(0, float(header.label), header.id, header.id2)
+    labels = np.asarray(header.label, dtype="<f4").reshape(-1)
+    if labels.size != header.flag:
+        raise ValueError(f"IRHeader flag {header.flag} but {labels.size} labels")
+    return _IRHEADER.pack(header.flag, 0.0, header.id, header.id2) + labels.tobytes()
+
+
+def pack(header: IRHeader, data: bytes) -> bytes:
+    return pack_header(header) + data
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """Split a record payload into its IRHeader and the data after it (mxnet.recordio.unpack)."""
+    if len(record) < IRHEADER_SIZE:
+        raise ValueError(f"record of {len(record)} bytes is shorter than the {IRHEADER_SIZE}-byte IRHeader")
+    flag, label, rid, rid2 = _IRHEADER.unpack_from(record)
+    body = record[IRHEADER_SIZE:]
+    if flag > 0:
+        if len(body) < 4 * flag:
+            raise ValueError(f"IRHeader flag {flag} needs {4 * flag} label bytes, record has {len(body)}")
+        label = np.frombuffer(body, dtype="<f4", count=flag).copy()
+        body = body[4 * flag:]
+    return IRHeader(flag, label, rid, rid2), body
+
+
+# Exact class ids. A float32 label is exact only below 2^24, so class ids are stored as two
+# floats (flag=2): the nearest float32 and the integer residual. Tools that read label[0] still
+# get the id up to rounding; ours add the two back exactly (valid for ids below 2^48).
+_EXACT_LIMIT = 1 << 48
+
+
+def class_label(class_id: int) -> np.ndarray:
+    """The two-float label that stores `class_id` exactly."""
+    if not 0 <= class_id < _EXACT_LIMIT:
+        raise ValueError(f"class id {class_id} outside [0, 2^48)")
+    approx = np.float32(class_id)
+    return np.array([approx, np.float32(class_id - int(approx))], dtype="<f4")
+
+
+def class_id_of(header: IRHeader) -> int:
+    """The exact class id stored in a header: flag 0 (one float) or flag 2 (float + residual)."""
+    if header.flag == 0:
+        value = float(header.label)
+        if not value.is_integer() or value < 0:
+            raise ValueError(f"label {value} is not a class id")
+        return int(value)
+    labels = np.asarray(header.label)
+    if header.flag != 2 or not all(float(v).is_integer() for v in labels):
+        raise ValueError(f"label {labels.tolist()} (flag {header.flag}) is not a class id")
+    return int(labels[0]) + int(labels[1])
+
+
+def class_ids_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Vectorised `class_id_of` for a batch of labels: shape [N] or [N,1] (flag 0) or [N,2] (flag 2)."""
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    if labels.shape[1] == 1:
+        return labels[:, 0].astype(np.int64)
+    return labels[:, 0].astype(np.int64) + labels[:, 1].astype(np.int64)
+
+
+def image_header(class_id: int, record_id: int = 0, id2: int = 0) -> IRHeader:
+    return IRHeader(2, class_label(class_id), record_id, id2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Index files
+
+
+def read_index(idx_path: str | os.PathLike) -> list[tuple[int, int]]:
+    """(key, offset) pairs of a .idx file in file order."""
+    entries = []
+    try:
+        with open(idx_path, "r", encoding="ascii") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) != 2:
+                    raise RecordIOError(idx_path, f"line {line_no}", f"expected 'key<TAB>offset', got {line.strip()!r}")
+                try:
+                    entries.append((int(fields[0]), int(fields[1])))
+                except ValueError:
+                    raise RecordIOError(idx_path, f"line {line_no}", f"not integers: {line.strip()!r}") from None
+    except FileNotFoundError:
+        raise RecordIOError(idx_path, "open", "index file not found") from None
+    except UnicodeDecodeError as e:
+        raise RecordIOError(idx_path, f"byte {e.start}", "index file is not text") from None
+    return entries
+
+
+def format_index(entries: Sequence[tuple[int, int]]) -> str:
+    return "".join(f"{key}\t{offset}\n" for key, offset in entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_record_at(f: BinaryIO, offset: int, path: str | os.PathLike, where: str) -> tuple[bytes, int]:
+    """The record starting at `offset` and the offset just past it. Raises RecordIOError."""
+    f.seek(offset)
+    parts = []
+    pos = offset
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            what = "end of file" if not head and not parts else "truncated record header"
+            raise RecordIOError(path, where, f"{what} at byte {pos}")
+        magic, lrec = _PART_HEADER.unpack(head)
+        if magic != MAGIC:
+            raise RecordIOError(path, where, f"bad magic 0x{magic:08x} at byte {pos} (expected 0x{MAGIC:08x})")
+        cflag, length = _decode_lrec(lrec)
+        if cflag > 3 or (cflag in (0, 1)) != (not parts):
+            raise RecordIOError(path, where, f"bad continuation flag {cflag} at byte {pos}")
+        padded = length + (-length % 4)
+        body = f.read(padded)
+        if len(body) < padded:
+            raise RecordIOError(path, where, f"truncated record: {length} bytes announced at byte {pos}, "
+                                             f"{len(body)} present")
+        parts.append(body[:length])
+        pos += 8 + padded
+        if cflag in (0, 3):
+            return _MAGIC_BYTES.join(parts), pos
+
+
+class RecordReader:
+    """Random access by key (with the .idx) and sequential scan of a .rec file.
+
+    >>> with RecordReader("train.rec") as r:          # uses train.idx beside it when present
+    ...     header, jpeg = unpack(r.read(5))
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None,
+                 require_index: bool = False):
+        self.rec_path = os.fspath(rec_path)
+        if idx_path is None:
+            candidate = os.path.splitext(self.rec_path)[0] + ".idx"
+            idx_path = candidate if os.path.exists(candidate) or require_index else None
+        self.idx_path = os.fspath(idx_path) if idx_path is not None else None
+        try:
+            self._file = open(self.rec_path, "rb")
+        except FileNotFoundError:
+            raise RecordIOError(self.rec_path, "open", "record file not found") from None
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.index: dict[int, int] = {}
+        self.keys: list[int] = []
+        if self.idx_path is not None:
+            entries = read_index(self.idx_path)
+            for line_no, (key, offset) in enumerate(entries, 1):
+                if offset < 0 or offset >= self.size:
+                    self._file.close()
+                    raise RecordIOError(self.idx_path, f"key {key}",
+                                        f"offset {offset} past the end of {self.rec_path} ({self.size} bytes)")
+                if key in self.index:
+                    self._file.close()
+                    raise RecordIOError(self.idx_path, f"key {key}", f"duplicate key on line {line_no}")
+                self.index[key] = offset
+                self.keys.append(key)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read(self, key: int) -> bytes:
+        """The payload of record `key` (needs the index)."""
+        if self.idx_path is None:
+            raise RecordIOError(self.rec_path, f"key {key}", "random access needs the .idx file")
+        if key not in self.index:
+            raise RecordIOError(self.idx_path, f"key {key}", "key not in index")
+        return read_record_at(self._file, self.index[key], self.rec_path, f"key {key}")[0]
+
+    def read_at(self, offset: int) -> bytes:
+        return read_record_at(self._file, offset, self.rec_path, f"byte {offset}")[0]
+
+    def scan(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, payload) of every record in file order, without the index."""
+        pos = 0
+        while pos < self.size:
+            payload, end = read_record_at(self._file, pos, self.rec_path, f"record at byte {pos}")
+            yield pos, payload
+            pos = end
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        """(key, payload) in index order."""
+        for key in self.keys:
+            yield key, self.read(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class RecordWriter:
+    """Writes a .rec and its .idx under temporary names; `commit()` renames both into place.
+
+    Used as a context manager it commits on success and removes the temporaries on any error
+    or Ctrl-C, so the previous files (if any) stay intact.
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
+        self.rec_path = os.fspath(rec_path)
+        self.idx_path = os.fspath(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
+        self._tmp_rec = _temp_name(self.rec_path)
+        self._tmp_idx = _temp_name(self.idx_path)
+        self._file = open(self._tmp_rec, "wb")
+        self._entries: list[tuple[int, int]] = []
+        self._keys: set[int] = set()
+        self._pos = 0
+
+    def write(self, key: int, payload: bytes) -> int:
+        """Append a record under `key`; returns its byte offset."""
+        if key in self._keys:
+            raise ValueError(f"{self.rec_path}: duplicate key {key}")
+        framed = frame_record(payload)
+        self._file.write(framed)
+        offset = self._pos
+        self._pos += len(framed)
+        self._entries.append((key, offset))
+        self._keys.add(key)
+        return offset
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        write_text_atomic(self._tmp_idx, format_index(self._entries), already_temp=True)
+        os.replace(self._tmp_rec, self.rec_path)
+        os.replace(self._tmp_idx, self.idx_path)
+
+    def abort(self) -> None:
+        self._file.close()
+        for path in (self._tmp_rec, self._tmp_idx):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _temp_name(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, already_temp: bool = False) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path = os.fspath(path)
+    tmp = path if already_temp else _temp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if not already_temp:
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp) and not already_temp:
+            os.remove(tmp)
+        raise

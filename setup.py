@@ -1,0 +1,35 @@
+"""Install: `pip install torch==2.13.0 -e '.[test]'` (pin torch first: an unpinned torch pulls CUDA)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fftrain",
+    version="0.1.0",
+    description="Distributed face-recognition training on several datasets at once (FaceFusion), "
+                "with MXNet-compatible RecordIO tools",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fftrain", "fftrain.*", "recordio_tools", "recordio_tools.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "nvidia-dali-cuda120>=1.40",
+        "faiss-cpu>=1.8",
+        "tqdm>=4.60",
+        "PyYAML>=6.0",
+        "matplotlib>=3.7",
+        "Pillow>=10.0",
+        "tensorboard>=2.14",
+        "scipy>=1.10",
+    ],
+    extras_require={
+        "gpu": ["faiss-gpu-cu12>=1.8"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
+    entry_points={
+        "console_scripts": [
+            "recordio_tools=recordio_tools.cli:main",
+            "fftrain=fftrain.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,36 @@
+import os
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("FFTRAIN_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "mxnet"
+
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
+    config.addinivalue_line("markers", "slow: longer end-to-end runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mxnet_fixtures() -> pathlib.Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"MXNet fixtures not found at {FIXTURES}; check out ../shared beside the repo "
+                    "or set FFTRAIN_SHARED")
+    return FIXTURES
