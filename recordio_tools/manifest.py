@@ -130,8 +130,8 @@ class Manifest:
         return [i for i, d in enumerate(self.datasets) for _ in d.shards]
 
 
-def load_manifest(path: str) -> Manifest:
-    """Read a manifest.json (or the folder holding one) and check it against the shards on disk."""
+def parse_manifest(path: str) -> Manifest:
+    """Read a manifest.json (or the folder holding one) without checking offsets or files on disk."""
     if os.path.isdir(path):
         path = os.path.join(path, MANIFEST_FILE)
     body = _read_json(path, "training-set manifest (written by recordio_tools build)")
@@ -141,7 +141,14 @@ def load_manifest(path: str) -> Manifest:
     datasets = [_dataset_from_dict(d, path) for d in body.get("datasets", [])]
     if not datasets:
         raise ManifestError(f"{path}: no datasets")
-    manifest = Manifest(root, datasets, body.get("index", COMBINED_INDEX))
+    return Manifest(root, datasets, body.get("index", COMBINED_INDEX))
+
+
+def load_manifest(path: str) -> Manifest:
+    """Read a manifest.json (or the folder holding one) and check it against the shards on disk."""
+    if os.path.isdir(path):
+        path = os.path.join(path, MANIFEST_FILE)
+    manifest = parse_manifest(path)
     _check_offsets(manifest, path)
     for rec, idx in zip(manifest.rec_paths(), manifest.shard_idx_paths()):
         for shard_file in (rec, idx):

@@ -1,0 +1,301 @@
+"""Typed run configuration: nested dataclasses, filled from YAML and `--set a.b=value` overrides.
+
+    cfg = load_config("configs/six_datasets_r50.yaml", overrides=["optim.lr=0.01"])
+
+Unknown keys and bad values fail at start naming the key (`ConfigError`). Derived numbers
+(the fusion step, the lr milestones in steps) are properties, never written back.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key that is unknown, or a value of the wrong type or out of range."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "iresnet50"
+    """Backbone name from fftrain.backbones (iresnet18/34/50/100, mobilefacenet, a tiny CPU one)."""
+    embedding_size: int = 512
+    dropout: float = 0.0
+    channels_last: bool = True
+    """Use channels-last memory format for the backbone (faster convolutions on GPU)."""
+    grad_checkpoint: bool = False
+    """Recompute backbone activations in backward to save memory."""
+    compile: bool = False
+    """Wrap the backbone in torch.compile."""
+    pretrained: str = ""
+    """Path to backbone weights (insightface iresnet state_dict keys); empty for random init."""
+
+    def __post_init__(self):
+        _check(self.embedding_size > 0, "model.embedding_size", f"must be > 0, got {self.embedding_size}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    """Training-set manifest.json from `recordio_tools build`; empty = the synthetic demo set."""
+    synth_dir: str = "data/synth"
+    """Where the synthetic six-dataset set is generated when `manifest` is empty and it is missing."""
+    synth_preset: str = "default"
+    """Size of the generated synthetic set: 'default' (the demo) or 'tiny' (tests)."""
+    reader: str = "dali"
+    """'dali' (DALI pipeline) or 'torch' (DataLoader fallback, no DALI needed)."""
+    batch_size: int = 128
+    """Images per rank per step (the global batch is this times the world size)."""
+    num_workers: int = 2
+    """DALI threads or DataLoader worker processes per rank."""
+    augment: bool = False
+    """Stronger augmentation (resize-blur, HSV, grey) on top of the random flip."""
+    verification: list[str] = field(default_factory=list)
+    """insightface .bin pair files to evaluate on (LFW, CFP-FP, AgeDB-30, ...)."""
+
+    def __post_init__(self):
+        _check(self.reader in ("dali", "torch"), "data.reader", f"must be 'dali' or 'torch', got {self.reader!r}")
+        _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.synth_preset in ("default", "tiny"), "data.synth_preset",
+               f"must be 'default' or 'tiny', got {self.synth_preset!r}")
+
+
+@dataclass
+class PartialFCConfig:
+    margin: str = "arcface"
+    """'arcface' (cos(θ+m)), 'cosface' (cosθ-m) or 'combined' (cos(m1·θ+m2)-m3)."""
+    scale: float = 64.0
+    """s: the logit scale."""
+    m: float = 0.5
+    """Margin for arcface / cosface."""
+    m1: float = 1.0
+    m2: float = 0.5
+    m3: float = 0.0
+    sample_rate: float = 1.0
+    """Fraction of each rank's negative classes sampled per step (1.0 = all, Partial FC)."""
+
+    def __post_init__(self):
+        _check(self.margin in ("arcface", "cosface", "combined"), "head.margin",
+               f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
+        _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")
+        _check(self.scale > 0, "head.scale", f"must be > 0, got {self.scale}")
+
+
+@dataclass
+class GRLConfig:
+    weight: float = 0.1
+    """λ: the gradient-reversal factor of the dataset classifier."""
+    start_step: int = 0
+    """Step from which the dataset classifier and its reversed gradient are on."""
+    hidden: int = 256
+    """Width of the dataset classifier's hidden layer."""
+
+    def __post_init__(self):
+        _check(self.weight >= 0, "grl.weight", f"must be >= 0, got {self.weight}")
+        _check(self.start_step >= 0, "grl.start_step", f"must be >= 0, got {self.start_step}")
+
+
+@dataclass
+class FusionConfig:
+    t1: float = 0.7
+    """Cosine above which two proxies of different datasets are one identity (> 1 never merges)."""
+    t2: float = 0.21
+    """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout)."""
+    knn_k: int = 10
+    """Neighbours searched per proxy."""
+    max_component: int = 6
+    """Components with more classes than this are reported and not merged."""
+    same_dataset_policy: str = "skip"
+    """Components chaining two classes of one dataset: 'skip' (don't merge), 'keep' (merge anyway)."""
+    allow_same_dataset: bool = False
+    """Also merge pairs inside one dataset (in-dataset duplicate cleaning)."""
+    backend: str = "auto"
+    """kNN backend: 'auto', 'faiss' or 'torch'."""
+
+    def __post_init__(self):
+        _check(self.t1 > 0, "fusion.t1", f"must be > 0, got {self.t1}")
+        _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
+        _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
+        _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
+        _check(self.backend in ("auto", "faiss", "torch"), "fusion.backend",
+               f"must be 'auto', 'faiss' or 'torch', got {self.backend!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.005
+    """Base learning rate at the global batch size used in the paper (1024); not rescaled."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    total_steps: int = 480_000
+    lr_milestones: list[int] = field(default_factory=lambda: [80_000, 140_000, 200_000])
+    """Steps at which the lr is multiplied by `lr_decay`."""
+    lr_decay: float = 0.1
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many steps."""
+    grad_clip: float = 5.0
+    """Max global grad norm of the backbone; 0 disables clipping."""
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.total_steps > 0, "optim.total_steps", f"must be > 0, got {self.total_steps}")
+        _check(all(0 < m for m in self.lr_milestones) and self.lr_milestones == sorted(self.lr_milestones),
+               "optim.lr_milestones", f"must be increasing positive steps, got {self.lr_milestones}")
+        _check(0 <= self.warmup_steps < self.total_steps, "optim.warmup_steps",
+               f"must be in [0, total_steps), got {self.warmup_steps}")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 2000
+    """Save every this many steps (0: only at the end and at fusion)."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted."""
+    resume: str = "auto"
+    """'auto' (newest complete checkpoint in the run dir, if any), a checkpoint path, or '' (fresh start)."""
+
+    def __post_init__(self):
+        _check(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class LogConfig:
+    every: int = 50
+    """Log a step line every this many steps."""
+    eval_every: int = 2000
+    """Run verification every this many steps (0: only at the end)."""
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/demo"
+    """Run folder: checkpoints, logs, metrics.jsonl, tensorboard, fusion report."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cuda' or 'cpu'."""
+    dtype: str = "auto"
+    """Compute dtype of the backbone and logits: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16', 'fp32'."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    head: PartialFCConfig = field(default_factory=PartialFCConfig)
+    grl: GRLConfig = field(default_factory=GRLConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        _check(self.device in ("auto", "cuda", "cpu"), "device", f"must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+        _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
+               f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+
+    @property
+    def fusion_step(self) -> int | None:
+        """The step at which fusion runs, or None when T2 lies at or beyond the end."""
+        step = round(self.fusion.t2 * self.optim.total_steps)
+        return step if step < self.optim.total_steps else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from plain data
+
+
+def _coerce(value, annotation, key: str):
+    """`value` checked against the field's annotation (ints widen to floats; nothing else converts)."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(annotation, value, key + ".")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        _check(isinstance(value, list), key, f"expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown key '{prefix}{key}'; known keys: {', '.join(prefix + n for n in names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}{e}") from None
+        raise
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    return _build(TrainConfig, values)
+
+
+def apply_override(values: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (the value parsed as YAML) to a nested dict."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    path, raw = override.split("=", 1)
+    parts = path.strip().split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> TrainConfig:
+    """Defaults, then `base` or the YAML file (if any), then each override in order."""
+    values: dict = copy.deepcopy(base) if base else {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(values, override)
+    try:
+        return config_from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,209 @@
+"""`fftrain eval` and `fftrain export`: subcommands for fftrain's CLI.
+
+    fftrain eval --checkpoint runs/r50/ckpt-480000 --data-dir val/                 # the six usual sets
+    fftrain eval --checkpoint CKPT val/lfw.bin val/cfp_fp.bin --dao --json-out eval.json
+    torchrun --nproc_per_node=8 -m fftrain.cli eval --checkpoint CKPT --data-dir val/   # spread over ranks
+    fftrain export --checkpoint CKPT --onnx model.onnx                              # + onnxruntime check
+
+The CLI module registers them with `add_eval_parser(subparsers)` / `add_export_parser(subparsers)`;
+each sets `args.run(args) -> int` (0: done, 2: an expected failure, printed as one line). The
+backbone comes from `fftrain.checkpoint.load_backbone_from_checkpoint(dir) -> nn.Module`, and
+`--dao` without `--dao-proxies` takes the class proxies from
+`fftrain.checkpoint.load_proxies_from_checkpoint(dir) -> [C, D] array or tensor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+
+class EvalUsageError(ValueError):
+    """Bad arguments or inputs found by eval/export; printed as one line."""
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="verification accuracy on insightface .bin pair sets",
+        description="10-fold accuracy ± std (insightface's protocol: flip-summed embeddings, squared "
+                    "L2 thresholds 0..4 step 0.01) and TAR at FAR 1e-3 / 1e-4 on insightface .bin pair "
+                    "files. Under torchrun the images are split over the ranks.")
+    p.add_argument("bins", nargs="*", metavar="BIN", help=".bin pair files to evaluate")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory holding <target>.bin files (those of --targets that exist are used)")
+    p.add_argument("--targets", default=",".join(_targets()),
+                   help="comma-separated file stems looked up in --data-dir (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward, per rank (default: 64; "
+                   "each forward also runs the mirrored images, so 2x this many)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                   help="auto: cuda:<local rank> when CUDA is there, else the CPU")
+    p.add_argument("--dao", action="store_true",
+                   help="also report the DAO-calibrated score's accuracy (class proxies as anchors) "
+                        "beside the cosine's under the same protocol")
+    p.add_argument("--dao-proxies", metavar="NPY",
+                   help="[C, D] float array of class proxies (.npy) for --dao; default: the checkpoint's")
+    p.add_argument("--dao-k", type=int, default=10, help="nearest proxies per embedding (default: 10)")
+    p.add_argument("--dao-tau", type=float, default=1.0, help="temperature tau (default: 1.0)")
+    p.add_argument("--json-out", metavar="PATH", help="write the results as JSON (atomically)")
+    p.set_defaults(run=run_eval)
+    return p
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="backbone to ONNX (dynamic batch), checked with onnxruntime",
+        description="Export the checkpoint's backbone to ONNX: input 'input' [batch, 3, S, S] float32 RGB "
+                    "in [-1, 1], output 'embedding' [batch, D] (not normalised). The file is then run "
+                    "with onnxruntime against torch on the same random inputs.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory")
+    p.add_argument("--onnx", required=True, metavar="PATH", help="output .onnx file (written atomically)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="image side in pixels (default: the backbone's input_size, else 112)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest accepted |onnxruntime - torch| per output value (default: %(default)g)")
+    p.set_defaults(run=run_export)
+    return p
+
+
+def _targets() -> tuple[str, ...]:
+    from fftrain.evaluation.verification import VERIFICATION_TARGETS
+
+    return VERIFICATION_TARGETS
+
+
+def _load_backbone(checkpoint: str):
+    try:
+        from fftrain.checkpoint import load_backbone_from_checkpoint
+    except ImportError as e:
+        raise EvalUsageError(f"cannot load checkpoints: fftrain.checkpoint.load_backbone_from_checkpoint "
+                             f"is not available ({e})") from None
+    if not os.path.isdir(checkpoint):
+        raise EvalUsageError(f"{checkpoint}: checkpoint directory not found")
+    return load_backbone_from_checkpoint(checkpoint)
+
+
+def _load_proxies(args):
+    import numpy as np
+
+    if args.dao_proxies:
+        try:
+            proxies = np.load(args.dao_proxies, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise EvalUsageError(f"{args.dao_proxies}: cannot read proxies ({e})") from None
+        if proxies.ndim != 2:
+            raise EvalUsageError(f"{args.dao_proxies}: expected a [C, D] array, got shape {proxies.shape}")
+        return proxies
+    try:
+        from fftrain.checkpoint import load_proxies_from_checkpoint
+    except ImportError as e:
+        raise EvalUsageError(f"--dao needs class proxies: pass --dao-proxies FILE.npy "
+                             f"(fftrain.checkpoint.load_proxies_from_checkpoint is not available: {e})") from None
+    return load_proxies_from_checkpoint(args.checkpoint)
+
+
+def _bin_paths(args) -> list[str]:
+    paths = list(args.bins)
+    if args.data_dir:
+        if not os.path.isdir(args.data_dir):
+            raise EvalUsageError(f"{args.data_dir}: --data-dir not found")
+        for stem in filter(None, (t.strip() for t in args.targets.split(","))):
+            candidate = os.path.join(args.data_dir, f"{stem}.bin")
+            if os.path.isfile(candidate):
+                paths.append(candidate)
+    if not paths:
+        where = f" (none of {args.targets} found in {args.data_dir})" if args.data_dir else ""
+        raise EvalUsageError(f"no .bin files to evaluate{where}; pass BIN paths or --data-dir")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise EvalUsageError(f"{missing[0]}: verification file not found")
+    return paths
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """`obj` as JSON at `path`, written under a temporary name and renamed."""
+    head, tail = os.path.split(os.path.abspath(path))
+    os.makedirs(head, exist_ok=True)
+    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fail(command: str, e: Exception) -> int:
+    print(f"fftrain {command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def run_eval(args) -> int:
+    from fftrain.distributed import destroy_distributed, init_distributed
+    from fftrain.evaluation.verification import evaluate_bin, format_table
+    from recordio_tools.verification_bin import VerificationBinError
+
+    try:
+        if args.batch_size < 1:
+            raise EvalUsageError(f"--batch-size {args.batch_size}: must be >= 1")
+        if args.dao_k < 1:
+            raise EvalUsageError(f"--dao-k {args.dao_k}: must be >= 1")
+        paths = _bin_paths(args)
+        model = _load_backbone(args.checkpoint)
+        proxies = _load_proxies(args) if args.dao else None
+    except (EvalUsageError, VerificationBinError) as e:
+        return _fail("eval", e)
+
+    ctx = init_distributed(args.device)
+    try:
+        model = model.to(ctx.device)
+        results = []
+        for path in paths:
+            # proxies are the whole anchor set on every rank here (proxy_group=None)
+            results.append(evaluate_bin(model, path, device=ctx.device, batch_size=args.batch_size,
+                                        group=ctx.group, proxies=proxies, dao_k=args.dao_k,
+                                        dao_tau=args.dao_tau))
+        if ctx.is_main:
+            print(format_table(results))
+            if args.json_out:
+                write_json_atomic(args.json_out, {"checkpoint": os.path.abspath(args.checkpoint),
+                                                  "world_size": ctx.world_size, "results": results})
+                print(f"wrote {args.json_out}")
+    except (EvalUsageError, VerificationBinError) as e:
+        return _fail("eval", e)
+    finally:
+        destroy_distributed(ctx)
+    return 0
+
+
+def run_export(args) -> int:
+    from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx
+
+    try:
+        model = _load_backbone(args.checkpoint).to("cpu")
+        size = args.input_size or int(getattr(model, "input_size", 112))
+        path = export_onnx(model, args.onnx, opset=args.opset, input_size=size)
+        print(f"wrote {path} (opset {args.opset}, input [batch, 3, {size}, {size}], dynamic batch)")
+        if not args.no_check:
+            diff = check_onnx(model, path, batch_sizes=(1, 3), tolerance=args.tolerance)
+            print(f"onnxruntime vs torch: max |diff| = {diff:.2e} on batches 1 and 3 (tolerance {args.tolerance:g})")
+    except (EvalUsageError, OnnxParityError, ImportError) as e:
+        return _fail("export", e)
+    return 0

@@ -1,0 +1,75 @@
+import pathlib
+
+import pytest
+
+from fftrain.config import ConfigError, TrainConfig, config_from_dict, dump_config, load_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = TrainConfig()
+    assert (cfg.model.backbone, cfg.model.embedding_size, cfg.head.scale, cfg.head.m) == ("iresnet50", 512, 64.0, 0.5)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 5e-4)
+    assert cfg.optim.lr_milestones == [80_000, 140_000, 200_000] and cfg.optim.total_steps == 480_000
+    assert (cfg.fusion.t1, cfg.fusion.t2, cfg.grl.weight) == (0.7, 0.21, 0.1)
+    assert cfg.fusion_step == round(0.21 * 480_000)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  total_steps: 1000\nfusion:\n  t2: 0.5\n")
+    cfg = load_config(str(path), ["optim.lr=0.01", "data.verification=[a.bin, b.bin]", "model.backbone=iresnet18"])
+    assert cfg.optim.lr == 0.01 and cfg.optim.total_steps == 1000 and cfg.fusion_step == 500
+    assert cfg.data.verification == ["a.bin", "b.bin"] and cfg.model.backbone == "iresnet18"
+
+
+def test_t2_at_or_past_the_end_never_fuses():
+    assert config_from_dict({"fusion": {"t2": 1.0}}).fusion_step is None
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"optim": {"lrr": 1}}, r"unknown key 'optim\.lrr'; known keys: optim\.lr, "),
+    ({"nope": 1}, r"unknown key 'nope'"),
+    ({"optim": {"lr": "fast"}}, r"optim\.lr: expected a number, got 'fast'"),
+    ({"optim": {"lr": -1.0}}, r"optim\.lr: must be > 0, got -1\.0"),
+    ({"data": {"batch_size": 1.5}}, r"data\.batch_size: expected an integer, got 1\.5"),
+    ({"head": {"margin": "sphere"}}, r"head\.margin: unknown margin 'sphere'; available: \['arcface'"),
+    ({"head": {"sample_rate": 0}}, r"head\.sample_rate: must be in \(0, 1\]"),
+    ({"model": {"channels_last": "yes"}}, r"model\.channels_last: expected true or false"),
+    ({"optim": {"lr_milestones": [5, 3]}}, r"optim\.lr_milestones: must be increasing"),
+    ({"data": {"verification": "lfw.bin"}}, r"data\.verification: expected a list"),
+    ({"device": "tpu"}, r"device: must be 'auto', 'cuda' or 'cpu'"),
+])
+def test_bad_keys_and_values_name_the_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values)
+
+
+def test_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("fusion:\n  t11: 0.7\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'fusion\.t11'"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.02", "fusion.t1=0.8"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(str(path)) == cfg
+
+
+def test_shipped_configs_load_and_demo_yaml_matches_embedded():
+    import yaml
+
+    from fftrain.demo import DEMO_CONFIG
+
+    paper = load_config(str(REPO / "configs/six_datasets_r50.yaml"))
+    assert paper.optim.total_steps == 480_000 and paper.data.batch_size * 8 == 1024
+    assert paper.fusion_step == 100_800
+    demo_yaml = yaml.safe_load(open(REPO / "configs/demo_cpu.yaml"))
+    assert demo_yaml == DEMO_CONFIG
+    load_config(str(REPO / "configs/demo_cpu.yaml"))

@@ -1,0 +1,63 @@
+"""ONNX export of a backbone: dynamic batch axis, onnxruntime parity with torch, the command."""
+
+import argparse
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
+onnx = pytest.importorskip("onnx", reason="onnx not installed: pip install -e '.[export]'")
+
+from fftrain.backbones import build_backbone  # noqa: E402
+from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_backbone("iresnet_tiny", embedding_size=32)
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert export_onnx(model, path) == str(path)
+    assert model.training  # the mode is restored after exporting in eval mode
+    return model, path
+
+
+def test_onnx_matches_torch_on_two_batch_sizes(exported):
+    model, path = exported
+    assert check_onnx(model, path, batch_sizes=(1, 3)) < 1e-4
+    graph = onnx.load(str(path)).graph
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert graph.input[0].name == "input" and graph.output[0].name == "embedding"
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 112, 112]
+    assert os.listdir(path.parent) == ["tiny.onnx"]  # no temporary file left
+
+
+def test_parity_check_catches_a_different_model(exported):
+    model, path = exported
+    other = build_backbone("iresnet_tiny", embedding_size=32)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.fc.bias.add_(1e-2)
+    with pytest.raises(OnnxParityError, match=r"batch 1: max \|onnxruntime - torch\| = .* > tolerance 0.0001"):
+        check_onnx(other, path)
+
+
+def test_export_command(tmp_path, monkeypatch, capsys):
+    from fftrain.evaluation.cli_commands import add_export_parser
+
+    fake = types.ModuleType("fftrain.checkpoint")
+    fake.load_backbone_from_checkpoint = lambda directory: build_backbone("iresnet_tiny", embedding_size=16)
+    monkeypatch.setitem(sys.modules, "fftrain.checkpoint", fake)
+    parser = argparse.ArgumentParser(prog="fftrain")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "model.onnx"
+    args = parser.parse_args(["export", "--checkpoint", str(tmp_path), "--onnx", str(out)])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (opset 17, input [batch, 3, 112, 112], dynamic batch)" in printed
+    assert "onnxruntime vs torch: max |diff| =" in printed
+    assert out.is_file()
