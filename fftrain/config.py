@@ -118,7 +118,8 @@ class FusionConfig:
     max_component: int = 6
     """Components with more classes than this are reported and not merged."""
     same_dataset_policy: str = "skip"
-    """Components chaining two classes of one dataset: 'skip' (don't merge), 'keep' (merge anyway)."""
+    """Components chaining two classes of one dataset: 'skip' (don't merge the component), 'split' (drop
+    the weakest edges until no dataset repeats), 'keep' (merge anyway)."""
     allow_same_dataset: bool = False
     """Also merge pairs inside one dataset (in-dataset duplicate cleaning)."""
     backend: str = "auto"
@@ -129,6 +130,8 @@ class FusionConfig:
         _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
         _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
+        _check(self.same_dataset_policy in ("skip", "split", "keep"), "fusion.same_dataset_policy",
+               f"must be 'skip', 'split' or 'keep', got {self.same_dataset_policy!r}")
         _check(self.backend in ("auto", "faiss", "torch"), "fusion.backend",
                f"must be 'auto', 'faiss' or 'torch', got {self.backend!r}")
 

@@ -1,0 +1,160 @@
+"""Fusion step time (kNN, components, reshard) vs proxy count, next to a raw faiss search.
+
+    python benchmarks/bench_fusion.py                                  # 10K..50K, world sizes 1 and 2
+    python benchmarks/bench_fusion.py --sizes 10000 100000 --worlds 1 2 4 --backends faiss torch
+    python benchmarks/bench_fusion.py --out benchmarks/out/my.json
+
+For each proxy count N (D=512 by default, three equal "datasets", 1% of the classes planted as
+cross-dataset duplicates so the component and reshard phases have work):
+- raw: one faiss IndexFlatIP over all N proxies, searched by all N with k+1 neighbours, using
+  every core of the host (the lower bound a fusion kNN is held to);
+- fusion: `fftrain.fusion.run_fusion` (no report) on W gloo ranks on this host, each rank with
+  (cores / W) threads; the phase times are the max over ranks.
+ratio = fusion total / raw. Prints a table and writes JSON (default
+benchmarks/out/fusion_<host>_<yyyymmdd>.json). Times are seconds, one run each (the first
+fusion on a fresh process includes faiss's import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def make_proxies(n: int, dim: int, seed: int, dup_fraction: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Random unit proxies, three datasets of ~n/3 classes, `dup_fraction` of them duplicated
+    across datasets (cos ~0.98). Returns (proxies [n, dim] float32 with random norms, class_dataset)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    third = n // 3
+    class_dataset = np.minimum(np.arange(n) // max(third, 1), 2).astype(np.int64)
+    n_dup = int(n * dup_fraction)
+    src = rng.choice(third, size=n_dup, replace=False)  # dataset 0
+    dst = third + rng.choice(n - third, size=n_dup, replace=False)  # datasets 1 and 2
+    noise = rng.standard_normal((n_dup, dim), dtype=np.float32)
+    noise *= 0.2 / np.linalg.norm(noise, axis=1, keepdims=True)
+    y = x[src] + noise
+    x[dst] = y / np.linalg.norm(y, axis=1, keepdims=True)
+    x *= rng.uniform(0.5, 2.0, size=(n, 1)).astype(np.float32)
+    return x, class_dataset
+
+
+def raw_faiss(x: np.ndarray, k: int, threads: int) -> float:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    t = time.perf_counter()
+    index = faiss.IndexFlatIP(xn.shape[1])
+    index.add(xn)
+    index.search(xn, k + 1)
+    return time.perf_counter() - t
+
+
+def _fusion(group, rank, world, path, k, t1, backend):
+    from fftrain.class_sharding import shard_range
+    from fftrain.fusion import run_fusion
+
+    data = np.load(path, mmap_mode="r")
+    cd = np.load(path.replace(".npy", "_cd.npy"))
+    a, b = shard_range(data.shape[0], rank, world)
+    w = torch.from_numpy(np.array(data[a:b]))
+    mom = torch.zeros_like(w)
+    t = time.perf_counter()
+    res = run_fusion(w, [mom], class_dataset=torch.from_numpy(cd), label_map=None, source_info=None, t1=t1,
+                     knn_k=k, max_component=6, group=group, backend=backend, report_dir=None)
+    total = time.perf_counter() - t
+    s = res.stats
+    return {"knn_s": s["knn_s"], "components_s": s["components_s"], "reshard_s": s["reshard_s"], "total_s": total,
+            "merged": s["num_components_merged"], "num_classes_new": res.num_classes_new}
+
+
+def _worker(rank, world, init_file, threads, args, result_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = _fusion(dist.group.WORLD, rank, world, *args)
+        torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, backend: str) -> dict:
+    if world == 1:
+        torch.set_num_threads(threads)
+        return _fusion(None, 0, 1, path, k, t1, backend)
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_worker, args=(world, os.path.join(tmp, "init"), max(1, threads // world),
+                                          (path, k, t1, backend), tmp),
+                           nprocs=world, join=True, start_method="spawn")
+        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    out = {key: max(p[key] for p in per_rank) for key in ("knn_s", "components_s", "reshard_s", "total_s")}
+    out.update(merged=per_rank[0]["merged"], num_classes_new=per_rank[0]["num_classes_new"])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 50000], help="proxy counts N")
+    p.add_argument("--dim", type=int, default=512, help="proxy dimension D")
+    p.add_argument("--worlds", type=int, nargs="+", default=[1, 2], help="gloo world sizes on this host")
+    p.add_argument("--backends", nargs="+", default=["faiss"], choices=["faiss", "torch"], help="kNN backends")
+    p.add_argument("--k", type=int, default=10, help="neighbours per proxy")
+    p.add_argument("--t1", type=float, default=0.7, help="merge threshold (cosine)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="cores to use in all (raw and fusion)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/fusion_<host>_<date>.json)")
+    a = p.parse_args(argv)
+
+    host = socket.gethostname()
+    date = datetime.date.today().strftime("%Y%m%d")
+    out_path = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"fusion_{host}_{date}.json")
+    rows = []
+    header = (f"{'N':>8} {'W':>2} {'backend':>7} {'knn s':>8} {'comp s':>8} {'reshard s':>9} {'total s':>8} "
+              f"{'raw faiss s':>11} {'ratio':>6} {'merged':>7}")
+    print(header, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in a.sizes:
+            x, cd = make_proxies(n, a.dim, a.seed)
+            path = os.path.join(tmp, f"proxies_{n}.npy")
+            np.save(path, x)
+            np.save(path.replace(".npy", "_cd.npy"), cd)
+            raw = raw_faiss(x, a.k, a.threads)
+            del x
+            for backend in a.backends:
+                for world in a.worlds:
+                    r = run_fusion_world(world, a.threads, path, a.k, a.t1, backend)
+                    row = dict(n=n, dim=a.dim, world=world, backend=backend, threads=a.threads, raw_faiss_s=raw,
+                               ratio=r["total_s"] / raw, **r)
+                    rows.append(row)
+                    print(f"{n:>8} {world:>2} {backend:>7} {r['knn_s']:>8.2f} {r['components_s']:>8.3f} "
+                          f"{r['reshard_s']:>9.3f} {r['total_s']:>8.2f} {raw:>11.2f} {row['ratio']:>6.2f} "
+                          f"{r['merged']:>7}", flush=True)
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    meta = dict(host=host, date=date, command=" ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                cpu_count=os.cpu_count(), torch=torch.__version__)
+    with open(out_path + ".tmp", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    os.replace(out_path + ".tmp", out_path)
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The FaceFusion step (fftrain.fusion): kNN, components and guards, reshard, report.
+
+Run: pytest tests/test_fusion.py
+World size 1 runs in this process (group=None); 2 and 4 are one gloo spawn each (module-scoped
+fixture), whose results several tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dist_harness import run_distributed
+from fftrain.class_sharding import shard_range
+from fftrain.distributed import DistContext
+from fftrain.fusion import SourceInfo, build_plan, distributed_knn, reshard_merge, run_fusion
+from fftrain.fusion.components import candidate_pairs, dedupe_pairs, min_source_class
+from fftrain.margins import ArcFace
+from fftrain.partial_fc import PartialFCHead
+
+COUNTS = (100, 101, 100)  # C = 301: uneven shards on 2 and 4 ranks
+NAMES = ("alpha", "beta", "gamma")
+D = 128
+T1 = 0.7
+# planted identities (source classes); offsets 0, 100, 201
+PLANTED = [(5, 107), (30, 203), (150, 261), (99, 200), (12, 112, 213), (70, 103, 300)]
+KNN_SIZES = {1: [23], 2: [17, 9], 4: [7, 0, 11, 5]}  # rows per rank, empty shard included
+
+
+def planted_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = sum(COUNTS)
+    base = F.normalize(torch.randn(C, D, generator=g), dim=1)
+    for grp in PLANTED:
+        for m in grp[1:]:
+            base[m] = F.normalize(base[grp[0]] + 0.2 * F.normalize(torch.randn(D, generator=g), dim=0), dim=0)
+    cos = base @ base.T
+    same = torch.zeros(C, C, dtype=torch.bool)
+    for grp in PLANTED:
+        for a in grp:
+            for b in grp:
+                same[a, b] = True
+    same.fill_diagonal_(True)
+    assert cos[same].min() > 0.9 and cos[~same].max() < 0.5, "planted problem not separated"
+    norms = 0.5 + 1.5 * torch.rand(C, 1, generator=g)
+    weight = base * norms
+    momentum = torch.randn(C, D, generator=g)
+    class_dataset = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))
+    # expected: groups ordered by smallest member, contiguous
+    group_of = {m: min(grp) for grp in PLANTED for m in grp}
+    keys = [group_of.get(c, c) for c in range(C)]
+    uniq = sorted(set(keys))
+    expected = torch.tensor([uniq.index(k) for k in keys])
+    g2 = torch.Generator().manual_seed(seed + 1)
+    emb = torch.randn(16, D, generator=g2)
+    labels = torch.tensor([5, 107, 12, 112, 213, 0, 1, 300, 70, 103, 99, 200, 150, 261, 44, 250])
+    return dict(weight=weight, momentum=momentum, class_dataset=class_dataset, expected=expected,
+                emb=emb, labels=labels)
+
+
+def knn_problem(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(23, 8, generator=g), dim=1)
+    groups = torch.randint(0, 3, (23,), generator=g)
+    return x, groups
+
+
+def reshard_problem(seed=2):
+    g = torch.Generator().manual_seed(seed)
+    C_old, C_new = 37, 23
+    old_to_new = torch.cat([torch.arange(C_new), torch.randint(0, C_new, (C_old - C_new,), generator=g)])
+    old_to_new = old_to_new[torch.randperm(C_old, generator=g)]
+    w = torch.randn(C_old, 6, generator=g) * (0.5 + torch.rand(C_old, 1, generator=g))
+    states = [torch.randn(C_old, 6, generator=g), torch.randn(C_old, 2, 3, generator=g)]
+    return old_to_new, C_new, w, states
+
+
+def brute_knn(x, k, groups=None):
+    s = x @ x.T
+    s.fill_diagonal_(float("-inf"))
+    if groups is not None:
+        s.masked_fill_(groups[:, None] == groups[None, :], float("-inf"))
+    kk = min(k, x.shape[0])
+    vals, idx = torch.topk(s, kk, dim=1)
+    idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
+    if kk < k:
+        vals = torch.cat([vals, torch.full((x.shape[0], k - kk), float("-inf"))], 1)
+        idx = torch.cat([idx, torch.full((x.shape[0], k - kk), -1)], 1)
+    return vals, idx
+
+
+def reference_merge(w, states, old_to_new, C_new):
+    new_w = torch.empty(C_new, *w.shape[1:])
+    new_s = [torch.empty(C_new, *s.shape[1:]) for s in states]
+    for n in range(C_new):
+        m = torch.nonzero(old_to_new == n).flatten()
+        rows = w[m]
+        if len(m) == 1:
+            new_w[n] = rows[0]
+        else:
+            norms = rows.norm(dim=1, keepdim=True)
+            new_w[n] = F.normalize((rows / norms).mean(0), dim=0) * norms.mean()
+        for t, s in zip(new_s, states):
+            t[n] = s[m].mean(0)
+    return new_w, new_s
+
+
+def _slice(t, rank, world):
+    a, b = shard_range(t.shape[0], rank, world)
+    return t[a:b]
+
+
+def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
+    """Everything one world size runs; returns plain tensors and data for the parent."""
+    W, r, group = ctx.world_size, ctx.rank, ctx.group
+    out = {}
+    # kNN on uneven shards, both backends, with and without groups; tiny blocks for torch
+    x, groups = knn
+    sizes = KNN_SIZES[W]
+    off = sum(sizes[:r])
+    local = x[off:off + sizes[r]]
+    for backend in ("faiss", "torch"):
+        for use_groups in (False, True):
+            out[("knn", backend, use_groups)] = distributed_knn(
+                local, 5, group, backend=backend, groups=groups if use_groups else None, max_block_elems=16)
+    # reshard with an arbitrary many-to-one map
+    old_to_new, C_new, w, states = reshard_problem()
+    out["reshard"] = reshard_merge(_slice(w, r, W), [_slice(s, r, W) for s in states], old_to_new, C_new, group)
+    # the fusion itself
+    res = run_fusion(_slice(problem["weight"], r, W), [_slice(problem["momentum"], r, W)],
+                     class_dataset=problem["class_dataset"], label_map=None,
+                     source_info=SourceInfo.from_counts(NAMES, COUNTS), t1=T1, knn_k=8, max_component=6,
+                     group=group, report_dir=report_dir)
+    out["fusion"] = res
+    # the sharded head on the new classes: agnostic loss with the new labels
+    head = PartialFCHead(res.num_classes_new, D, margin=ArcFace(), group=group)
+    head.reset_classes(res.num_classes_new, res.new_local_weight, res.new_states[0])
+    head.eval()
+    with torch.no_grad():
+        emb = problem["emb"].chunk(W)[r]
+        out["loss"] = float(head(emb, res.new_label_map[problem["labels"].chunk(W)[r]]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return planted_problem(), knn_problem(), reshard_problem()
+
+
+@pytest.fixture(scope="module")
+def runs(problems, tmp_path_factory):
+    """Per world size: the list of per-rank results of `_checks`."""
+    problem, knn, _ = problems
+    report_dir = str(tmp_path_factory.mktemp("fusion_report"))
+    ctx1 = DistContext(0, 0, 1, torch.device("cpu"), None)
+    out = {1: [_checks(ctx1, problem, knn, None, None)]}
+    for W in (2, 4):
+        out[W] = run_distributed(_checks, W, args=(problem, knn, None, report_dir if W == 2 else None))
+    out["report_dir"] = report_dir
+    return out
+
+
+def _cat(results, key):
+    parts = [r[key] for r in results]
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("use_groups", [False, True])
+def test_knn_backends_match_brute_force(runs, problems, world, use_groups):
+    x, groups = problems[1]
+    ref_s, ref_i = brute_knn(x, 5, groups if use_groups else None)
+    for backend in ("faiss", "torch"):
+        s, i = _cat(runs[world], ("knn", backend, use_groups))
+        assert torch.equal(i, ref_i), (backend, world)
+        torch.testing.assert_close(s, ref_s, atol=1e-5, rtol=0)
+
+
+def test_knn_pads_when_fewer_than_k_and_checks_inputs():
+    x, groups = knn_problem()
+    x = x[:4]
+    for backend in ("faiss", "torch"):
+        s, i = distributed_knn(x, 6, None, backend=backend, groups=groups[:4])
+        ref_s, ref_i = brute_knn(x, 6, groups[:4])
+        assert torch.equal(i, ref_i) and torch.equal(torch.isneginf(s), torch.isneginf(ref_s))
+    with pytest.raises(ValueError, match="unknown kNN backend 'annoy'"):
+        distributed_knn(x, 2, None, backend="annoy")
+    with pytest.raises(ValueError, match=r"groups must have shape \[4\]"):
+        distributed_knn(x, 2, None, groups=groups)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_planted_duplicates_are_exactly_the_merges(runs, problems, world):
+    expected = problems[0]["expected"]
+    for rank_result in runs[world]:
+        res = rank_result["fusion"]
+        found = {tuple(c.members) for c in res.components}
+        assert found == {tuple(sorted(g)) for g in PLANTED}  # precision and recall 1
+        assert torch.equal(res.new_label_map, expected)
+        assert res.num_classes_new == sum(COUNTS) - sum(len(g) - 1 for g in PLANTED)
+        assert res.rejected == []
+        # dataset table: the dataset of the smallest member
+        cd = problems[0]["class_dataset"]
+        for c in res.components:
+            assert int(res.new_class_dataset[c.new_id]) == int(cd[min(c.members)])
+
+
+def test_fusion_result_is_identical_across_world_sizes(runs, problems):
+    problem = problems[0]
+    ref_w, (ref_m,) = reference_merge(problem["weight"], [problem["momentum"]], problem["expected"],
+                                      int(problem["expected"].max()) + 1)
+    for world in (1, 2, 4):
+        w = torch.cat([r["fusion"].new_local_weight for r in runs[world]])
+        m = torch.cat([r["fusion"].new_states[0] for r in runs[world]])
+        torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(m, ref_m, atol=1e-6, rtol=1e-6)
+        if world > 1:  # same arithmetic in the same order: bit for bit
+            assert torch.equal(w, torch.cat([r["fusion"].new_local_weight for r in runs[1]]))
+    # unmerged rows are copied exactly
+    merged_old = {m for g in PLANTED for m in g}
+    keep = torch.tensor([c for c in range(sum(COUNTS)) if c not in merged_old])
+    assert torch.equal(ref_w[problem["expected"][keep]], problem["weight"][keep])
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_reshard_matches_single_process_reference(runs, problems, world):
+    old_to_new, C_new, w, states = problems[2]
+    ref_w, ref_s = reference_merge(w, states, old_to_new, C_new)
+    parts = [r["reshard"] for r in runs[world]]
+    for rank, (pw, ps) in enumerate(parts):
+        a, b = shard_range(C_new, rank, world)
+        assert pw.shape == (b - a, 6) and ps[1].shape == (b - a, 2, 3)
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), ref_w, atol=1e-6, rtol=1e-6)
+    for j in range(2):
+        torch.testing.assert_close(torch.cat([p[1][j] for p in parts]), ref_s[j], atol=1e-6, rtol=1e-6)
+
+
+def test_reshard_rejects_a_map_that_is_not_onto():
+    w = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="received no member"):
+        reshard_merge(w, [], torch.tensor([0, 0, 2, 2]), 3, None)
+    with pytest.raises(ValueError, match=r"local weight has 4 rows"):
+        reshard_merge(w, [], torch.tensor([0, 1, 2, 2, 1]), 3, None)
+
+
+def test_loss_after_fusion_equals_loss_from_scratch(runs, problems):
+    problem = problems[0]
+    C_new = int(problem["expected"].max()) + 1
+    ref_w, (ref_m,) = reference_merge(problem["weight"], [problem["momentum"]], problem["expected"], C_new)
+    head = PartialFCHead(C_new, D, margin=ArcFace(), group=None)
+    head.reset_classes(C_new, ref_w, ref_m)
+    head.eval()
+    with torch.no_grad():
+        ref = float(head(problem["emb"], problem["expected"][problem["labels"]]))
+    # and the plain formula: s * cos against the normalised merged proxies, margin on the target
+    logits = F.normalize(problem["emb"], dim=1) @ F.normalize(ref_w, dim=1).T
+    target = problem["expected"][problem["labels"]]
+    plain = F.cross_entropy(ArcFace()(logits, target), target)
+    assert ref == pytest.approx(float(plain), rel=1e-5)
+    for world in (1, 2, 4):
+        losses = [r["loss"] for r in runs[world]]
+        assert losses == pytest.approx([ref] * world, rel=1e-5)
+
+
+def test_report_json_and_png(runs):
+    import os
+    d = runs["report_dir"]
+    with open(os.path.join(d, "fusion_report.json")) as f:
+        rep = json.load(f)
+    assert rep["settings"]["world_size"] == 2 and rep["settings"]["t1"] == T1
+    assert rep["stats"]["num_components_merged"] == len(PLANTED)
+    assert {tuple(m["source_class"] for m in c["members"]) for c in rep["merged"]} == \
+        {tuple(sorted(g)) for g in PLANTED}
+    first = next(c for c in rep["merged"] if c["members"][0]["source_class"] == 12)
+    assert [(m["dataset"], m["local_label"]) for m in first["members"]] == [("alpha", 12), ("beta", 12),
+                                                                           ("gamma", 12)]
+    assert all(c > 0.9 for _, _, c in first["pairwise_cos"])
+    assert rep["merged_per_dataset_pair"] == {"alpha+beta": 4, "alpha+gamma": 3, "beta+gamma": 3}
+    assert rep["largest"][0]["size"] == 3
+    top = rep["top1_other_dataset"]
+    assert top["count"] == sum(COUNTS) and top["censored"] == 0
+    assert top["above_t1"] == sum(len(g) for g in PLANTED)
+    with open(os.path.join(d, "fusion_top1_hist.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+# ---- components: pure functions, one process ----------------------------------------------
+
+def plan_of(edges, table, **kw):
+    pairs = np.array([e[:2] for e in edges], dtype=np.int64).reshape(-1, 2)
+    cos = np.array([e[2] for e in edges], dtype=np.float32)
+    return build_plan(pairs, cos, class_dataset=np.asarray(table, dtype=np.int64), **kw)
+
+
+def test_max_component_leaves_large_components_unmerged():
+    table = [0, 1, 2, 3, 0, 1]
+    edges = [(0, 1, 0.9), (1, 2, 0.9), (2, 3, 0.9), (4, 5, 0.8)]
+    plan = plan_of(edges, table, max_component=3)
+    assert [c.members for c in plan.components] == [[4, 5]]
+    assert [(r.members, r.reasons) for r in plan.rejected] == [([0, 1, 2, 3], ["too_large"])]
+    assert plan.old_to_new.tolist() == [0, 1, 2, 3, 4, 4] and plan.num_classes_new == 5
+    assert plan_of(edges, table, max_component=4).num_classes_new == 2
+
+
+def test_same_dataset_chain_policies():
+    # 0 (ds0) - 1 (ds1) - 2 (ds0), plus 1 - 3 (ds2): classes 0 and 2 are one dataset
+    table = [0, 1, 0, 2, 1]
+    edges = [(0, 1, 0.95), (1, 2, 0.85), (1, 3, 0.8)]
+    skip = plan_of(edges, table, same_dataset_policy="skip")
+    assert skip.components == [] and skip.rejected[0].reasons == ["same_dataset"]
+    assert skip.old_to_new.tolist() == [0, 1, 2, 3, 4]
+    split = plan_of(edges, table, same_dataset_policy="split")
+    assert [c.members for c in split.components] == [[0, 1, 3]]
+    assert split.refused_edges == [(1, 2, pytest.approx(0.85))]
+    assert split.old_to_new.tolist() == [0, 0, 1, 0, 2]
+    keep = plan_of(edges, table, same_dataset_policy="keep")
+    assert [c.members for c in keep.components] == [[0, 1, 2, 3]]
+    assert keep.stats["num_merged_with_same_dataset"] == 1
+    # allow_same_dataset: the policy is not applied
+    assert plan_of(edges, table, same_dataset_policy="skip", allow_same_dataset=True).num_classes_new == 2
+    with pytest.raises(ValueError, match="unknown same_dataset_policy 'merge'"):
+        plan_of(edges, table, same_dataset_policy="merge")
+
+
+def test_candidate_pairs_respect_threshold_and_datasets():
+    sims = torch.tensor([[0.95, 0.8, 0.6], [0.9, 0.71, float("-inf")]])
+    ids = torch.tensor([[3, 4, 5], [2, 3, -1]])
+    table = [0, 0, 0, 1, 0, 1]
+    pairs, cos = candidate_pairs(sims, ids, 1, table, 0.7)  # queries are classes 1 and 2
+    assert sorted(map(tuple, pairs.tolist())) == [(1, 3), (2, 3)]
+    pairs, _ = candidate_pairs(sims, ids, 1, table, 0.7, allow_same_dataset=True)
+    assert sorted(map(tuple, pairs.tolist())) == [(1, 3), (1, 4), (2, 3)]  # (2, 2) never
+    p, c = dedupe_pairs(np.array([[1, 3], [1, 3], [0, 2]]), np.array([0.8, 0.9, 0.7]))
+    assert p.tolist() == [[0, 2], [1, 3]] and c.tolist() == pytest.approx([0.7, 0.9])
+
+
+@pytest.mark.parametrize("policy", ["skip", "split", "keep"])
+def test_plan_does_not_depend_on_pair_order(policy):
+    rng = random.Random(0)
+    C = 60
+    table = [c % 4 for c in range(C)]
+    edges = []
+    for _ in range(80):
+        a, b = rng.sample(range(C), 2)
+        edges.append((min(a, b), max(a, b), round(rng.uniform(0.71, 0.99), 3)))
+    ref = plan_of(edges, table, same_dataset_policy=policy, max_component=5)
+    for seed in range(3):
+        shuffled = edges + [(b, a, c) for a, b, c in edges[:10]]  # repeats, reversed, reordered
+        shuffled = [(min(a, b), max(a, b), c) for a, b, c in shuffled]
+        random.Random(seed).shuffle(shuffled)
+        got = plan_of(shuffled, table, same_dataset_policy=policy, max_component=5)
+        assert np.array_equal(got.old_to_new, ref.old_to_new)
+        assert got.components == ref.components and got.refused_edges == ref.refused_edges
+        assert [(r.members, r.reasons) for r in got.rejected] == [(r.members, r.reasons) for r in ref.rejected]
+
+
+def test_new_ids_follow_smallest_source_class_on_a_second_fusion():
+    # 6 source classes already fused into 4: f0={0,3}, f1={1}, f2={2,5}, f3={4}
+    label_map = np.array([0, 1, 2, 0, 3, 2])
+    assert min_source_class(label_map, 4).tolist() == [0, 1, 2, 4]
+    table = [0, 1, 2, 0]
+    plan = plan_of([(1, 3, 0.9)], table, label_map=label_map)
+    assert plan.old_to_new.tolist() == [0, 1, 2, 1] and plan.num_classes_new == 3
+    assert plan.new_class_dataset.tolist() == [0, 1, 2]
+    assert (plan.old_to_new[label_map]).tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_run_fusion_checks_the_shard_shape():
+    with pytest.raises(ValueError, match=r"local_weight has shape \(4, 3\), expected \[5, D\]"):
+        run_fusion(torch.randn(4, 3), [], class_dataset=torch.zeros(5, dtype=torch.int64), label_map=None,
+                   source_info=None, t1=0.7)
