@@ -1,0 +1,112 @@
+"""`recordio_tools synth`: generate the synthetic six-dataset set that the demo and the tests use.
+
+    recordio_tools synth --out data/synth              # 600 identities, ~21.7K images (1-2 min on 2 cores)
+    recordio_tools synth --out /tmp/synth --tiny       # 6 x 30 identities, ~1.1K images (a few seconds)
+    recordio_tools synth --out data/synth2 --ids 1200 --images-per-id 20 --seed 1
+
+The output folder holds six dataset folders, manifest.json + train.idx (the training set; point
+the trainer at the folder), overlaps.json (ground truth), verification.bin and synth.json.
+How the faces are made: docs/synthetic_data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from ..cli import UsageError
+
+# argument name -> SynthConfig field; None in argparse means "the preset's value"
+_FIELDS = ["seed", "ids", "min_ids", "images_per_id", "min_images_per_id", "max_images_per_id", "overlap",
+           "verification_pairs", "verification_ids", "shards", "jpeg_quality", "identity_spread", "image_drift",
+           "workers"]
+
+
+def add_parser(subparsers) -> None:
+    from ..synthetic import SynthConfig, tiny_config
+
+    d, t = SynthConfig(), tiny_config()
+    p = subparsers.add_parser(
+        "synth", help="generate the synthetic six-dataset set (demo, tests)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder; replaced as a whole (atomically) when generation succeeds")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"test preset: {t.min_ids} identities per dataset, {t.images_per_id:g} images per identity "
+                        f"on average, {t.verification_pairs} verification pairs, {t.shards} shard per dataset; "
+                        "explicit options below still apply")
+    p.add_argument("--seed", type=int, help=f"random seed; same seed, same bytes (default {d.seed})")
+    p.add_argument("--ids", type=int, metavar="N",
+                   help=f"training identities over all six datasets, split in the paper's proportions "
+                        f"(default {d.ids}; --tiny {t.ids})")
+    p.add_argument("--scale", type=float, metavar="F",
+                   help="multiply --ids and --min-ids by F (e.g. 2 doubles every dataset)")
+    p.add_argument("--min-ids", type=int, metavar="N",
+                   help=f"floor on one dataset's identities (default {d.min_ids}; --tiny {t.min_ids})")
+    p.add_argument("--images-per-id", type=float, metavar="N",
+                   help="mean images per identity in every dataset; 0 = each dataset's paper ratio clipped to "
+                        f"[--min-images-per-id, --max-images-per-id] (default {d.images_per_id:g}; "
+                        f"--tiny {t.images_per_id:g}). Counts per identity vary log-normally around the mean")
+    p.add_argument("--min-images-per-id", type=float, metavar="N",
+                   help=f"lower clip of the paper ratio (default {d.min_images_per_id:g})")
+    p.add_argument("--max-images-per-id", type=float, metavar="N",
+                   help=f"upper clip of the paper ratio (default {d.max_images_per_id:g})")
+    p.add_argument("--overlap", type=float, metavar="FRACTION",
+                   help=f"fraction of each dataset's identities also present in another dataset, in [0, 0.5] "
+                        f"(default {d.overlap:g})")
+    p.add_argument("--verification-pairs", type=int, metavar="N",
+                   help=f"pairs in verification.bin, half positive (default {d.verification_pairs}; "
+                        f"--tiny {t.verification_pairs})")
+    p.add_argument("--verification-ids", type=int, metavar="N",
+                   help=f"held-out identities the pairs use, none in training (default {d.verification_ids}; "
+                        f"--tiny {t.verification_ids})")
+    p.add_argument("--shards", type=int, metavar="N",
+                   help=f"shards per dataset (default {d.shards}; --tiny {t.shards})")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q",
+                   help="JPEG quality 1..100 for every image; 0 = each dataset's style, 75..92 "
+                        f"(default {d.jpeg_quality})")
+    p.add_argument("--identity-spread", type=float, metavar="F",
+                   help="difficulty: how far persons lie from the average face, x the built-in spreads; lower is "
+                        f"harder (default {d.identity_spread:g})")
+    p.add_argument("--image-drift", type=float, metavar="F",
+                   help="difficulty: per-image change of a person's latent (std, latent units); higher is harder "
+                        f"(default {d.image_drift:g})")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help=f"rendering processes; the output does not depend on it (default {d.workers})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args):
+    from ..synthetic import SynthConfig, tiny_config
+
+    base = dataclasses.asdict(tiny_config() if args.tiny else SynthConfig())
+    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    if args.scale is not None:
+        if args.scale <= 0:
+            raise UsageError(f"--scale {args.scale} must be > 0")
+        for f in ("ids", "min_ids"):
+            given[f] = max(2, int(round(given.get(f, base[f]) * args.scale)))
+    try:
+        return SynthConfig(**{**base, **given})
+    except ValueError as e:
+        raise UsageError(f"bad options: {e}".replace("_", "-")) from None
+
+
+def run(args) -> int:
+    from ..synthetic import generate
+
+    config = config_from_args(args)
+    start = time.perf_counter()
+    summary = generate(config, args.out, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.out}: {summary['num_classes']} identities, {summary['num_images']} images in "
+              f"{len(summary['datasets'])} datasets, {summary['overlap_groups']} planted overlaps, "
+              f"{summary['verification']['pairs']} verification pairs ({time.perf_counter() - start:.1f} s)",
+              file=sys.stderr)
+        for d in summary["datasets"]:
+            print(f"  {d['name']:<14} classes [{d['class_offset']}, {d['class_offset'] + d['num_classes']})  "
+                  f"{d['num_images']} images", file=sys.stderr)
+    return 0
