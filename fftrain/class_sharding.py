@@ -1,8 +1,10 @@
-"""Which rank owns which class: contiguous class ranges, the first ranks taking the remainder.
+"""Which rank owns which class: contiguous class ranges of ceil(C / W) classes.
 
-With C classes on W ranks, rank r owns [start_r, end_r); the first C % W ranks own C // W + 1
-classes, the others C // W. Pure functions of (C, W): every rank computes the same split with no
-communication, and a run resumed on another world size recomputes it.
+With C classes on W ranks, rank r owns [min(r*q, C), min((r+1)*q, C)) with q = ceil(C / W): the
+split of `torch.chunk` and of DTensor's `Shard(0)`. Matching DTensor is what lets
+torch.distributed.checkpoint save the FC rows from W ranks and load them on any other number
+(fftrain.checkpoint). The last ranks may own fewer classes, or none when C is small against W.
+Pure functions of (C, W): every rank computes the same split with no communication.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ def _check(num_classes: int, world_size: int) -> None:
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The classes [start, end) owned by `rank`; empty (start == end) when num_classes < world_size."""
+    """The classes [start, end) owned by `rank` (possibly empty for the last ranks)."""
     _check(num_classes, world_size)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range [0, {world_size})")
-    base, extra = divmod(num_classes, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    per_rank = _per_rank(num_classes, world_size)
+    return min(rank * per_rank, num_classes), min((rank + 1) * per_rank, num_classes)
+
+
+def _per_rank(num_classes: int, world_size: int) -> int:
+    return max(-(-num_classes // world_size), 1)
 
 
 def shard_ranges(num_classes: int, world_size: int) -> list[tuple[int, int]]:
@@ -39,10 +44,4 @@ def owner_of(class_ids: torch.Tensor, num_classes: int, world_size: int) -> torc
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
         bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
         raise ValueError(f"class id {bad} out of range [0, {num_classes})")
-    base, extra = divmod(num_classes, world_size)
-    boundary = extra * (base + 1)
-    head = torch.div(ids, base + 1, rounding_mode="floor")
-    if base == 0:
-        return head
-    tail = extra + torch.div(ids - boundary, base, rounding_mode="floor")
-    return torch.where(ids < boundary, head, tail)
+    return torch.div(ids, _per_rank(num_classes, world_size), rounding_mode="floor")

@@ -190,6 +190,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda' or 'cpu'."""
+    stop_at_step: int = 0
+    """Save a checkpoint and exit once this global step is reached (for time-limited jobs); 0: run to the end."""
     dtype: str = "auto"
     """Compute dtype of the backbone and logits: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16', 'fp32'."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -203,6 +205,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.device in ("auto", "cuda", "cpu"), "device", f"must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+        _check(self.stop_at_step >= 0, "stop_at_step", f"must be >= 0, got {self.stop_at_step}")
         _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
                f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
 

@@ -60,7 +60,9 @@ class DatasetClassifier(nn.Module):
 
     def loss(self, embeddings: torch.Tensor, dataset_ids: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the dataset prediction, mean over the local batch."""
-        if dataset_ids.numel() and (int(dataset_ids.min()) < 0 or int(dataset_ids.max()) >= self.num_datasets):
-            bad = int(dataset_ids.min()) if int(dataset_ids.min()) < 0 else int(dataset_ids.max())
-            raise ValueError(f"dataset id {bad} out of range [0, {self.num_datasets})")
+        if dataset_ids.numel() == 0:
+            raise ValueError("empty batch: dataset_ids has 0 entries")
+        low, high = torch.stack([dataset_ids.min(), dataset_ids.max()]).tolist()
+        if low < 0 or high >= self.num_datasets:
+            raise ValueError(f"dataset id {low if low < 0 else high} out of range [0, {self.num_datasets})")
         return F.cross_entropy(self.forward(embeddings).float(), dataset_ids)

@@ -46,7 +46,7 @@ class Margin:
         column = target.clamp_min(0).unsqueeze(1)
         cos_y = cos.gather(1, column)
         new_y = torch.where(target.unsqueeze(1) >= 0, self.target_logit(cos_y), cos_y)
-        return cos.scatter(1, column, new_y) * self.scale
+        return cos.scatter(1, column, new_y).mul_(self.scale)
 
 
 def _check_scale(scale: float) -> None:

@@ -19,7 +19,7 @@ import sys
 from .manifest import ManifestError
 from .recordio import RecordIOError
 
-COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap"]
+COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap", "relabel"]
 
 
 class UsageError(ValueError):

@@ -1,0 +1,116 @@
+"""DataLoader fallback reader, for machines without DALI: same records, order and outputs.
+
+    loader = build_torch_loader("data/train/manifest.json", shard_id=rank, num_shards=world,
+                                device=torch.device("cpu"), batch_size=128, seed=0, num_workers=2)
+
+It follows the DALI pipeline's global order exactly: the same `plan.plan_stream` (keys and
+augmentation parameters per step), records read by key from the same shards, JPEGs decoded with
+PIL (libjpeg-turbo, the decoder DALI's CPU mode uses), flipped and normalised with the same
+arithmetic. Each DataLoader item is one whole batch, so a worker process decodes a batch while
+the trainer runs on the previous ones; for CUDA the workers hand over uint8 pixels and the
+normalisation runs on the GPU. With the basic pipeline (flip only) its images equal the
+DALI CPU pipeline's to float rounding; with strong augmentation they agree in distribution (PIL
+and DALI resize differ by a few grey levels, see `augment`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from recordio_tools.manifest import Manifest
+
+from .augment import apply_numpy
+from .loader import BatchLoader, Prepared, RawBatch, prepare
+from .plan import BatchPlan, plan_stream
+from .records import DataError, RecordSet
+
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1], with the float32 arithmetic of DALI's
+    crop_mirror_normalize (mean = std = 127.5). Runs where `images` is: in the worker processes for
+    CPU training, on the GPU after the copy for CUDA (a quarter of the bytes cross the bus)."""
+    planar = images.permute(0, 3, 1, 2).contiguous().float()  # permute the uint8s: 4x fewer bytes to move
+    return planar.sub_(127.5).mul_(1.0 / 127.5)
+
+
+def decode_jpeg(jpeg: np.ndarray, records: RecordSet, key: int) -> np.ndarray:
+    """RGB uint8 HWC; a JPEG that does not decode raises DataError naming the shard and key."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(jpeg.tobytes())) as image:
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken data
+        raise DataError(f"{records.describe(key)}: the JPEG does not decode ({type(e).__name__}: {e}); "
+                        f"{records.verify_hint()}") from None
+
+
+class PlanDataset(Dataset):
+    """Maps a BatchPlan to (images, source [B] int64, epoch, step); images are float32 [B,3,S,S]
+    in [-1, 1] when `normalised`, else the flipped uint8 pixels [B,S,S,3]."""
+
+    def __init__(self, records: RecordSet, image_size: int, strong: bool, normalised: bool):
+        self.records, self.image_size, self.strong, self.normalised = records, image_size, strong, normalised
+
+    def __getitem__(self, plan: BatchPlan):
+        jpegs, source = self.records.read_batch(plan.keys)
+        size = self.image_size
+        batch = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
+        for i, (jpeg, key) in enumerate(zip(jpegs, plan.keys)):
+            image = decode_jpeg(jpeg, self.records, int(key))
+            if image.shape != (size, size, 3):
+                raise DataError(f"{self.records.describe(int(key))}: image is {image.shape[1]}x{image.shape[0]}, "
+                                f"expected {size}x{size}; the training set must hold aligned faces "
+                                "(recordio_tools align)")
+            batch[i] = apply_numpy(image, plan.params, i, size) if self.strong else image
+        mirror = plan.params.mirror.astype(bool)
+        batch[mirror] = batch[mirror, :, ::-1]
+        images = torch.from_numpy(batch)
+        return normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step
+
+
+class PlanSampler(Sampler):
+    """An endless stream of BatchPlans (one DataLoader item per batch)."""
+
+    def __init__(self, plans):
+        self._plans = plans
+
+    def __iter__(self) -> Iterator[BatchPlan]:
+        return self._plans()
+
+
+def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, num_shards: int,
+                       device: torch.device | str = "cpu", batch_size: int, seed: int, epoch: int = 0,
+                       start_step: int = 0, flip: bool = True, strong_augment: bool = False, shuffle: bool = True,
+                       num_workers: int = 2, prefetch: int = 2, image_size: int = 112, channels_last: bool = False,
+                       label_map=None, validate: bool = True, order: str = "global") -> BatchLoader:
+    """A BatchLoader reading with a torch DataLoader (`num_workers` processes, 0 = in process)."""
+    if order != "global":
+        raise ValueError(f"the torch reader follows the global order only, got order={order!r}")
+    device = torch.device(device)
+    prep = prepare(manifest, num_shards=num_shards, batch_size=batch_size, device=device, label_map=label_map,
+                   validate=validate, seed=seed)
+    on_gpu = device.type == "cuda"
+    dataset = PlanDataset(prep.records, image_size, strong_augment, normalised=not on_gpu)
+
+    def stream(first_epoch: int, first_step: int) -> Iterator[RawBatch]:
+        def plans():
+            return plan_stream(len(prep.records), seed=seed, epoch=first_epoch, start_step=first_step,
+                               shard_id=shard_id, num_shards=num_shards, batch_size=batch_size,
+                               image_size=image_size, flip=flip, strong=strong_augment, shuffle=shuffle)
+
+        loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
+                            pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
+        for images, source, epoch_, step in loader:
+            if on_gpu:
+                images = normalise(images.to(device, non_blocking=True))
+            yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+
+    return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
+                       start_step=start_step, channels_last=channels_last, close=prep.records.close)

@@ -1,0 +1,72 @@
+"""`fftrain fuse`: run the fusion step on a saved checkpoint, to choose T1 before a long run.
+
+    fftrain fuse --checkpoint runs/demo/checkpoints/step-00000600 --t1 0.7 --dry-run
+    fftrain fuse --checkpoint CKPT --t1 0.65 --out fused/     # + label_map.json for `recordio_tools relabel`
+
+Reads the checkpoint's proxies, label map and class table in one process, computes the merge
+with the same code the trainer runs at T2, prints the summary, and writes the report (JSON of
+merged components, PNG histogram of each proxy's top-1 similarity to other datasets with T1
+marked). Without --dry-run it also writes label_map.json (source class -> fused class, with the
+dataset names and offsets) that `recordio_tools relabel` applies to the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+
+def add_fuse_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("fuse", help="compute and report the fusion merge on a saved checkpoint",
+                              description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2])
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder (step-NNNNNNNN)")
+    p.add_argument("--t1", type=float, default=0.7, help="cosine threshold; pairs strictly above merge (default 0.7)")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours searched per proxy (default 10)")
+    p.add_argument("--max-component", type=int, default=6, help="larger components are not merged (default 6)")
+    p.add_argument("--same-dataset-policy", default="skip", choices=["skip", "split", "keep"],
+                   help="components chaining two classes of one dataset (default skip)")
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="kNN backend")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint>/fuse-t1_<T1>)")
+    p.add_argument("--dry-run", action="store_true", help="report only; do not write label_map.json")
+    p.set_defaults(run=run_fuse)
+    return p
+
+
+def run_fuse(args) -> int:
+    from recordio_tools.recordio import write_text_atomic
+
+    from .checkpoint import CheckpointError, load_partial, read_meta
+    from .fusion import SourceInfo, run_fusion
+
+    try:
+        meta = read_meta(args.checkpoint)
+    except CheckpointError as e:
+        print(f"fftrain fuse: error: {e}")
+        return 2
+    if meta.get("fused"):
+        print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
+    num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
+    state = load_partial(args.checkpoint, {
+        "sharded": {"fc_weight": torch.empty(num_fused, dim)},
+        "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
+        "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
+    datasets = meta["datasets"]
+    source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
+    out = args.out or os.path.join(args.checkpoint, f"fuse-t1_{args.t1:.3f}")
+    result = run_fusion(state["sharded"]["fc_weight"], [], class_dataset=state["class_dataset_fused"],
+                        label_map=state["label_map"], source_info=source_info, t1=args.t1, knn_k=args.knn_k,
+                        max_component=args.max_component, same_dataset_policy=args.same_dataset_policy,
+                        backend=args.backend, report_dir=out)
+    print(f"T1={args.t1}: {result.summary_line()}")
+    print(f"report: {result.report_paths.get('json')}  histogram: {result.report_paths.get('png')}")
+    if not args.dry_run:
+        body = {"format": "fftrain-label-map", "t1": args.t1, "checkpoint": os.path.abspath(args.checkpoint),
+                "datasets": datasets, "num_classes_fused": result.num_classes_new,
+                "label_map": result.new_label_map.tolist()}
+        path = os.path.join(out, "label_map.json")
+        write_text_atomic(path, json.dumps(body) + "\n")
+        print(f"label map: {path}")
+    return 0

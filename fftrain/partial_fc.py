@@ -1,0 +1,405 @@
+"""Sharded Partial-FC classification head: one proxy per class, split across the ranks.
+
+    head = PartialFCHead(num_classes, 512, margin=build_margin("arcface"), group=ctx.group,
+                         sample_rate=0.1, device=ctx.device)
+    loss = head(embeddings, labels, dataset_ids, class_dataset=table)  # dataset-aware (DAIL)
+    loss = head(embeddings, labels)                                     # dataset-agnostic
+    (loss + other_losses).backward()
+    head.step(lr)                  # the head's own SGD on the sampled rows; not in the backbone optimizer
+
+One step, on every rank of `group` (None: a single process, nothing communicated):
+all-gather embeddings [B, D] and labels [B] into the global batch [W*B]; keep the local classes
+[start, end) that are positives of the global batch plus a uniform random sample of the others
+(`sample_rate`; 1.0 keeps all); cosine logits of the global batch against those rows (matmul
+in bf16 on CUDA, in the weight's dtype on the CPU); the margin on each positive; in dataset-aware
+mode, -inf for every (sample, class) pair whose datasets differ; a softmax cross-entropy whose
+row max and row sum are all-reduced, so it equals the softmax over all sampled classes of all
+ranks.
+
+Conventions:
+- The returned loss is the mean over the global batch, the same value on every rank. Every rank
+  must have the same local batch size B (drop the last partial batch).
+- Embedding gradient: rank r's embeddings receive W * dL/dx_r. DDP averages the backbone
+  gradients over the W ranks, so the backbone ends up with dL/dtheta of the global-mean loss.
+- Proxy gradient: the sampled rows (`active_weight`, [S, D]) receive dL/dw exactly. Nothing
+  allocates a gradient of the whole local shard. The head must not be wrapped in DDP.
+- Optimizer (`step`): SGD with momentum and weight decay on the sampled rows only:
+  buf[r] = momentum * buf[r] + (grad[r] + weight_decay * w[r]); w[r] -= lr * buf[r]. Rows not
+  sampled this step are untouched (no decay, no momentum drift), as in insightface's Partial FC.
+  One forward/backward per step(); no gradient accumulation across forwards.
+- Memory held per class: weight + momentum = 2 * D * itemsize bytes (fp32, D=512: 4096 B);
+  D * itemsize with momentum=0 (no buffer). Per step, on top: the gradient of the S rows used
+  (4 * D * S bytes, freed by step()), about four float32 [W*B, S] tensors (cosines, logits,
+  probabilities, their gradient) and, with sample_rate < 1, 4 bytes per local class of scores.
+- Bad labels or dataset ids raise ValueError on every rank alike: they are checked after the
+  labels are gathered (one host sync per step).
+- Sampling is a function of (seed, rank, step counter): heads built with the same seed pick the
+  same rows at the same step. The counter advances on each training-mode forward and is saved in
+  the state dict. Eval mode uses every class and does not advance it.
+
+The fusion step rewrites the head through `weight`, `momentum_buffer`, `start`, `end`,
+`num_classes` and `reset_classes`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fftrain.class_sharding import shard_range
+from fftrain.collectives import all_gather_rows, all_gather_rows_with_grad
+from fftrain.distributed import all_reduce_, rank_of, world_size_of
+from fftrain.margins import Margin
+
+_MASK64 = (1 << 64) - 1
+_INIT_BLOCK = 8192
+_SALT_INIT, _SALT_SAMPLE = 1, 2
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from a sequence of integers (splitmix64 folded over them)."""
+    h = 0
+    for v in values:
+        z = (h ^ (v & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        h = z ^ (z >> 31)
+    return h >> 1
+
+
+def init_proxies(start: int, end: int, embedding_size: int, *, seed: int, std: float,
+                 device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Rows [start, end) of an N(0, std^2) proxy matrix that does not depend on the sharding:
+    class c's row comes from block c // 8192, seeded by (seed, block), so any split of the
+    classes over any number of ranks yields the same rows (on a given device type)."""
+    device = torch.device(device)
+    out = torch.empty(end - start, embedding_size, device=device, dtype=dtype)
+    gen = torch.Generator(device=device)
+    for block in range(start // _INIT_BLOCK, -(-end // _INIT_BLOCK)):
+        lo, hi = max(start, block * _INIT_BLOCK), min(end, (block + 1) * _INIT_BLOCK)
+        gen.manual_seed(_mix(_SALT_INIT, seed, block))
+        rows = torch.randn(_INIT_BLOCK, embedding_size, generator=gen, device=device)
+        first = block * _INIT_BLOCK
+        out[lo - start:hi - start] = rows[lo - first:hi - first] * std
+    return out
+
+
+class _Cosine(torch.autograd.Function):
+    """cos = x_unit @ (w / |w|)^T, matmuls in `compute_dtype` (an enclosing autocast does not
+    override it), the result in float32 or wider.
+
+    The rows of w are never normalised into a copy: forward is one matmul and a column rescale,
+    backward two matmuls and one fused row update of the [S, D] gradient:
+    dw_j = sum_i g_ij x_i / |w_j| - w_j * sum_i g_ij cos_ij / |w_j|^2.
+    """
+
+    @staticmethod
+    def forward(ctx, x_unit, w, compute_dtype):
+        out_dtype = torch.promote_types(w.dtype, torch.float32)
+        inv_norm = torch.linalg.vector_norm(w, dim=1, dtype=out_dtype).clamp_min_(1e-12).reciprocal_()
+        with torch.autocast(w.device.type, enabled=False):
+            cos = F.linear(x_unit.to(compute_dtype), w.to(compute_dtype)).to(out_dtype).mul_(inv_norm)
+        ctx.compute_dtype = compute_dtype
+        ctx.save_for_backward(x_unit, w, inv_norm, cos)
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_unit, w, inv_norm, cos = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        grad_scaled = grad * inv_norm
+        grad_x = grad_w = None
+        with torch.autocast(w.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad_scaled.to(dtype) @ w.to(dtype)).to(x_unit.dtype)
+            if ctx.needs_input_grad[1]:
+                coef = (grad * cos).sum(dim=0).mul_(inv_norm).mul_(inv_norm).to(w.dtype)
+                grad_w = (grad_scaled.t().to(dtype) @ x_unit.to(dtype)).to(w.dtype)
+                grad_w.addcmul_(w, coef.unsqueeze(1), value=-1.0)
+        return grad_x, grad_w, None
+
+
+class _DistSoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits split by columns over the ranks of `group`.
+
+    `target[i]` is the local column of row i's positive, -1 where another rank holds it. The row
+    max and the row sum of exponentials are all-reduced; the backward is local: (p - onehot) / N.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, group):
+        row_max = logits.max(dim=1).values
+        all_reduce_(row_max, group, op=dist.ReduceOp.MAX)
+        probs = (logits - row_max.unsqueeze(1)).exp_()
+        has_pos = target >= 0
+        column = target.clamp_min(0).unsqueeze(1)
+        pos_logit = torch.where(has_pos, logits.gather(1, column).squeeze(1) - row_max, 0.0)
+        stats = all_reduce_(torch.stack([probs.sum(dim=1), pos_logit]), group)
+        sum_exp, pos_logit = stats[0], stats[1]
+        probs.div_(sum_exp.unsqueeze(1))
+        ctx.save_for_backward(probs, target)
+        return (sum_exp.log() - pos_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, target = ctx.saved_tensors
+        scale = grad / probs.shape[0]
+        grad_logits = probs * scale
+        has_pos = (target >= 0).to(probs.dtype).unsqueeze(1)
+        grad_logits.scatter_add_(1, target.clamp_min(0).unsqueeze(1), -has_pos * scale)
+        return grad_logits, None, None
+
+
+def dist_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                               group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Mean over rows; with group=None (every target then >= 0) it equals F.cross_entropy."""
+    return _DistSoftmaxCrossEntropy.apply(logits, target, group)
+
+
+class PartialFCHead(nn.Module):
+    """The sharded margin-softmax head (see the module docstring for every convention).
+
+    Args:
+        num_classes: fused classes over all ranks; at least the group's world size.
+        embedding_size: D.
+        margin: a `fftrain.margins.Margin` (e.g. `build_margin("arcface", scale=64, margin=0.5)`).
+        group: the process group the classes are split over; None for a single process.
+        sample_rate: fraction of the local classes used per training step, in (0, 1]; the
+            positives of the global batch are always kept: max(#positives, round(rate * local)).
+        seed: drives the proxy initialisation and the class sampling.
+        momentum, weight_decay: of `step()`.
+        init_std: proxies start as N(0, init_std^2).
+        device, dtype: of the weight shard and the momentum buffer.
+        compute_dtype: of the cosine matmul; None: bfloat16 on CUDA, `dtype` elsewhere. The margin
+            and the softmax always run in float32 or wider.
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int, *, margin: Margin,
+                 group: dist.ProcessGroup | None = None, sample_rate: float = 1.0, seed: int = 0,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, init_std: float = 0.01,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 compute_dtype: torch.dtype | None = None):
+        super().__init__()
+        if embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if not callable(margin):
+            raise ValueError(f"margin must be a callable Margin, got {margin!r}")
+        self.group = group
+        self.rank, self.world_size = rank_of(group), world_size_of(group)
+        self.embedding_size = embedding_size
+        self.margin = margin
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.compute_dtype = compute_dtype
+        self.sample_step = 0
+        start, end = self._range_for(num_classes)
+        weight = init_proxies(start, end, embedding_size, seed=seed, std=init_std, device=device, dtype=dtype)
+        self.register_buffer("momentum_buffer", None)
+        self._install(num_classes, weight, None)
+        self._generator: torch.Generator | None = None
+
+
+    def _range_for(self, num_classes: int) -> tuple[int, int]:
+        if num_classes < self.world_size:
+            raise ValueError(f"num_classes ({num_classes}) must be >= the world size ({self.world_size})")
+        return shard_range(num_classes, self.rank, self.world_size)
+
+    def _install(self, num_classes: int, weight: torch.Tensor, momentum_buffer: torch.Tensor | None) -> None:
+        self.num_classes = num_classes
+        self.start, self.end = self._range_for(num_classes)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        if momentum_buffer is None and self.momentum > 0:
+            momentum_buffer = torch.zeros_like(weight)
+        self.momentum_buffer = momentum_buffer
+        self._active: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
+
+    @property
+    def local_classes(self) -> int:
+        return self.end - self.start
+
+    def reset_classes(self, num_classes: int, local_weight: torch.Tensor,
+                      local_momentum: torch.Tensor | None = None) -> None:
+        """Replace the shard after a change of the class count (fusion, resharding).
+
+        `local_weight` (and `local_momentum`, zeros when None) must be this rank's rows
+        [shard_range(num_classes, rank, W)] of the new proxy matrix, shape [end - start, D]."""
+        start, end = self._range_for(num_classes)
+        expected = (end - start, self.embedding_size)
+        for name, t in (("local_weight", local_weight), ("local_momentum", local_momentum)):
+            if t is not None and tuple(t.shape) != expected:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; rank {self.rank} of {self.world_size} "
+                                 f"owns classes [{start}, {end}) of {num_classes}, so expected {expected}")
+        like = self.weight
+        weight = local_weight.detach().to(device=like.device, dtype=like.dtype, copy=True)
+        momentum = None
+        if local_momentum is not None and self.momentum > 0:
+            momentum = local_momentum.detach().to(device=like.device, dtype=like.dtype, copy=True)
+        self._install(num_classes, weight, momentum)
+
+    def get_extra_state(self):
+        return {"sample_step": self.sample_step}
+
+    def set_extra_state(self, state) -> None:
+        self.sample_step = int(state["sample_step"])
+
+    def extra_repr(self) -> str:
+        return (f"classes [{self.start}, {self.end}) of {self.num_classes}, D={self.embedding_size}, "
+                f"sample_rate={self.sample_rate}, margin={self.margin}")
+
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor | None = None,
+                *, class_dataset: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean margin-softmax loss over the global batch.
+
+        Args:
+            embeddings: [B, D] local batch, any float dtype, on the weight's device.
+            labels: [B] fused class ids in [0, num_classes).
+            dataset_ids: [B] dataset of each sample; only read in dataset-aware mode, where it
+                must equal class_dataset[labels] (None: taken from there).
+            class_dataset: [num_classes] dataset id of every class (the full table, the same on
+                every rank): dataset-aware mode. None: dataset-agnostic mode (all classes).
+        """
+        self._check_local(embeddings, labels, dataset_ids, class_dataset)
+        aware = class_dataset is not None
+        if aware:
+            class_dataset = class_dataset.to(self.weight.device)
+        labels_all, datasets_all = self._gather_labels(labels, dataset_ids, class_dataset)
+        x_all = all_gather_rows_with_grad(embeddings, self.group, grad_scale=float(self.world_size))
+        index = self._sample(labels_all) if self.training else None
+        if self.training:
+            self.sample_step += 1
+        active = self.weight.detach() if index is None else self.weight.detach()[index]
+        active.requires_grad_(torch.is_grad_enabled())
+        target = self._target_columns(labels_all, index)
+        logits = self.margin(self._cosine(x_all, active), target)
+        if aware:
+            logits = self._mask_other_datasets(logits, datasets_all, class_dataset, index)
+        loss = dist_softmax_cross_entropy(logits, target, self.group)
+        self._active, self._index = (active, index) if active.requires_grad else (None, None)
+        return loss
+
+    def _gather_labels(self, labels, dataset_ids, class_dataset):
+        """Checked global labels [W*B] and, in dataset-aware mode, the dataset of each (else None)."""
+        labels = labels.long()
+        aware = class_dataset is not None
+        ids = torch.stack([labels, dataset_ids.to(labels)], 1) if aware and dataset_ids is not None else labels
+        ids = all_gather_rows(ids, self.group)
+        labels_all, datasets_all = (ids[:, 0], ids[:, 1]) if ids.dim() == 2 else (ids, None)
+        self._check_global(labels_all, datasets_all, class_dataset)
+        if aware and datasets_all is None:
+            datasets_all = class_dataset[labels_all]
+        return labels_all, datasets_all
+
+    def _check_local(self, embeddings, labels, dataset_ids, class_dataset) -> None:
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(f"embeddings must be [B, {self.embedding_size}], got {tuple(embeddings.shape)}")
+        batch = embeddings.shape[0]
+        if batch == 0:
+            raise ValueError("empty batch: embeddings has 0 rows")
+        if embeddings.device != self.weight.device:
+            raise ValueError(f"embeddings are on {embeddings.device}, the head's weight on {self.weight.device}")
+        if tuple(labels.shape) != (batch,) or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integer class ids of shape ({batch},), "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        if class_dataset is None:
+            return
+        if tuple(class_dataset.shape) != (self.num_classes,):
+            raise ValueError(f"class_dataset must have one entry per class, shape ({self.num_classes},), "
+                             f"got {tuple(class_dataset.shape)}")
+        if dataset_ids is not None and tuple(dataset_ids.shape) != (batch,):
+            raise ValueError(f"dataset_ids must have shape ({batch},), got {tuple(dataset_ids.shape)}")
+
+    def _check_global(self, labels_all, datasets_all, class_dataset) -> None:
+        """One host sync; runs on the gathered batch, so every rank raises the same error."""
+        stats = [labels_all.min(), labels_all.max()]
+        mismatch = None
+        if class_dataset is not None and datasets_all is not None:
+            mismatch = class_dataset[labels_all.clamp(0, self.num_classes - 1)] != datasets_all
+            stats.append(mismatch.sum())
+        low, high, *bad_datasets = torch.stack(stats).tolist()
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"label {low if low < 0 else high} out of range [0, {self.num_classes})")
+        if bad_datasets and bad_datasets[0]:
+            i = int(mismatch.nonzero()[0])
+            sample_ds, label = int(datasets_all[i]), int(labels_all[i])
+            if not bool((class_dataset == sample_ds).any()):
+                raise ValueError(f"dataset id {sample_ds} (sample {i} of the global batch) has no classes "
+                                 f"in class_dataset")
+            raise ValueError(f"sample {i} of the global batch has dataset id {sample_ds} but its label "
+                             f"{label} is a class of dataset {int(class_dataset[label])}")
+
+    def _sample(self, labels_all: torch.Tensor) -> torch.Tensor | None:
+        """Sorted local row indices to use this step, or None for all rows."""
+        if self.sample_rate >= 1.0:
+            return None
+        n_local = self.local_classes
+        local = labels_all - self.start
+        positives = local[(local >= 0) & (local < n_local)]
+        device = self.weight.device
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(_mix(_SALT_SAMPLE, self.seed, self.rank, self.sample_step))
+        score = torch.rand(n_local, generator=self._generator, device=device)
+        score[positives] = 2.0
+        num_positive = int((score > 1.0).sum())
+        k = min(n_local, max(num_positive, round(self.sample_rate * n_local), 1))
+        if k == n_local:
+            return None
+        return score.topk(k, sorted=False).indices.sort().values
+
+    def _target_columns(self, labels_all: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        local = labels_all - self.start
+        inside = (local >= 0) & (local < self.local_classes)
+        column = local if index is None else torch.searchsorted(index, local.clamp(0, self.local_classes - 1))
+        return torch.where(inside, column, -1)
+
+    def _cosine(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype or (torch.bfloat16 if x.device.type == "cuda" else w.dtype)
+        return _Cosine.apply(F.normalize(x.to(w.dtype)), w, dtype)
+
+    def _mask_other_datasets(self, logits, datasets_all, class_dataset, index) -> torch.Tensor:
+        local_table = class_dataset[self.start:self.end]
+        class_ds = local_table if index is None else local_table[index]
+        return logits.masked_fill_(datasets_all.unsqueeze(1) != class_ds.unsqueeze(0), float("-inf"))
+
+
+    @property
+    def active_weight(self) -> torch.Tensor | None:
+        """The [S, D] leaf of the last training forward (its .grad after backward), else None."""
+        return self._active
+
+    def sampled_classes(self) -> torch.Tensor:
+        """Global class ids of the rows used by the last forward (all local classes if none sampled)."""
+        if self._index is None:
+            return torch.arange(self.start, self.end, device=self.weight.device)
+        return self._index + self.start
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        """SGD with momentum and weight decay on the rows of the last forward; see the module doc."""
+        active, index = self._active, self._index
+        if active is None or active.grad is None:
+            raise RuntimeError("PartialFCHead.step() needs a training-mode forward and backward() first")
+        grad = active.grad.to(self.weight.dtype)
+        if self.weight_decay:
+            grad.add_(self.weight if index is None else self.weight[index], alpha=self.weight_decay)
+        if self.momentum_buffer is not None:
+            buf = self.momentum_buffer if index is None else self.momentum_buffer[index]
+            buf.mul_(self.momentum).add_(grad)
+            if index is not None:
+                self.momentum_buffer.index_copy_(0, index, buf)
+            grad = buf
+        if index is None:
+            self.weight.sub_(grad, alpha=lr)
+        else:
+            self.weight.index_add_(0, index, grad, alpha=-lr)
+        self._active = self._index = None

@@ -1,0 +1,284 @@
+"""The training loop: phases, the fusion hook, checkpoints, logging, verification.
+
+Phases (DESIGN.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
+`fusion_step` the fusion hook rewrites the label map and the FC shards, then 'agnostic'
+(softmax over all fused classes). With fusion off (t2 >= 1) the run stays 'dail'. The
+gradient-reversal dataset classifier is weighted in from `grl.start_step`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
+from .config import TrainConfig, config_to_dict
+from .distributed import DistContext, all_reduce_
+from .lr_schedule import lr_at
+from .margins import build_margin
+from .model import EmbeddingModel
+from .partial_fc import PartialFCHead
+from .run_log import MetricsWriter, Throughput, format_duration, get_logger
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """What changes as training goes on, besides the weights."""
+
+    step: int = 0
+    fused: bool = False
+    """True once fusion has run: the label map is many-to-one and the softmax is agnostic."""
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def build_margin_from(cfg: TrainConfig):
+    head = cfg.head
+    if head.margin == "combined":
+        return build_margin("combined", scale=head.scale, m1=head.m1, m2=head.m2, m3=head.m3)
+    return build_margin(head.margin, scale=head.scale, margin=head.m)
+
+
+class Trainer:
+    """Owns the model, the sharded head, the optimizers and the loader for one run on one rank."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, data):
+        """`data` is a `fftrain.data.TrainingData` (loader factory + label tables + manifest)."""
+        self.cfg, self.ctx, self.data = cfg, ctx, data
+        self.log = get_logger()
+        self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
+        self.dtype = compute_dtype(cfg, ctx.device)
+        self.state = TrainState()
+        torch.manual_seed(cfg.seed + ctx.rank)
+
+        resume_path = resolve_resume(cfg.checkpoint.resume, self.checkpoint_root, ctx)
+        resume_meta = read_meta(resume_path) if resume_path else None
+        num_fused = resume_meta["num_classes_fused"] if resume_meta else data.num_source_classes
+
+        self.model = EmbeddingModel(cfg.model, cfg.grl, data.num_datasets).to(ctx.device)
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.model.pretrained and not resume_path:
+            from .backbones import load_pretrained
+
+            load_pretrained(self.model.backbone, cfg.model.pretrained)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+                    if ctx.group is not None else self.model)
+        self.forward_model = torch.compile(self.ddp) if cfg.model.compile else self.ddp
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+        self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
+                                  sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
+                                  weight_decay=cfg.optim.weight_decay, device=ctx.device)
+        self.class_dataset_fused = data.labels.class_dataset.clone()
+        if resume_path:
+            self._restore(resume_path, resume_meta)
+        self.loader = data.make_loader(start_step=self.state.step)
+        self.metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.log.tensorboard)
+        self.last_checkpoint = resume_path
+
+    # ---- phases --------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        return "agnostic" if self.state.fused else "dail"
+
+    @property
+    def fusion_due(self) -> bool:
+        return not self.state.fused and self.cfg.fusion_step is not None and self.state.step >= self.cfg.fusion_step
+
+    def on_phase_boundary(self) -> None:
+        """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
+        from .fusion_step import fuse_running_head
+
+        result = fuse_running_head(self)
+        self.state.fused = True
+        self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
+        self.save(reason="fusion")
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.dtype)
+
+    def train_step(self, batch) -> dict:
+        cfg, step = self.cfg, self.state.step
+        lr = lr_at(step, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = batch.images.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else batch.images
+        with self._autocast():
+            embeddings, dataset_logits = self.forward_model(images)
+        class_dataset = None if self.state.fused else self.class_dataset_fused
+        loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset)
+        dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
+        loss_dom = F.cross_entropy(dataset_logits.float(), batch.dataset)
+        self._check_finite(loss_cls, loss_dom)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_cls + dom_weight * loss_dom).backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.head.step(lr)
+        self.state.step += 1
+        return {"loss_cls": loss_cls.detach(), "loss_dom": loss_dom.detach(), "lr": lr}
+
+    def _check_finite(self, loss_cls: torch.Tensor, loss_dom: torch.Tensor) -> None:
+        if not (torch.isfinite(loss_cls) and torch.isfinite(loss_dom)):
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.state.step} (cls {loss_cls.item()}, dom {loss_dom.item()}); "
+                f"nothing was updated; last good checkpoint: {self.last_checkpoint or 'none'}")
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        total = cfg.optim.total_steps
+        global_batch = cfg.data.batch_size * self.ctx.world_size
+        self.log.info(f"training {total} steps from step {self.state.step}: {self.ctx.world_size} rank(s) x "
+                      f"{cfg.data.batch_size} images, {self.head.num_classes} classes, phase {self.phase}, "
+                      f"fusion at step {cfg.fusion_step}")
+        throughput = Throughput(self.state.step, total)
+        data_wait = 0.0
+        batches = iter(self.loader)
+        stop = min(total, cfg.stop_at_step or total)
+        while self.state.step < stop:
+            if self.fusion_due:
+                self.on_phase_boundary()
+            started = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - started
+            values = self.train_step(batch)
+            step = self.state.step
+            if step % cfg.log.every == 0 or step == total:
+                data_wait = self._log_step(values, throughput, global_batch, data_wait)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < stop:
+                self.save(reason="periodic")
+            if cfg.log.eval_every and step % cfg.log.eval_every == 0 and step < total:
+                self.evaluate()
+        if self.state.step < total:
+            self.save(reason="stop_at_step")
+            self.log.info(f"stopped at step {self.state.step} (stop_at_step); resume with --resume auto")
+            self.metrics.close()
+            return {}
+        if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"{total:08d}"):
+            self.save(reason="final")
+        results = self.evaluate()
+        self.metrics.close()
+        return results
+
+    def _log_step(self, values: dict, throughput: Throughput, global_batch: int, data_wait: float) -> float:
+        step, total = self.state.step, self.cfg.optim.total_steps
+        summary = torch.stack([values["loss_cls"], values["loss_dom"]]).float()
+        all_reduce_(summary, self.ctx.group)
+        summary /= self.ctx.world_size
+        wait = torch.tensor([data_wait / max(self.cfg.log.every, 1) * 1000.0])
+        all_reduce_(wait, self.ctx.group, op=torch.distributed.ReduceOp.MAX)
+        images_per_s, eta = throughput.report(step, global_batch)
+        mem = (torch.cuda.max_memory_allocated(self.ctx.device) / 2**30 if self.ctx.device.type == "cuda"
+               else _process_rss_gib())
+        epoch = step / self.data.steps_per_epoch
+        self.log.info(f"step {step:>6d}/{total} | ep {epoch:5.2f} | {self.phase:8s} | classes {self.head.num_classes} | "
+                      f"loss cls {summary[0]:.4f} dom {summary[1]:.4f} | lr {values['lr']:.5f} | "
+                      f"{images_per_s:7.1f} img/s | data {wait.item():6.1f} ms | mem {mem:5.2f} GiB | "
+                      f"eta {format_duration(eta)}")
+        self.metrics.write(step, {"loss/cls": summary[0].item(), "loss/dom": summary[1].item(), "lr": values["lr"],
+                                  "throughput/images_per_s": images_per_s, "data_ms_max": wait.item(),
+                                  "mem_gib": mem, "epoch": epoch, "classes": self.head.num_classes,
+                                  "phase": self.phase})
+        return 0.0
+
+    # ---- verification --------------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        if not self.cfg.data.verification:
+            return {}
+        from .evaluation.verification import evaluate_bin
+
+        self.model.eval()
+        results = {}
+        for path in self.cfg.data.verification:
+            r = evaluate_bin(self.model.backbone, path, device=self.ctx.device, group=self.ctx.group,
+                             batch_size=self.cfg.data.batch_size)
+            results[r["name"]] = r
+            self.log.info(f"verification {r['name']} @ step {self.state.step}: acc {r['accuracy']:.4f} "
+                          f"± {r['std']:.4f} ({r['num_pairs']} pairs)")
+            self.metrics.write(self.state.step, {f"verification/{r['name']}/accuracy": r["accuracy"]})
+        self.model.train()
+        return results
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def _shape_meta(self) -> dict:
+        cfg = self.cfg
+        return {"backbone": cfg.model.backbone, "embedding_size": cfg.model.embedding_size,
+                "num_classes_source": self.data.num_source_classes, "num_datasets": self.data.num_datasets,
+                "datasets": [{"name": d.name, "num_classes": d.num_classes} for d in self.data.manifest.datasets]}
+
+    def _state_templates(self) -> tuple[dict, dict]:
+        model_sd, optim_sd = get_state_dict(self.ddp, self.optimizer)
+        replicated = {"model": model_sd, "optim": optim_sd, "label_map": self.data.labels.label_map.cpu().clone(),
+                      "class_dataset_fused": self.class_dataset_fused.cpu().clone()}
+        sharded = {"fc_weight": ShardedRows(self.head.weight.data, self.head.num_classes)}
+        if self.head.momentum_buffer is not None:
+            sharded["fc_momentum"] = ShardedRows(self.head.momentum_buffer, self.head.num_classes)
+        return replicated, sharded
+
+    def save(self, reason: str) -> str:
+        replicated, sharded = self._state_templates()
+        meta = {**self._shape_meta(), "num_classes_fused": self.head.num_classes, "fused": self.state.fused,
+                "phase": self.phase, "sample_step": self.head.sample_step, "reason": reason,
+                "config": config_to_dict(self.cfg)}
+        rank_state = {"torch_rng": torch.get_rng_state()}
+        if self.ctx.device.type == "cuda":
+            rank_state["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
+        path = save_checkpoint(self.checkpoint_root, self.state.step, ctx=self.ctx, replicated=replicated,
+                               sharded=sharded, meta=meta, rank_state=rank_state,
+                               keep_last=self.cfg.checkpoint.keep_last)
+        self.last_checkpoint = path
+        self.log.info(f"checkpoint ({reason}) step {self.state.step} -> {path}")
+        return path
+
+    def _restore(self, path: str, meta: dict) -> None:
+        check_compatible(meta, self._shape_meta(), path)
+        # label map and class table change size with fusion: shape the templates from the meta
+        self.class_dataset_fused = torch.zeros(meta["num_classes_fused"], dtype=torch.long)
+        replicated, sharded = self._state_templates()
+        rank_state = load_checkpoint(path, ctx=self.ctx, replicated=replicated, sharded=sharded)
+        set_state_dict(self.ddp, self.optimizer, model_state_dict=replicated["model"],
+                       optim_state_dict=replicated["optim"])
+        self.data.labels.swap_label_map(replicated["label_map"])
+        self.class_dataset_fused = replicated["class_dataset_fused"].to(self.ctx.device)
+        self.head.sample_step = meta["sample_step"]
+        self.state = TrainState(step=meta["step"], fused=meta["fused"])
+        if "torch_rng" in rank_state:
+            torch.set_rng_state(rank_state["torch_rng"])
+        if "cuda_rng" in rank_state and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], self.ctx.device)
+        self.log.info(f"resumed from {path}: step {self.state.step}, phase {self.phase}, "
+                      f"{meta['num_classes_fused']} classes, saved on {meta['world_size']} rank(s)")
+
+
+def _process_rss_gib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return math.nan

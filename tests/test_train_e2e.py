@@ -1,0 +1,172 @@
+"""The trainer as users run it: torchrun + fftrain/train.py with gloo on CPU, on the tiny synthetic set."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from fftrain.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "fftrain" / "train.py")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from recordio_tools.synthetic import generate_synthetic_set
+
+    out = tmp_path_factory.mktemp("synth") / "set"
+    generate_synthetic_set(str(out), preset="tiny", seed=0)
+    return out
+
+
+def _overrides(synth, out_dir, **extra) -> list[str]:
+    values = {
+        "output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
+        "data.batch_size": 16, "data.num_workers": 1, "data.verification": f"[{synth}/verification.bin]",
+        "optim.total_steps": 10, "optim.warmup_steps": 2, "optim.lr_milestones": "[8]", "fusion.t2": 0.5,
+        "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false",
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    args = []
+    for key, value in values.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def train(synth, out_dir, nproc=1, extra_args=(), max_restarts=0, check=True, **overrides):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           f"--max-restarts={max_restarts}", TRAIN, *_overrides(synth, out_dir, **overrides), *extra_args]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def metrics(out_dir) -> dict[int, dict]:
+    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    return {r["step"]: r for r in rows if "loss/cls" in r}
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_trains_through_both_phases_and_verifies(synth, tmp_path, nproc):
+    proc = train(synth, tmp_path, nproc=nproc)
+    steps = metrics(tmp_path)
+    assert sorted(steps) == list(range(1, 11))
+    assert [steps[s]["phase"] for s in (5, 6)] == ["dail", "agnostic"]
+    assert all(torch.isfinite(torch.tensor(r["loss/cls"])) for r in steps.values())
+    assert (tmp_path / "fusion" / "fusion_report.json").exists()
+    assert "fusion at step 5" in proc.stdout
+    assert "final verification verification: accuracy" in proc.stdout
+    final = read_meta(str(tmp_path / "checkpoints" / "step-00000010"))
+    assert final["fused"] and final["world_size"] == nproc and final["num_classes_source"] == 180
+
+
+def test_resume_gives_the_same_losses_as_not_stopping(synth, tmp_path):
+    train(synth, tmp_path / "straight", nproc=2)
+    train(synth, tmp_path / "stopped", nproc=2, stop_at_step=3)
+    assert max(metrics(tmp_path / "stopped")) == 3
+    train(synth, tmp_path / "stopped", nproc=2, stop_at_step=7)   # resumes before fusion, fuses at 5
+    train(synth, tmp_path / "stopped", nproc=2)                    # resumes after fusion: must not fuse again
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "stopped")
+    for step in range(1, 11):
+        for key in ("loss/cls", "loss/dom"):
+            assert resumed[step][key] == pytest.approx(straight[step][key], rel=1e-5, abs=1e-6), (step, key)
+    log = (tmp_path / "stopped" / "logs" / "rank0.log").read_text()
+    assert log.count("fusion at step 5") == 1
+
+
+def test_resume_on_fewer_ranks_reshards_the_fc(synth, tmp_path):
+    train(synth, tmp_path, nproc=2, stop_at_step=4, checkpoint__every=0)
+    saved = load_proxies_from_checkpoint(str(tmp_path / "checkpoints" / "step-00000004"))
+    proc = train(synth, tmp_path, nproc=1, stop_at_step=5, checkpoint__every=0, **{"optim.lr": 1e-12})
+    assert "saved on 2 rank(s)" in proc.stdout
+    after = load_proxies_from_checkpoint(str(tmp_path / "checkpoints" / "step-00000005"))
+    # lr ~ 0: one step moves nothing, so the one-rank head holds exactly the two-rank rows
+    assert torch.allclose(after, saved, atol=1e-9)
+
+
+def test_checkpoint_of_another_config_is_refused(synth, tmp_path):
+    train(synth, tmp_path, nproc=1, stop_at_step=2)
+    proc = train(synth, tmp_path, nproc=1, check=False, **{"model.embedding_size": 64})
+    assert proc.returncode != 0
+    assert "checkpoint has embedding_size=128 but this run has embedding_size=64" in proc.stderr + proc.stdout
+
+
+def test_non_finite_loss_stops_naming_the_step(synth, tmp_path):
+    proc = train(synth, tmp_path, nproc=1, check=False, **{"optim.lr": 1e30, "optim.warmup_steps": 0,
+                                                            "optim.grad_clip": 0.0, "checkpoint.every": 1})
+    assert proc.returncode != 0
+    text = proc.stderr + proc.stdout
+    assert "non-finite loss at step" in text and "last good checkpoint:" in text
+    for _, path in complete_checkpoints(str(tmp_path / "checkpoints")):
+        weights = load_proxies_from_checkpoint(path)
+        assert torch.isfinite(weights).all(), path
+
+
+def _worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def test_sigkill_a_rank_then_torchrun_restarts_from_the_last_checkpoint(synth, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=4",
+           TRAIN, *_overrides(synth, tmp_path, checkpoint__every=1, **{"optim.total_steps": 14})]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rng = random.Random(0)
+    kills = []
+
+    def killer():
+        for _ in range(2):
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                log = tmp_path / "logs" / "rank0.log"
+                steps_done = log.read_text().count("checkpoint (") if log.exists() else 0
+                if steps_done >= 2 + 4 * len(kills):
+                    break
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.0, 1.5))  # lands in a step or in a save, at random
+            workers = _worker_pids(proc.pid)
+            if proc.poll() is not None or not workers:
+                return
+            victim = rng.choice(workers)
+            os.kill(victim, signal.SIGKILL)
+            kills.append(victim)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    output, _ = proc.communicate(timeout=600)
+    thread.join()
+    assert proc.returncode == 0, output[-4000:]
+    assert kills, "no rank was killed"
+    assert output.count("resumed from") >= 1
+    checkpoints = complete_checkpoints(str(tmp_path / "checkpoints"))
+    assert checkpoints[-1][0] == 14
+    for _, path in checkpoints:
+        assert read_meta(path)["step"] == int(path.rsplit("-", 1)[1])
+        load_proxies_from_checkpoint(path)
+    assert not [p for p in os.listdir(tmp_path / "checkpoints") if p.endswith(".tmp")]
+    assert sorted(metrics(tmp_path))[-1] == 14
