@@ -4,6 +4,7 @@
     recordio_tools build --out data/train data/synth/*/
     recordio_tools inspect data/train
     recordio_tools verify data/train
+    recordio_tools relabel data/train --label-map label_map.json --in-place   # after `fftrain fuse`
 
 Each subcommand lives in recordio_tools/commands/<name>.py with `add_parser(subparsers)` and
 `run(args) -> int`. Expected failures (bad files, bad arguments) print one line naming the

@@ -42,7 +42,9 @@ folder's dataset.json gains "labels": "fused" and "label_map_sha256", and manife
 shard list kept as they were: their class counts and offsets still describe the source classes
 the labels came from). Shards are rewritten where the manifest points, also outside the
 training-set folder (a note names such folders): other manifests sharing those dataset folders
-see fused labels too.
+see fused labels too. A set fused in place is for other tools (DALI's mxnet reader, insightface
+style trainers); fftrain's own reader and `recordio_tools verify` check each label against its
+dataset's source-class range and reject it: train fftrain on an --out copy.
 
 The journal, TRAINSET/relabel.journal.json, always replaced atomically::
 
@@ -665,6 +667,23 @@ def journal_state(trainset: str) -> str | None:
 # A new fused training set
 
 
+def _copy_shard(shard: _Shard, writer, label_map: LabelMap) -> None:
+    """Append the shard's records to `writer` (a DatasetWriter) with their fused labels."""
+    lo, hi = shard.label_range
+    with RecordReader(shard.rec, shard.idx, require_index=True) as reader, _Bar(shard) as bar:
+        for key, payload in reader.items():
+            try:
+                header, image = unpack(payload)
+                class_id = class_id_of(header)
+            except ValueError as e:
+                raise RecordIOError(shard.rec, f"key {key}", str(e)) from None
+            if not lo <= class_id < hi:
+                raise RecordIOError(shard.rec, f"key {key}",
+                                    f"label {class_id} outside dataset {shard.dataset.name!r}'s classes [{lo}, {hi})")
+            writer.add(int(label_map.mapping[class_id]), image)
+            bar.update()
+
+
 def relabel_copy(trainset: str, label_map: LabelMap, out: str, name: str = "fused",
                  num_shards: int | None = None) -> Manifest:
     """Write OUT: one dataset `name` with the fused labels, manifest.json + train.idx, label_map.json."""
@@ -692,19 +711,7 @@ def relabel_copy(trainset: str, label_map: LabelMap, out: str, name: str = "fuse
         writer = DatasetWriter(folder, name, num_shards, class_offset=0)
         try:
             for shard in shards:
-                with RecordReader(shard.rec, shard.idx, require_index=True) as reader, _Bar(shard) as bar:
-                    for key, payload in reader.items():
-                        try:
-                            header, image = unpack(payload)
-                            class_id = class_id_of(header)
-                        except ValueError as e:
-                            raise RecordIOError(shard.rec, f"key {key}", str(e)) from None
-                        lo, hi = shard.label_range
-                        if not lo <= class_id < hi:
-                            raise RecordIOError(shard.rec, f"key {key}", f"label {class_id} outside dataset "
-                                                                         f"{shard.dataset.name!r}'s classes [{lo}, {hi})")
-                        writer.add(int(label_map.mapping[class_id]), image)
-                        bar.update()
+                _copy_shard(shard, writer, label_map)
             info = writer.finish(label_map.num_fused)
         except BaseException:
             writer.abort()

@@ -307,7 +307,7 @@ def _journal(folder):
 
 
 # (point, N): N-th record written (~18 per shard: 100 is mid-shard in shard 6), N-th shard otherwise
-KILL_POINTS = [("record", 100), ("pending", 1), ("pending", 9), ("renamed", 14), ("done", 23), ("manifest", 1)]
+KILL_POINTS = [("record", 100), ("pending", 9), ("renamed", 14), ("done", 23), ("manifest", 1)]
 
 
 @pytest.mark.parametrize("point,n", KILL_POINTS)
@@ -331,8 +331,7 @@ def test_killed_at_a_fixed_point_then_rerun(pristine, reference, tmp_path, point
     elif point in ("pending", "renamed"):
         rel = pristine.rec_paths[n - 1]
         assert journal["shards"][rel]["state"] == "pending"
-        if rel in [pristine.rec_paths[i] for i in changed]:
-            assert states[n - 1] == ("old" if point == "pending" else "new")
+        assert n - 1 in changed and states[n - 1] == ("old" if point == "pending" else "new")
         assert [s["state"] for s in journal["shards"].values()].count("done") == n - 1
     elif point == "done":
         assert [s["state"] for s in journal["shards"].values()] == ["done"] * n
@@ -380,3 +379,25 @@ def test_killed_at_random_moments_then_rerun(pristine, reference, tmp_path):
         assert relabel_cli(folder) == 0, f"trial {trial}: states before the rerun {states}"
         pristine.assert_finished(folder)
     assert interrupted >= 1
+
+
+def test_ctrl_c_mid_shard_removes_the_temporary_and_a_rerun_finishes(pristine, reference, tmp_path, capsys,
+                                                                     monkeypatch):
+    folder = pristine.copy(tmp_path / "set")
+    patch, calls = relabel_mod._patch_label, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 50:
+            raise KeyboardInterrupt
+        return patch(*args)
+
+    monkeypatch.setattr(relabel_mod, "_patch_label", interrupted)
+    code, _, err = run_cli(capsys, "relabel", folder, "--from-overlaps", folder / "overlaps.json", "--in-place")
+    assert code == 130 and "run the same command again to finish" in err
+    assert not [p for p in folder.rglob("*") if relabel_mod.TMP_SUFFIX in p.name]
+    assert _journal(folder)["state"] == "running"
+    pristine.shard_states(folder)
+    monkeypatch.setattr(relabel_mod, "_patch_label", patch)
+    assert relabel_cli(folder) == 0
+    pristine.assert_finished(folder)
