@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,19 +102,28 @@ def save_checkpoint(root: str, step: int, *, ctx: DistContext, replicated: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier(ctx.group)
-    dcp.save(_dcp_state(replicated, sharded, ctx), checkpoint_id=tmp, process_group=ctx.group,
-             no_dist=ctx.group is None)
+    with _single_process_quiet():
+        dcp.save(_dcp_state(replicated, sharded, ctx), checkpoint_id=tmp, process_group=ctx.group,
+                 no_dist=ctx.group is None)
     torch.save(rank_state, os.path.join(tmp, f"rank{ctx.rank}.pt"))
     barrier(ctx.group)
     if ctx.is_main:
         body = {"format_version": FORMAT_VERSION, "step": step, "world_size": ctx.world_size, **meta}
         _write_json_synced(os.path.join(tmp, META_FILE), body)
         if os.path.exists(final):
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         _prune(root, keep_last)
     barrier(ctx.group)
     return final
+
+
+@contextmanager
+def _single_process_quiet():
+    """DCP warns on every single-process save/load, even when asked for one (no_dist=True)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _write_json_synced(path: str, body: dict) -> None:
@@ -122,11 +133,20 @@ def _write_json_synced(path: str, body: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _discard(path: str) -> None:
+    """Rename out of the `step-*` namespace first, so a kill mid-delete never leaves a
+    half-deleted folder that still looks complete."""
+    trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.deleting")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _prune(root: str, keep_last: int) -> None:
     for _, path in complete_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)
     for name in os.listdir(root):
-        if name.startswith(".step-") and name.endswith(".tmp"):
+        if name.startswith(".step-") and name.endswith((".tmp", ".deleting")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
@@ -163,7 +183,8 @@ def load_checkpoint(path: str, *, ctx: DistContext, replicated: dict, sharded: d
 
     meta = read_meta(path)
     state = _dcp_state(replicated, sharded, ctx)
-    dcp.load(state, checkpoint_id=path, process_group=ctx.group, no_dist=ctx.group is None)
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=path, process_group=ctx.group, no_dist=ctx.group is None)
     for key, rows in sharded.items():
         loaded = state["sharded"][key]
         rows.local.copy_(loaded.to_local() if hasattr(loaded, "to_local") else loaded)
@@ -206,7 +227,8 @@ def load_partial(path: str, state: dict) -> dict:
     import torch.distributed.checkpoint as dcp
 
     read_meta(path)
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     return state
 
 

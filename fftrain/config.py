@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -220,6 +221,9 @@ class TrainConfig:
 # Building from plain data
 
 
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _coerce(value, annotation, key: str):
     """`value` checked against the field's annotation (ints widen to floats; nothing else converts)."""
     origin = typing.get_origin(annotation)
@@ -231,6 +235,8 @@ def _coerce(value, annotation, key: str):
         _check(isinstance(value, list), key, f"expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if annotation is float:
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            value = float(value)  # PyYAML reads "1e-3" (no dot) as a string
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
         return float(value)
     if annotation is bool:

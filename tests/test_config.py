@@ -19,7 +19,7 @@ def test_defaults_are_the_paper_setting():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 0.1\n  total_steps: 1000\nfusion:\n  t2: 0.5\n")
-    cfg = load_config(str(path), ["optim.lr=0.01", "data.verification=[a.bin, b.bin]", "model.backbone=iresnet18"])
+    cfg = load_config(str(path), ["optim.lr=1e-2", "data.verification=[a.bin, b.bin]", "model.backbone=iresnet18"])
     assert cfg.optim.lr == 0.01 and cfg.optim.total_steps == 1000 and cfg.fusion_step == 500
     assert cfg.data.verification == ["a.bin", "b.bin"] and cfg.model.backbone == "iresnet18"
 

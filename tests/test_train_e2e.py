@@ -88,7 +88,7 @@ def test_resume_gives_the_same_losses_as_not_stopping(synth, tmp_path):
         for key in ("loss/cls", "loss/dom"):
             assert resumed[step][key] == pytest.approx(straight[step][key], rel=1e-5, abs=1e-6), (step, key)
     log = (tmp_path / "stopped" / "logs" / "rank0.log").read_text()
-    assert log.count("fusion at step 5") == 1
+    assert log.count("fusion at step 5:") == 1
 
 
 def test_resume_on_fewer_ranks_reshards_the_fc(synth, tmp_path):
