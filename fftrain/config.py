@@ -56,6 +56,10 @@ class DataConfig:
     """Size of the generated synthetic set: 'default' (the demo) or 'tiny' (tests)."""
     reader: str = "dali"
     """'dali' (DALI pipeline) or 'torch' (DataLoader fallback, no DALI needed)."""
+    order: str = "global"
+    """'global': a permutation of all records per (seed, epoch), split over the ranks, so every batch
+    mixes all datasets (DALI decodes; exact resume; the torch reader matches it). 'reader': DALI's
+    fn.readers.mxnet shard split and buffer shuffle (batches follow the shard layout; DALI only)."""
     batch_size: int = 128
     """Images per rank per step (the global batch is this times the world size)."""
     num_workers: int = 2
@@ -67,6 +71,9 @@ class DataConfig:
 
     def __post_init__(self):
         _check(self.reader in ("dali", "torch"), "data.reader", f"must be 'dali' or 'torch', got {self.reader!r}")
+        _check(self.order in ("global", "reader"), "data.order", f"must be 'global' or 'reader', got {self.order!r}")
+        _check(self.order == "global" or self.reader == "dali", "data.order",
+               "'reader' order needs data.reader=dali (the torch reader follows the global order)")
         _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.synth_preset in ("default", "tiny"), "data.synth_preset",

@@ -20,8 +20,8 @@ DEMO_CONFIG: dict = {
     "head": {"margin": "arcface", "scale": 32.0, "m": 0.3, "sample_rate": 1.0},
     "grl": {"weight": 0.1, "start_step": 0, "hidden": 64},
     "fusion": {"t1": 0.7, "t2": 0.5, "knn_k": 10, "max_component": 6},
-    "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": 1200,
-              "lr_milestones": [900, 1100], "warmup_steps": 50},
+    "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": 1000,
+              "lr_milestones": [750, 900], "warmup_steps": 50},
     "checkpoint": {"every": 300, "keep_last": 2, "resume": "auto"},
     "log": {"every": 25, "eval_every": 0, "tensorboard": True},
 }

@@ -29,10 +29,17 @@ def add_fuse_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--same-dataset-policy", default="skip", choices=["skip", "split", "keep"],
                    help="components chaining two classes of one dataset (default skip)")
     p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="kNN backend")
-    p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint>/fuse-t1_<T1>)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/fuse/<checkpoint>-t1_<T1>, "
+                   "beside the checkpoints folder)")
     p.add_argument("--dry-run", action="store_true", help="report only; do not write label_map.json")
     p.set_defaults(run=run_fuse)
     return p
+
+
+def _default_out(checkpoint: str, t1: float) -> str:
+    checkpoint = os.path.abspath(checkpoint)
+    run_dir = os.path.dirname(os.path.dirname(checkpoint))
+    return os.path.join(run_dir, "fuse", f"{os.path.basename(checkpoint)}-t1_{t1:.3f}")
 
 
 def run_fuse(args) -> int:
@@ -55,7 +62,7 @@ def run_fuse(args) -> int:
         "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
     datasets = meta["datasets"]
     source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
-    out = args.out or os.path.join(args.checkpoint, f"fuse-t1_{args.t1:.3f}")
+    out = args.out or _default_out(args.checkpoint, args.t1)
     result = run_fusion(state["sharded"]["fc_weight"], [], class_dataset=state["class_dataset_fused"],
                         label_map=state["label_map"], source_info=source_info, t1=args.t1, knn_k=args.knn_k,
                         max_component=args.max_component, same_dataset_policy=args.same_dataset_policy,

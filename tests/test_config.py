@@ -73,3 +73,9 @@ def test_shipped_configs_load_and_demo_yaml_matches_embedded():
     demo_yaml = yaml.safe_load(open(REPO / "configs/demo_cpu.yaml"))
     assert demo_yaml == DEMO_CONFIG
     load_config(str(REPO / "configs/demo_cpu.yaml"))
+
+
+def test_reader_order_needs_dali():
+    assert config_from_dict({"data": {"order": "reader"}}).data.order == "reader"
+    with pytest.raises(ConfigError, match=r"data\.order: 'reader' order needs data\.reader=dali"):
+        config_from_dict({"data": {"order": "reader", "reader": "torch"}})

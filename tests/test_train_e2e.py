@@ -170,3 +170,25 @@ def test_sigkill_a_rank_then_torchrun_restarts_from_the_last_checkpoint(synth, t
         load_proxies_from_checkpoint(path)
     assert not [p for p in os.listdir(tmp_path / "checkpoints") if p.endswith(".tmp")]
     assert sorted(metrics(tmp_path))[-1] == 14
+
+
+def test_fftrain_cli_on_a_trained_checkpoint(synth, tmp_path, capsys):
+    from fftrain.cli import main
+
+    train(synth, tmp_path, nproc=1, stop_at_step=4, **{"fusion.t2": 1.0})
+    checkpoint = str(tmp_path / "checkpoints" / "step-00000004")
+    assert main(["fuse", "--checkpoint", checkpoint, "--t1", "0.2", "--dry-run"]) == 0
+    preview = tmp_path / "fuse" / "step-00000004-t1_0.200"
+    assert (preview / "fusion_report.json").exists() and (preview / "fusion_top1_hist.png").exists()
+    assert not (preview / "label_map.json").exists()
+    assert main(["fuse", "--checkpoint", checkpoint, "--t1", "0.2"]) == 0
+    label_map = json.loads((preview / "label_map.json").read_text())
+    assert len(label_map["label_map"]) == 180 and max(label_map["label_map"]) + 1 == label_map["num_classes_fused"]
+    assert main(["eval", "--checkpoint", checkpoint, str(synth / "verification.bin"),
+                 "--json-out", str(tmp_path / "eval.json")]) == 0
+    (result,) = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert result["name"] == "verification" and result["num_pairs"] == 40
+    assert len(result["fold_accuracies"]) == 10 and 0.0 <= result["accuracy"] <= 1.0
+    assert main(["export", "--checkpoint", checkpoint, "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert "max |diff|" in capsys.readouterr().out

@@ -210,7 +210,7 @@ def build_loader_from_config(cfg, ctx, *, manifest: str | Manifest | Prepared | 
                         shard_id=ctx.rank, num_shards=ctx.world_size, device=ctx.device,
                         batch_size=data.batch_size, seed=cfg.seed, epoch=epoch, start_step=start_step,
                         strong_augment=data.augment, channels_last=cfg.model.channels_last,
-                        label_map=label_map, **workers)
+                        label_map=label_map, order=data.order, **workers)
 
 
 class EndlessBatches:
