@@ -28,16 +28,12 @@ import argparse
 import contextlib
 import datetime
 import io
-import json
 import os
-import platform
-import resource
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from bench_common import cpu_seconds, machine_info, write_report
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -157,20 +153,14 @@ def run_command(argv: list[str]) -> None:
         raise RuntimeError(f"recordio_tools {' '.join(argv)} exited {code}")
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process and its finished children (convert's worker pool)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def timed(fn, repeats: int) -> tuple[list[float], list[float]]:
     """Wall seconds and CPU seconds of each of `repeats` calls of `fn`."""
     wall, cpu = [], []
     for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         fn()
         wall.append(time.perf_counter() - started)
-        cpu.append(_cpu_seconds() - cpu_started)
+        cpu.append(cpu_seconds() - cpu_started)
     return wall, cpu
 
 
@@ -179,16 +169,9 @@ def timed(fn, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def machine() -> dict:
-    from PIL import __version__ as pillow_version
     from PIL import features
 
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown"
-    return {"host": socket.gethostname(), "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "pillow": pillow_version, "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo"))}
+    return {**machine_info(), "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo"))}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -222,25 +205,20 @@ def main(argv=None) -> int:
                                                                     "--shards", "4"]), args.repeats)))
     baseline_rate = None
     rows = []
-    for name, count, (seconds, cpu_seconds) in results:
+    for name, count, (seconds, cpu_times) in results:
         median = statistics.median(seconds)
         rate = count / median
         baseline_rate = baseline_rate or rate
         rows.append({"variant": name, "images": count, "seconds": seconds, "median_s": median, "images_per_s": rate,
-                     "ratio_vs_baseline_pil": rate / baseline_rate, "cpu_seconds": cpu_seconds,
-                     "cpu_ms_per_image": 1000 * statistics.median(cpu_seconds) / count})
+                     "ratio_vs_baseline_pil": rate / baseline_rate, "cpu_seconds": cpu_times,
+                     "cpu_ms_per_image": 1000 * statistics.median(cpu_times) / count})
     print_table(rows)
     today = datetime.date.today().isoformat()
     load = {"start": load_at_start, "end": os.getloadavg()[0]}
     print(f"1-minute load average: {load['start']:.1f} at start, {load['end']:.1f} at end ({os.cpu_count()} cores)")
     report = {"benchmark": "convert", "date": today, "machine": machine(), "load_average_1min": load,
               "args": vars(args), "results": rows}
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
-                                   f"convert_{socket.gethostname()}_{today}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {out}")
+    write_report(report, args.out, "convert")
     return 0
 
 

@@ -28,13 +28,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import os
-import platform
-import socket
 import sys
 import tempfile
 import time
+from bench_common import machine_info, write_report
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -145,22 +143,6 @@ def median_round(rows: list[dict]) -> dict:
     return sorted(rows, key=lambda r: r["images_per_s"])[len(rows) // 2]
 
 
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    info = {"host": socket.gethostname(), "cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
-    try:
-        import torch
-        import nvidia.dali
-
-        info.update(torch=torch.__version__, dali=nvidia.dali.__version__)
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -187,14 +169,9 @@ def main(argv=None) -> None:
               f"{ratio:>9} {r['cpu_ms_per_image']:>13}")
     print(f"load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f}")
     result = {"benchmark": "data_pipeline", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine(), "args": vars(args), "load_average": [load_before, load_after],
+              "machine": machine_info(), "args": vars(args), "load_average": [load_before, load_after],
               "results": rows, "rounds": rounds}
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
-                                   f"data_{socket.gethostname()}_{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwrote {out}")
+    write_report(result, args.out, "data")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
-import socket
 import subprocess
 import sys
 import time
+from bench_common import machine_info, write_report
 
 VARIANTS = ("dense", "pfc@1.0", "pfc@0.1")
 
@@ -165,20 +164,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    info = {"host": socket.gethostname(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    import torch
-    info["torch"] = torch.__version__
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.one:
@@ -201,15 +186,10 @@ def main(argv=None) -> None:
                 rows.append(run_subprocess(cfg))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     report = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-              "machine": machine(), "results": rows}
+              "machine": machine_info(), "results": rows}
     print()
     print(table(rows))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
-                                   f"partial_fc_{socket.gethostname()}_{report['date']}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"\nwrote {out}")
+    write_report(report, args.out, "partial_fc")
 
 
 if __name__ == "__main__":

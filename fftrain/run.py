@@ -11,7 +11,7 @@ import sys
 
 from .config import TrainConfig, dump_config
 from .distributed import DistContext, barrier, destroy_distributed, init_distributed
-from .run_log import get_logger, setup_logging
+from .run_log import setup_logging
 
 
 def resolve_manifest(cfg: TrainConfig, ctx: DistContext) -> str:

@@ -23,7 +23,7 @@ from recordio_tools import relabel as relabel_mod
 from recordio_tools.manifest import DatasetInfo, Shard, load_manifest, write_dataset_info, write_manifest
 from recordio_tools.overlaps import read_overlaps
 from recordio_tools.recordio import (IRHeader, RecordIOError, RecordReader, RecordWriter, class_id_of, pack,
-                                     read_index, unpack)
+                                     unpack)
 from recordio_tools.synthetic import generate_synthetic_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

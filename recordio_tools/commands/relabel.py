@@ -77,8 +77,8 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
         if args.in_place:
-            print(f"recordio_tools relabel: interrupted; every shard is wholly old or wholly new; run the same "
-                  f"command again to finish", file=sys.stderr)
+            print("recordio_tools relabel: interrupted; every shard is wholly old or wholly new; run the same "
+                  "command again to finish", file=sys.stderr)
         else:
             print("recordio_tools relabel: interrupted; --out folder left as it was", file=sys.stderr)
         return 130

@@ -1,0 +1,66 @@
+"""What every benchmark here shares: the machine description, CPU time, and the JSON report.
+
+Benchmarks run as scripts (`python benchmarks/bench_x.py`), so this module is imported by name
+from the benchmarks folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    """Host, CPU model and cores, Python, and the versions of the libraries a figure depends on."""
+    info = {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    for module, key in (("torch", "torch"), ("nvidia.dali", "dali"), ("faiss", "faiss"), ("PIL", "pillow")):
+        try:
+            info[key] = __import__(module, fromlist=["__version__"]).__version__
+        except ImportError:
+            continue
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished child processes: unlike wall time,
+    it does not grow when other work shares the machine."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def default_out(name: str) -> str:
+    """benchmarks/out/<name>_<host>_<date>.json"""
+    today = datetime.date.today().isoformat()
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{name}_{socket.gethostname()}_{today}.json")
+
+
+def write_report(report: dict, out: str | None, name: str) -> str:
+    """Write the JSON report (atomically) to `out` or the default path; returns the path."""
+    path = os.path.abspath(out or default_out(name))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path
