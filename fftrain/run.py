@@ -6,18 +6,20 @@ that does not fit, a diverged loss) end with one message naming the file or step
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
-from .config import TrainConfig, dump_config
+from .config import ConfigError, TrainConfig, dump_config
 from .distributed import DistContext, barrier, destroy_distributed, init_distributed
 from .run_log import setup_logging
 
 
-def resolve_manifest(cfg: TrainConfig, ctx: DistContext) -> str:
-    """The training set's manifest; for the demo (no manifest) rank 0 generates the synthetic set."""
+def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
+    """The config and the training set's manifest. For the demo (no manifest) rank 0 generates the
+    synthetic set, and its held-out pairs are evaluated unless other .bin files are configured."""
     if cfg.data.manifest:
-        return cfg.data.manifest
+        return cfg, cfg.data.manifest
     from .demo import ensure_synthetic_data
 
     if ctx.is_main:
@@ -25,19 +27,31 @@ def resolve_manifest(cfg: TrainConfig, ctx: DistContext) -> str:
     barrier(ctx.group)
     if not ctx.is_main:
         manifest = ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed)
-    return manifest
+    if not cfg.data.verification:
+        held_out = os.path.join(cfg.data.synth_dir, "verification.bin")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, verification=[held_out]))
+    return cfg, manifest
+
+
+def check_verification_files(cfg: TrainConfig) -> None:
+    """Before the first step, not after the last: every configured .bin file must exist."""
+    missing = [path for path in cfg.data.verification if not os.path.isfile(path)]
+    if missing:
+        raise ConfigError(f"data.verification: file not found: {', '.join(missing)}")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from recordio_tools.manifest import ManifestError
     from recordio_tools.recordio import RecordIOError
 
+    from recordio_tools.verification_bin import VerificationBinError
+
     from .checkpoint import CheckpointError
-    from .config import ConfigError
     from .data.records import DataError
     from .trainer import TrainingDiverged
 
-    return ManifestError, RecordIOError, CheckpointError, ConfigError, DataError, TrainingDiverged
+    return (ManifestError, RecordIOError, VerificationBinError, CheckpointError, ConfigError, DataError,
+            TrainingDiverged)
 
 
 def run_training(cfg: TrainConfig) -> int:
@@ -51,7 +65,9 @@ def run_training(cfg: TrainConfig) -> int:
         from .data import TrainingData
         from .trainer import Trainer
 
-        data = TrainingData.from_config(cfg, ctx, resolve_manifest(cfg, ctx))
+        cfg, manifest = resolve_data(cfg, ctx)
+        check_verification_files(cfg)
+        data = TrainingData.from_config(cfg, ctx, manifest)
         results = Trainer(cfg, ctx, data).train()
         for name, r in results.items():
             log.info(f"final verification {name}: accuracy {r['accuracy']:.4f} ± {r['std']:.4f}")

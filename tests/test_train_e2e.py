@@ -192,3 +192,10 @@ def test_fftrain_cli_on_a_trained_checkpoint(synth, tmp_path, capsys):
     assert main(["export", "--checkpoint", checkpoint, "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0
     assert "max |diff|" in capsys.readouterr().out
+
+
+def test_missing_verification_file_fails_before_training(synth, tmp_path):
+    proc = train(synth, tmp_path, nproc=1, check=False, **{"data.verification": "[/nonexistent/lfw.bin]"})
+    assert proc.returncode != 0
+    assert "data.verification: file not found: /nonexistent/lfw.bin" in proc.stderr + proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
