@@ -10,6 +10,7 @@ FIXTURES = SHARED / "fixtures" / "mxnet"
 
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def pytest_configure(config):
