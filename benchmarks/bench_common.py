@@ -48,6 +48,23 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def cpu_seconds_with_live_children() -> float:
+    """User + system CPU time of this process and of its still-running children (DataLoader workers,
+    which RUSAGE_CHILDREN does not see until they exit), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    me = str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def default_out(name: str) -> str:
     """benchmarks/out/<name>_<host>_<date>.json"""
     today = datetime.date.today().isoformat()

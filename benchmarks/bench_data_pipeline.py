@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from bench_common import cpu_seconds_with_live_children as cpu_seconds
 from bench_common import machine_info, write_report
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,23 +121,6 @@ def measure(manifest: str, variant: str, args) -> dict:
     return {"variant": variant, "device": args.device, "batches": batches, "seconds": round(elapsed, 3),
             "images_per_s": round(images / elapsed, 1), "cpu_ms_per_image": round(1000 * cpu / images, 3),
             "on": str(batch.images.device)}
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process (all threads) and of its live child processes
-    (DataLoader workers), from /proc: unlike wall time, it does not depend on other load."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(os.times()[:2])
-    me = str(os.getpid())
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:  # ppid
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def median_round(rows: list[dict]) -> dict:

@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from bench_common import cpu_seconds_with_live_children as cpu_seconds
 from bench_common import machine_info, write_report
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -114,23 +115,6 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process (all threads) and of its live children (DataLoader
-    workers), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(os.times()[:2])
-    me = str(os.getpid())
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:  # ppid
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 class InMemoryData:
