@@ -63,7 +63,8 @@ def test_read_run_results(tmp_path):
             {"step": 10, "verification/verification/accuracy": 0.8}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "rank0.log").write_text("07:31:11 final verification verification: accuracy 0.8000 ± 0.0450\n")
+    log = "07:31:11 final verification verification: accuracy 0.8000 ± 0.0450\n"
+    (tmp_path / "logs" / "rank0.log").write_text(log)
     r = read_run_results(str(tmp_path))
     assert r["classes"] == 31 and r["phase"] == "agnostic" and r["steps"] == 10
     assert r["verification"]["verification"]["accuracy"] == 0.8

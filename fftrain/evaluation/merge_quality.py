@@ -131,3 +131,45 @@ def read_run_results(run_dir: str) -> dict:
                     entry = out["verification"].setdefault(m["name"], {"step": out["steps"]})
                     entry.update(accuracy=float(m["acc"]), std=float(m["std"]))
     return out
+
+
+def proxy_pair_cosines(checkpoint_dir: str, overlaps_path: str) -> dict:
+    """How separable the planted duplicates are in a checkpoint's class proxies (one proxy per source class,
+    i.e. a run that has not fused): cosine quantiles of the true pairs and of the cross-dataset non-pairs, and,
+    for thresholds T, the recall and the false pairs a fusion at T1 = T would get from these proxies."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from recordio_tools.overlaps import read_overlaps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ckpt.pt")
+        dcp_to_torch_save(checkpoint_dir, path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    weight = torch.nn.functional.normalize(state["sharded"]["fc_weight"].float(), dim=1).numpy()
+    overlaps = read_overlaps(overlaps_path)
+    if weight.shape[0] != sum(d["num_classes"] for d in overlaps.datasets):
+        raise RunResultsError(f"{checkpoint_dir}: {weight.shape[0]} proxies, but the ground truth has "
+                              f"{sum(d['num_classes'] for d in overlaps.datasets)} source classes (fused run?)")
+    offsets = [d["class_offset"] for d in overlaps.datasets]
+    dataset = np.searchsorted(offsets, np.arange(weight.shape[0]), side="right") - 1
+    sims = weight @ weight.T
+    true = sorted(group_pairs(overlaps.source_class_groups()))
+    cross = dataset[:, None] != dataset[None, :]
+    for a, b in true:
+        cross[a, b] = cross[b, a] = False
+    negatives = sims[np.triu(cross, 1)]
+    positives = np.array([sims[a, b] for a, b in true], dtype=np.float64)
+    q = (0.0, 0.1, 0.5, 0.9, 1.0)
+    return {
+        "true_pairs": len(true),
+        "true_pair_cos": dict(zip(map(str, q), np.quantile(positives, q).round(4).tolist())) if true else {},
+        "non_pair_cos": dict(zip(map(str, (0.5, 0.99, 0.999, 1.0)),
+                                 np.quantile(negatives, (0.5, 0.99, 0.999, 1.0)).round(4).tolist())),
+        "at_threshold": {f"{t:.1f}": {"recall": float((positives > t).mean()) if true else None,
+                                      "false_pairs": int((negatives > t).sum())}
+                         for t in (0.3, 0.4, 0.5, 0.6, 0.7)},
+    }
