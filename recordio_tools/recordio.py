@@ -349,11 +349,17 @@ def _temp_name(path: str) -> str:
 
 def write_text_atomic(path: str | os.PathLike, text: str, already_temp: bool = False) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
+    write_bytes_atomic(path, text.encode("utf-8"), already_temp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, already_temp: bool = False) -> None:
+    """Write `data` to `path` through a temporary file and a rename (`already_temp`: `path` is
+    itself the temporary name, which the caller renames)."""
     path = os.fspath(path)
     tmp = path if already_temp else _temp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if not already_temp:

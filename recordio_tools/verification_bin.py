@@ -19,6 +19,8 @@ import os
 import pickle
 from typing import Sequence
 
+from .recordio import write_bytes_atomic
+
 
 # Protocol 4: what Python >= 3.4 reads, compact framing for large byte strings.
 WRITE_PROTOCOL = 4
@@ -103,17 +105,4 @@ def dumps_verification_bin(images: Sequence[bytes], issame: Sequence[bool]) -> b
 
 def write_verification_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence[bool]) -> None:
     """Write pairs in insightface's format (images 2i, 2i+1 form pair i), atomically."""
-    path = os.fspath(path)
-    data = dumps_verification_bin(images, issame)
-    head, tail = os.path.split(path)
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_bytes_atomic(path, dumps_verification_bin(images, issame))
