@@ -134,7 +134,7 @@ class InMemoryData:
         source = torch.randint(0, classes, (batch_size,), generator=gen).to(device)
         dataset, fused = self.labels.lookup(source)
         images = images.to(device)
-        if channels_last:  # as the loader delivers it, so train_step's conversion is a no-op here too
+        if channels_last:  # as the loader delivers it
             images = images.contiguous(memory_format=torch.channels_last)
         self.batch = Batch(images, source, dataset, fused, epoch=0, step=0)
         self.manifest = None

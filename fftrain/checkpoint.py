@@ -74,7 +74,7 @@ def _device_mesh(ctx: DistContext):
     return DeviceMesh.from_group(ctx.group, ctx.device.type)
 
 
-def _as_dcp_tensor(rows: ShardedRows, ctx: DistContext, mesh):
+def _as_dcp_tensor(rows: ShardedRows, mesh):
     """A DTensor sharded on dim 0 (DTensor's contiguous split, which fftrain.class_sharding uses)."""
     if mesh is None:
         return rows.local
@@ -87,7 +87,7 @@ def _as_dcp_tensor(rows: ShardedRows, ctx: DistContext, mesh):
 
 def _dcp_state(replicated: dict, sharded: dict[str, ShardedRows], ctx: DistContext) -> dict:
     mesh = _device_mesh(ctx) if ctx.group is not None else None
-    return {**replicated, "sharded": {k: _as_dcp_tensor(v, ctx, mesh) for k, v in sharded.items()}}
+    return {**replicated, "sharded": {k: _as_dcp_tensor(v, mesh) for k, v in sharded.items()}}
 
 
 def save_checkpoint(root: str, step: int, *, ctx: DistContext, replicated: dict, sharded: dict[str, ShardedRows],

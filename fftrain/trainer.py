@@ -123,9 +123,8 @@ class Trainer:
         lr = lr_at(step, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images = batch.images.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else batch.images
-        with self._autocast():
-            embeddings, dataset_logits = self.forward_model(images)
+        with self._autocast():  # the loader already delivers channels-last images when the model wants them
+            embeddings, dataset_logits = self.forward_model(batch.images)
         class_dataset = None if self.state.fused else self.class_dataset_fused
         loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset)
         dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
