@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,19 @@ def pick_device(local_rank: int, device: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {device!r}; choose 'auto', 'cuda' or 'cpu'")
 
 
+STARTUP_TIMEOUT_ENV = "FFTRAIN_STARTUP_TIMEOUT_S"
+"""Seconds a process-group start-up may take before this rank gives up (default 300): a start-up that cannot
+complete fails with a message, and torchrun's next restart round retries it."""
+
+
+class StartupTimeout(RuntimeError):
+    """The process group could not start within the start-up timeout (a peer never arrived)."""
+
+
+def startup_timeout_s() -> float:
+    return float(os.environ.get(STARTUP_TIMEOUT_ENV, "300"))
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:
     """Build the context from torchrun's environment; a plain `python` run gets world size 1.
 
@@ -67,12 +81,70 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
         torch.cuda.set_device(torch_device)
     backend = "nccl" if torch_device.type == "cuda" else "gloo"
     if not dist.is_initialized():
+        store = None
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store = round_store(rank, world_size, startup_timeout_s())
+            store.set_timeout(datetime.timedelta(seconds=timeout_s))
         dist.init_process_group(
             backend=backend,
+            store=store,
+            rank=rank if store is not None else -1,
+            world_size=world_size if store is not None else -1,
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=torch_device if backend == "nccl" else None,
         )
     return DistContext(rank, local_rank, world_size, torch_device, dist.group.WORLD)
+
+
+def round_store(rank: int, world_size: int, timeout_s: float) -> dist.Store:
+    """A key-value store that belongs to this restart round alone, with every rank connected to it.
+
+    torchrun's agent keeps one store for all restart rounds, and the keys a process group writes carry no
+    round, so a restarted group reads its dead predecessors' gloo addresses (connect: Connection refused) or
+    barrier counts (a hang). Rank 0 hosts a fresh store and publishes its port in the agent's store; a store
+    hosted by a worker can only belong to the live round, because torchrun stops every worker of a round
+    before it starts the next one. Raises `StartupTimeout` when the round cannot assemble in `timeout_s`.
+    """
+    host, agent_port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    deadline = time.monotonic() + timeout_s
+    step_timeout = datetime.timedelta(seconds=max(1.0, min(10.0, timeout_s)))
+    agent = dist.TCPStore(host, agent_port, world_size=world_size, is_master=False,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+    port_key = f"fftrain/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/round_store_port"
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world_size=world_size, is_master=True, wait_for_workers=False,
+                              timeout=step_timeout)
+        agent.set(port_key, str(store.port))
+    else:
+        store = _connect_to_round_store(agent, host, port_key, world_size, deadline, step_timeout)
+    _wait_for_all_ranks(store, rank, world_size, deadline)
+    return store
+
+
+def _connect_to_round_store(agent: dist.Store, host: str, port_key: str, world_size: int, deadline: float,
+                            step_timeout: datetime.timedelta) -> dist.Store:
+    """Rank 0's store of this round: the published port may still be the last round's, whose host is dead."""
+    last_error = "rank 0 never published its store"
+    while time.monotonic() < deadline:
+        try:
+            port = int(agent.get(port_key))
+            return dist.TCPStore(host, port, world_size=world_size, is_master=False, timeout=step_timeout)
+        except (RuntimeError, ValueError) as e:  # DistStoreError / DistNetworkError derive from RuntimeError
+            last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            time.sleep(0.2)
+    raise StartupTimeout(f"process-group start-up: could not reach rank 0's store at {host} within "
+                         f"{startup_timeout_s():.0f} s ({last_error}); set {STARTUP_TIMEOUT_ENV} to wait longer")
+
+
+def _wait_for_all_ranks(store: dist.Store, rank: int, world_size: int, deadline: float) -> None:
+    """A store-side barrier with a deadline, so the process group's own connect (which waits for the long
+    collective timeout) only starts once every rank is known to be there."""
+    store.add("fftrain/arrived", 1)
+    while (arrived := store.add("fftrain/arrived", 0)) < world_size:
+        if time.monotonic() > deadline:
+            raise StartupTimeout(f"process-group start-up: rank {rank} saw {arrived} of {world_size} ranks arrive "
+                                 f"within {startup_timeout_s():.0f} s; set {STARTUP_TIMEOUT_ENV} to wait longer")
+        time.sleep(0.05)
 
 
 def destroy_distributed(ctx: DistContext) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from .config import ConfigError, TrainConfig, dump_config
-from .distributed import DistContext, barrier, destroy_distributed, init_distributed
+from .distributed import DistContext, StartupTimeout, barrier, destroy_distributed, init_distributed
 from .run_log import setup_logging
 
 
@@ -55,7 +55,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_training(cfg: TrainConfig) -> int:
-    ctx = init_distributed(cfg.device)
+    try:
+        ctx = init_distributed(cfg.device)
+    except StartupTimeout as e:  # torchrun's next restart round tries again
+        print(f"fftrain: {e}", file=sys.stderr)
+        return 1
     os.makedirs(cfg.output_dir, exist_ok=True)
     log = setup_logging(cfg.output_dir, ctx.rank)
     try:

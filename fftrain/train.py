@@ -19,6 +19,8 @@ overrides any config key (YAML syntax for the value); `--resume auto|PATH|''` is
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 
 
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a stuck rank is
     from fftrain.config import ConfigError, load_config
     from fftrain.demo import DEMO_CONFIG
 

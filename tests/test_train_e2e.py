@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fftrain.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
+from watchdog import communicate_within, kill_session, run_watched
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fftrain" / "train.py")
@@ -43,7 +44,7 @@ def _overrides(synth, out_dir, **extra) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FFTRAIN_STARTUP_TIMEOUT_S="120")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
@@ -52,7 +53,7 @@ def _env() -> dict:
 def train(synth, out_dir, nproc=1, extra_args=(), max_restarts=0, check=True, **overrides):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={max_restarts}", TRAIN, *_overrides(synth, out_dir, **overrides), *extra_args]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = run_watched(cmd, deadline_s=480, cwd=REPO, env=_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -132,15 +133,25 @@ def _worker_pids(parent: int) -> list[int]:
     return pids
 
 
-def test_sigkill_a_rank_then_torchrun_restarts_from_the_last_checkpoint(synth, tmp_path):
+def _rank_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return None
+    return int(env[b"RANK"]) if b"RANK" in env else None
+
+
+def test_sigkill_rank0_then_rank1_torchrun_restarts_from_the_last_checkpoint(synth, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=4",
            TRAIN, *_overrides(synth, tmp_path, checkpoint__every=1, **{"optim.total_steps": 14})]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     rng = random.Random(0)
     kills = []
 
     def killer():
-        for _ in range(2):
+        for victim_rank in (0, 1):  # rank 0 hosts the round's store: its death is the harder restart
             deadline = time.time() + 120
             while time.time() < deadline and proc.poll() is None:
                 log = tmp_path / "logs" / "rank0.log"
@@ -149,20 +160,22 @@ def test_sigkill_a_rank_then_torchrun_restarts_from_the_last_checkpoint(synth, t
                     break
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.0, 1.5))  # lands in a step or in a save, at random
-            workers = _worker_pids(proc.pid)
-            if proc.poll() is not None or not workers:
+            victims = [pid for pid in _worker_pids(proc.pid) if _rank_of(pid) == victim_rank]
+            if proc.poll() is not None or not victims:
                 return
-            victim = rng.choice(workers)
-            os.kill(victim, signal.SIGKILL)
-            kills.append(victim)
+            os.kill(victims[0], signal.SIGKILL)
+            kills.append(victim_rank)
 
-    thread = threading.Thread(target=killer)
+    thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    output, _ = proc.communicate(timeout=600)
+    try:
+        output = communicate_within(proc, deadline_s=480)
+    finally:
+        kill_session(proc.pid)
     thread.join()
     assert proc.returncode == 0, output[-4000:]
-    assert kills, "no rank was killed"
-    assert output.count("resumed from") >= 1
+    assert kills == [0, 1], kills
+    assert output.count("resumed from") >= 2
     checkpoints = complete_checkpoints(str(tmp_path / "checkpoints"))
     assert checkpoints[-1][0] == 14
     for _, path in checkpoints:
