@@ -107,7 +107,7 @@ def round_store(rank: int, world_size: int, timeout_s: float) -> dist.Store:
     """
     host, agent_port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     deadline = time.monotonic() + timeout_s
-    step_timeout = datetime.timedelta(seconds=max(1.0, min(10.0, timeout_s)))
+    step_timeout = datetime.timedelta(seconds=max(1.0, min(2.0, timeout_s)))
     agent = dist.TCPStore(host, agent_port, world_size=world_size, is_master=False,
                           timeout=datetime.timedelta(seconds=timeout_s))
     port_key = f"fftrain/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/round_store_port"
@@ -116,13 +116,13 @@ def round_store(rank: int, world_size: int, timeout_s: float) -> dist.Store:
                               timeout=step_timeout)
         agent.set(port_key, str(store.port))
     else:
-        store = _connect_to_round_store(agent, host, port_key, world_size, deadline, step_timeout)
-    _wait_for_all_ranks(store, rank, world_size, deadline)
+        store = _connect_to_round_store(agent, host, port_key, world_size, deadline, step_timeout, timeout_s)
+    _wait_for_all_ranks(store, rank, world_size, deadline, timeout_s)
     return store
 
 
 def _connect_to_round_store(agent: dist.Store, host: str, port_key: str, world_size: int, deadline: float,
-                            step_timeout: datetime.timedelta) -> dist.Store:
+                            step_timeout: datetime.timedelta, timeout_s: float) -> dist.Store:
     """Rank 0's store of this round: the published port may still be the last round's, whose host is dead."""
     last_error = "rank 0 never published its store"
     while time.monotonic() < deadline:
@@ -133,17 +133,17 @@ def _connect_to_round_store(agent: dist.Store, host: str, port_key: str, world_s
             last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
             time.sleep(0.2)
     raise StartupTimeout(f"process-group start-up: could not reach rank 0's store at {host} within "
-                         f"{startup_timeout_s():.0f} s ({last_error}); set {STARTUP_TIMEOUT_ENV} to wait longer")
+                         f"{timeout_s:.0f} s ({last_error}); set {STARTUP_TIMEOUT_ENV} to wait longer")
 
 
-def _wait_for_all_ranks(store: dist.Store, rank: int, world_size: int, deadline: float) -> None:
+def _wait_for_all_ranks(store: dist.Store, rank: int, world_size: int, deadline: float, timeout_s: float) -> None:
     """A store-side barrier with a deadline, so the process group's own connect (which waits for the long
     collective timeout) only starts once every rank is known to be there."""
     store.add("fftrain/arrived", 1)
     while (arrived := store.add("fftrain/arrived", 0)) < world_size:
         if time.monotonic() > deadline:
             raise StartupTimeout(f"process-group start-up: rank {rank} saw {arrived} of {world_size} ranks arrive "
-                                 f"within {startup_timeout_s():.0f} s; set {STARTUP_TIMEOUT_ENV} to wait longer")
+                                 f"within {timeout_s:.0f} s; set {STARTUP_TIMEOUT_ENV} to wait longer")
         time.sleep(0.05)
 
 
