@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .distributed import DistContext, barrier, broadcast_object
+from .faults import fault_point
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -106,6 +107,7 @@ def save_checkpoint(root: str, step: int, *, ctx: DistContext, replicated: dict,
         dcp.save(_dcp_state(replicated, sharded, ctx), checkpoint_id=tmp, process_group=ctx.group,
                  no_dist=ctx.group is None)
     torch.save(rank_state, os.path.join(tmp, f"rank{ctx.rank}.pt"))
+    fault_point("fusion_save" if meta.get("reason") == "fusion" else "save", step, ctx.rank)
     barrier(ctx.group)
     if ctx.is_main:
         body = {"format_version": FORMAT_VERSION, "step": step, "world_size": ctx.world_size, **meta}

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import DistContext, all_reduce_
+from .faults import fault_point
 from .lr_schedule import lr_at
 from .margins import build_margin
 from .model import EmbeddingModel
@@ -106,6 +107,7 @@ class Trainer:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
         from .fusion_step import fuse_running_head
 
+        fault_point("fusion", self.state.step, self.ctx.rank)
         result = fuse_running_head(self)
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
@@ -161,6 +163,7 @@ class Trainer:
         while self.state.step < stop:
             if self.fusion_due:
                 self.on_phase_boundary()
+            fault_point("step", self.state.step + 1, self.ctx.rank)
             started = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - started
@@ -211,6 +214,7 @@ class Trainer:
             return {}
         from .evaluation.verification import evaluate_bin
 
+        fault_point("eval", self.state.step, self.ctx.rank)
         self.model.eval()
         results = {}
         for path in self.cfg.data.verification:
