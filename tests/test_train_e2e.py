@@ -212,3 +212,38 @@ def test_missing_verification_file_fails_before_training(synth, tmp_path):
     assert proc.returncode != 0
     assert "data.verification: file not found: /nonexistent/lfw.bin" in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_c10d_rendezvous_recover_from_a_killed_worker(synth, tmp_path):
+    """Multi-node as two agents on one host: node 1's worker dies mid-run; both agents re-rendezvous."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = dict(_env(), FFTRAIN_FAULT="step@6:1", FFTRAIN_FAULT_DIR=str(tmp_path))
+    procs = []
+    try:
+        for node in range(2):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=fftrain-test",
+                   "--max-restarts=2", "--monitor-interval=1", TRAIN,
+                   *_overrides(synth, tmp_path / "run", checkpoint__every=2)]
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True, start_new_session=True))
+        outputs = [communicate_within(p, deadline_s=480) for p in procs]
+    finally:
+        for p in procs:
+            kill_session(p.pid)
+    assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(o[-3000:] for o in outputs)
+    assert (tmp_path / "step@6:1").exists(), "the planned fault never fired"
+    log = (tmp_path / "run" / "logs" / "rank0.log").read_text()
+    # the newest complete checkpoint before step 6 is the one written right after fusion at step 5
+    assert "resumed from" in log and "step-00000005" in log.split("resumed from", 1)[1].splitlines()[0]
+    assert complete_checkpoints(str(tmp_path / "run" / "checkpoints"))[-1][0] == 10
+    assert sorted(metrics(tmp_path / "run"))[-1] == 10
