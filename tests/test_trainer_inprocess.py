@@ -1,0 +1,59 @@
+"""The training loop in this process (one rank, no torchrun): phases, fusion, checkpoints, resume."""
+
+import json
+
+import pytest
+
+from fftrain.checkpoint import complete_checkpoints, read_meta
+from fftrain.config import load_config
+from fftrain.data import TrainingData
+from fftrain.demo import DEMO_CONFIG
+from fftrain.distributed import single_process_context
+from fftrain.run_log import setup_logging
+from fftrain.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from recordio_tools.synthetic import generate_synthetic_set
+
+    out = tmp_path_factory.mktemp("synth") / "set"
+    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
+    return out
+
+
+def make_trainer(synth, out_dir, **overrides) -> Trainer:
+    values = {"output_dir": str(out_dir), "data.manifest": str(synth / "manifest.json"), "data.batch_size": 16,
+              "data.num_workers": 1, "data.reader": "torch", "optim.total_steps": 6, "optim.warmup_steps": 1,
+              "optim.lr_milestones": "[5]", "fusion.t2": 0.5, "log.every": 1, "checkpoint.every": 2,
+              "log.tensorboard": "false", "device": "cpu", **overrides}
+    cfg = load_config(None, [f"{k}={v}" for k, v in values.items()], base=DEMO_CONFIG)
+    ctx = single_process_context()
+    setup_logging(cfg.output_dir, ctx.rank)
+    return Trainer(cfg, ctx, TrainingData.from_config(cfg, ctx, cfg.data.manifest))
+
+
+def losses(out_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    return {r["step"]: r["loss/cls"] for r in rows if "loss/cls" in r}
+
+
+def test_a_run_goes_through_both_phases_and_checkpoints(synth, tmp_path):
+    trainer = make_trainer(synth, tmp_path)
+    trainer.train()
+    assert trainer.state.step == 6 and trainer.state.fused and trainer.phase == "agnostic"
+    assert trainer.head.num_classes <= trainer.data.num_source_classes
+    steps = [step for step, _ in complete_checkpoints(str(tmp_path / "checkpoints"))]
+    assert steps[-1] == 6
+    assert read_meta(str(tmp_path / "checkpoints" / "step-00000006"))["fused"]
+    assert sorted(losses(tmp_path)) == list(range(1, 7))
+
+
+def test_resume_in_process_continues_with_the_same_losses(synth, tmp_path):
+    make_trainer(synth, tmp_path / "straight").train()
+    make_trainer(synth, tmp_path / "stopped", stop_at_step=2).train()
+    resumed = make_trainer(synth, tmp_path / "stopped")
+    assert resumed.state.step == 2 and not resumed.state.fused
+    resumed.train()
+    straight, stopped = losses(tmp_path / "straight"), losses(tmp_path / "stopped")
+    assert stopped == pytest.approx(straight, rel=1e-5)
