@@ -3,6 +3,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from conftest import REPO
 
 
@@ -13,6 +15,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_memory_mode_and_sweep_write_json(tmp_path):
     bench = load_bench()
     out = tmp_path / "train_step.json"

@@ -48,6 +48,7 @@ def _save_then_load(ctx, root):
     return path, _load(ctx, path)
 
 
+@pytest.mark.slow
 def test_save_on_four_ranks_load_on_two_and_one(tmp_path):
     root = str(tmp_path / "ck")
     saved = run_distributed(_save_then_load, 4, (root,))
@@ -79,6 +80,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.3, 0.9, 1.7, 2.3, 3.1])
 def test_kill_during_save_leaves_only_complete_checkpoints(tmp_path, delay):
     root = str(tmp_path / "ck")

@@ -16,6 +16,8 @@ import torch
 from fftrain.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
 from watchdog import communicate_within, kill_session, run_watched
 
+pytestmark = pytest.mark.slow  # every test here runs torchrun end to end
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fftrain" / "train.py")
 
@@ -222,7 +224,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_torchrun_agents_c10d_rendezvous_recover_from_a_killed_worker(synth, tmp_path):
     """Multi-node as two agents on one host: node 1's worker dies mid-run; both agents re-rendezvous."""
     endpoint = f"127.0.0.1:{_free_port()}"
