@@ -75,6 +75,6 @@ def run_training(cfg: TrainConfig) -> int:
     except _expected_errors() as e:
         log.error(f"fftrain: error on rank {ctx.rank}: {e}")
         print(f"fftrain: error on rank {ctx.rank}: {e}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         destroy_distributed(ctx)
