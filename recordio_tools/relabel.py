@@ -705,7 +705,7 @@ def relabel_copy(trainset: str, label_map: LabelMap, out: str, name: str = "fuse
     if num_shards < 1:
         raise RelabelError(f"--shards must be >= 1, got {num_shards}")
     folder_name = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fused"
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "relabel") as tmp:
         folder = os.path.join(tmp, folder_name)
         os.makedirs(folder)
         writer = DatasetWriter(folder, name, num_shards, class_offset=0)

@@ -26,7 +26,7 @@ from ..manifest import (DATASET_FILE, MANIFEST_FILE, DatasetInfo, Manifest, Mani
                         read_dataset_info, shard_name, write_dataset_info, write_manifest)
 from ..recordio import RecordIOError, RecordReader, RecordWriter, class_id_of, image_header, pack, unpack
 from ..scan import progress
-from ..shards import atomic_directory
+from ..shards import atomic_directory, check_out
 
 METADATA_FILES = ("classes.json", "skipped.txt")  # copied along with a relabelled dataset
 
@@ -38,6 +38,8 @@ def add_parser(subparsers) -> None:
                         help="training-set folder to write (manifest.json, train.idx, relabelled copies)")
     parser.add_argument("datasets", nargs="+", metavar="DATASET_DIR",
                         help="dataset folders (each with dataset.json), in class-offset order; globs accepted")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -180,11 +182,13 @@ def run(args) -> int:
     out = os.path.abspath(args.out)
     if os.path.exists(os.path.join(out, DATASET_FILE)):
         raise UsageError(f"{out}: is a dataset folder ({DATASET_FILE}); give build a separate --out folder")
+    # datasets inside --out are the in-place layout: the manifest is written beside them, nothing replaced
+    check_out(out, folders, "build", args.overwrite, inputs_inside_ok=any(_is_inside(f, out) for f in folders))
     try:
         if any(_is_inside(folder, out) for folder in folders):
             manifest = assemble(out, folders, infos, copy_atomically=True, final_dir=out)
         else:
-            with atomic_directory(out) as tmp:
+            with atomic_directory(out, "build") as tmp:
                 assemble(tmp, folders, infos, copy_atomically=False, final_dir=out)
             manifest = load_manifest(out)
     except RecordIOError as e:

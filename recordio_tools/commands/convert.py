@@ -33,7 +33,7 @@ from ..cli import UsageError
 from ..images import FACE_SIZE, IMAGE_EXTENSIONS, ImageError, prepare_face
 from ..recordio import write_text_atomic
 from ..scan import progress
-from ..shards import DatasetWriter, atomic_directory
+from ..shards import DatasetWriter, atomic_directory, check_out, exit_with_parent
 
 CLASSES_FILE = "classes.json"
 SKIPPED_FILE = "skipped.txt"
@@ -70,6 +70,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help=f"leave out images that do not decode (listed on stderr and in {SKIPPED_FILE}) instead "
                              "of failing")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -146,9 +148,11 @@ def _encode_batch(root: str, quality: int, batch: list[ImageTask]) -> list[tuple
     return results
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial output."""
+def _init_worker(parent_pid: int) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial output, and die
+    with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
 
 
 def _batches(tasks: list[ImageTask], size: int) -> Iterator[list[ImageTask]]:
@@ -163,7 +167,7 @@ def encode_in_order(root: str, tasks: list[ImageTask], quality: int,
         for batch in _batches(tasks, _BATCH):
             yield from ((task, *result) for task, result in zip(batch, _encode_batch(root, quality, batch)))
         return
-    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         pending: deque = deque()
         try:
             for batch in _batches(tasks, _BATCH):
@@ -212,13 +216,14 @@ def _bad_image(root: str, task: ImageTask, error: str, skip_bad: bool, skipped: 
 def run(args) -> int:
     _check_args(args)
     root = args.input
+    check_out(args.out, [root] + ([args.landmarks] if args.landmarks else []), "convert", args.overwrite)
     identities = list_identities(root)
     tasks = make_tasks(identities, _load_landmarks(args.landmarks))
     name = args.name or os.path.basename(os.path.abspath(args.out))
     counts = np.zeros(len(identities), dtype=np.int64)
     skipped: list[str] = []
     started = time.perf_counter()
-    with atomic_directory(args.out) as tmp:
+    with atomic_directory(args.out, "convert") as tmp:
         writer = DatasetWriter(tmp, name, args.shards, args.class_offset)
         with closing(encode_in_order(root, tasks, args.quality, args.workers)) as results:  # stops the pool
             for task, jpeg, error in progress(results, total=len(tasks), desc="convert"):

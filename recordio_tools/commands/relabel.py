@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", default="fused", help="--out: name of the fused dataset (default: fused)")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="--out: number of shards (default: as many as TRAINSET has)")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -60,6 +62,10 @@ def run(args) -> int:
     if args.shards is not None and args.shards < 1:
         raise UsageError(f"--shards must be >= 1, got {args.shards}")
     manifest_file = os.path.join(args.trainset, MANIFEST_FILE) if os.path.isdir(args.trainset) else args.trainset
+    if args.out:
+        from ..shards import check_out
+
+        check_out(args.out, [args.trainset], "relabel", args.overwrite)
     started = time.perf_counter()
     try:
         manifest = load_manifest(manifest_file)
