@@ -130,4 +130,43 @@ def test_convert_workers_exit_when_the_parent_is_killed(tmp_path):
     deadline = time.time() + 10
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.05)
-    assert not any(map(_alive, workers)), "a convert worker outlived its parent"
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "a convert worker outlived its parent"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("command", ["convert", "import", "build"])
+def test_disk_full_is_one_line_and_keeps_the_earlier_output(tmp_path, capsys, small_disk, command):
+    make_tree(tmp_path / "small", {"alice": 1})
+    make_tree(tmp_path / "big", {f"id{i}": 4 for i in range(6)}, size=(200, 200))
+    out = small_disk / "out"
+    if command == "convert":
+        first, second = (tmp_path / "small", "--out", out), (tmp_path / "big", "--out", out)
+    else:
+        for name in ("small", "big"):
+            assert run_cli(capsys, "convert", tmp_path / name, "--out", tmp_path / f"{name}_ds")[0] == 0
+        if command == "import":
+            first = (tmp_path / "small_ds" / "shard-00000.rec", "--out", out)
+            second = (tmp_path / "big_ds" / "shard-00000.rec", "--out", out)
+        else:  # big_ds needs a relabelled copy at offset 1, which fills the disk
+            first = ("--out", out, tmp_path / "small_ds")
+            second = ("--out", out, tmp_path / "small_ds", tmp_path / "big_ds")
+    assert run_cli(capsys, command, *first)[0] == 0
+    before = _snapshot(out)
+    code, _, err = run_cli(capsys, command, *second)
+    assert code == 2 and err == f"recordio_tools {command}: error: no space left on {out}; nothing was written " \
+                                "there (partial output removed)\n", err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["out"]  # no partial or temporary folder
+    assert _snapshot(out) == before
