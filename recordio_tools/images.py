@@ -34,11 +34,13 @@ def looks_like_image(data: bytes) -> bool:
     return any(data.startswith(signature) for signature in _SIGNATURES)
 
 
-def decode(data: bytes, at_least: tuple[int, int] | None = None) -> Image.Image:
+def decode(data: bytes, at_least: tuple[int, int] | None = None, strict_jpeg: bool = False) -> Image.Image:
     """The fully decoded image; raises ImageError for empty, truncated or unknown bytes.
 
     With `at_least` a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at
     least that large, much faster than decoding it whole when it is about to be shrunk anyway.
+    With `strict_jpeg` a JPEG that decodes only with libjpeg warnings ("Corrupt JPEG data: ..."),
+    which PIL ignores and which leave a garbage image, is an ImageError too.
     """
     if not data:
         raise ImageError("empty payload, not an image")
@@ -50,13 +52,36 @@ def decode(data: bytes, at_least: tuple[int, int] | None = None) -> Image.Image:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for bad bytes
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
         raise ImageError(f"not a decodable image ({type(e).__name__}: {reason})") from None
+    if strict_jpeg and image.format == "JPEG":
+        warning = jpeg_warning(data, at_least)
+        if warning:
+            raise ImageError(f"JPEG decoder warning: {warning}")
     return image
+
+
+def jpeg_warning(data: bytes, at_least: tuple[int, int] | None = None) -> str | None:
+    """libjpeg's warning for JPEG bytes that decode only with damage (PIL does not report these), else None.
+
+    libjpeg-turbo through simplejpeg, whose strict mode raises on recoverable errors; a scaled decode
+    (`at_least`) still reads every entropy-coded byte, so it sees the same warnings."""
+    import simplejpeg
+
+    size = {"min_width": at_least[0], "min_height": at_least[1]} if at_least else {}
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, **size)
+    except ValueError as e:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, **size)
+        except ValueError:
+            return None  # a JPEG flavour simplejpeg does not read (PIL did): no warning to report
+        return str(e)
+    return None
 
 
 def decode_problem(data: bytes) -> str | None:
     """None when `data` decodes as an image, else a short reason."""
     try:
-        decode(data)
+        decode(data, strict_jpeg=True)
     except ImageError as e:
         return str(e)
     return None
@@ -92,7 +117,7 @@ def prepare_face(path: str, landmarks: np.ndarray | None = None, quality: int = 
     """
     with open(path, "rb") as f:
         data = f.read()
-    image = decode(data, at_least=None if landmarks is not None else (size, size))
+    image = decode(data, at_least=None if landmarks is not None else (size, size), strict_jpeg=True)
     if landmarks is not None:
         from .align import align_face
 

@@ -143,5 +143,5 @@ def test_bad_label_fails_the_copy_and_keeps_the_previous_training_set(tmp_path, 
         writer.write(1, pack(image_header(7), b"\xff\xd8\xff"))
     code, _, err = run_cli(capsys, "build", "--out", tmp_path / "train", tmp_path / "a", tmp_path / "b")
     assert code == 2
-    assert f"{tmp_path / 'b' / 'shard-00000.rec'}: key 1: label 7 outside the dataset's classes [0, 2)" in err
+    assert f"{tmp_path / 'b' / 'shard-00000.rec'}: key 1: label 7 outside dataset 'b''s classes [0, 2)" in err
     assert folder_snapshot(tmp_path / "train") == before and not leftover_temporaries(tmp_path)
