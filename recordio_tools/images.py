@@ -27,6 +27,10 @@ class ImageError(ValueError):
     """Bytes or a file that do not decode as an image; the message says why (no path: callers add it)."""
 
 
+class LandmarksError(ImageError):
+    """An image whose landmarks do not fit it."""
+
+
 def looks_like_image(data: bytes) -> bool:
     """True when `data` starts with a known image signature (JPEG, PNG, BMP, GIF, TIFF, PNM, WebP)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -119,7 +123,11 @@ def prepare_face(path: str, landmarks: np.ndarray | None = None, quality: int = 
         data = f.read()
     image = decode(data, at_least=None if landmarks is not None else (size, size), strict_jpeg=True)
     if landmarks is not None:
-        from .align import align_face
+        from .align import align_face, points_outside
+
+        outside = points_outside(landmarks, *image.size)
+        if outside:
+            raise LandmarksError(f"landmark(s) {outside} outside the {image.size[0]}x{image.size[1]} image")
 
         return encode_jpeg(align_face(image.convert("RGB"), landmarks, size), quality)
     if image.size == (size, size) and image.mode == "RGB" and image.format == "JPEG":
