@@ -146,6 +146,17 @@ def fused_in_place(json_path: str) -> int | None:
     return count
 
 
+def training_view(manifest: Manifest) -> Manifest:
+    """The label space a trainer reads: a set fused in place is one dataset ("fused") of its fused classes
+    over all its shards (the records hold fused ids, so the per-dataset source ranges no longer apply);
+    any other set as it is."""
+    fused = fused_in_place(os.path.join(manifest.root, MANIFEST_FILE))
+    if not fused:
+        return manifest
+    shards = [s for d in manifest.datasets for s in d.shards]
+    return Manifest(manifest.root, [DatasetInfo("fused", fused, manifest.num_images, 0, shards)], manifest.index)
+
+
 def parse_manifest(path: str) -> Manifest:
     """Read a manifest.json (or the folder holding one) without checking offsets or files on disk."""
     if os.path.isdir(path):

@@ -44,8 +44,8 @@ source classes the labels came from). Only shards inside the training-set folder
 a dataset `build` referenced from elsewhere (other training sets may use it) is refused, naming
 the other manifests found beside it, unless `--copy-referenced` copies it into the training-set
 folder first. `recordio_tools verify` and `inspect` check a set fused in place against its fused
-classes [0, num_classes_fused). fftrain's own reader still checks each label against its
-dataset's source-class range and rejects such a set: train fftrain on an --out copy.
+classes [0, num_classes_fused), and fftrain trains on it as one dataset "fused" of those classes
+(`manifest.training_view`): the source datasets of a merged class are no longer known.
 
 The journal, TRAINSET/relabel.journal.json, always replaced atomically::
 

@@ -55,3 +55,16 @@ def test_copy_referenced_then_fused_set_passes_verify_and_inspect(tmp_path, caps
     other.write_text(label_map.read_text().replace("[0, 1, 0, 2]", "[0, 1, 2, 0]"))
     code, _, err = run_cli(capsys, "relabel", data / "train1", "--label-map", other, "--in-place")
     assert code == 2 and "already fused" in err
+
+
+def test_the_trainer_reads_a_set_fused_in_place_as_its_fused_classes(tmp_path, capsys):
+    import torch
+
+    from fftrain.data.loader import prepare
+
+    data, label_map = _two_sets_sharing_datasets(tmp_path, capsys)
+    assert run_cli(capsys, "relabel", data / "train1", "--label-map", label_map, "--in-place",
+                   "--copy-referenced")[0] == 0
+    prepared = prepare(str(data / "train1"), num_shards=1, batch_size=2, device=torch.device("cpu"))
+    assert prepared.labels.num_source_classes == 3 and prepared.manifest.dataset_names == ["fused"]
+    assert len(prepared.records) == 8
