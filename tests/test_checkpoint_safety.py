@@ -111,7 +111,8 @@ def _plant(file, marker):
 
 def _checkpoint_files(path):
     names = sorted(os.listdir(path))
-    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "rank0.pt", "rank1.pt", "meta.json", "state.json"} <= set(names)
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "rank0.pt", "rank1.pt", "meta.json",
+            "state.json"} <= set(names)
     return names
 
 

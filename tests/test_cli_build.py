@@ -34,7 +34,8 @@ def test_six_datasets_in_one_command(tmp_path, capsys):
     body = json.loads((tmp_path / "train" / "manifest.json").read_text())
     assert body["datasets"][1]["shards"][0]["rec"] == "../data/casia/shard-00000.rec"  # offset already right
     assert body["datasets"][2]["shards"][0]["rec"] == "celeba/shard-00000.rec"  # relabelled copy
-    assert sorted(n for n in os.listdir(tmp_path / "train") if not n.startswith(".")) == ["celeba", "glint", "manifest.json", "ms1m", "train.idx", "vgg2"]
+    assert sorted(n for n in os.listdir(tmp_path / "train") if not n.startswith(".")) == [
+        "celeba", "glint", "manifest.json", "ms1m", "train.idx", "vgg2"]
     for info in manifest.datasets:
         in_place = info.name in ("asian", "casia")
         folder = (tmp_path / "data" if in_place else tmp_path / "train") / info.name

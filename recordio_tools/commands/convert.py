@@ -129,7 +129,8 @@ def _load_landmarks(path: str | None) -> dict[str, tuple[np.ndarray, str]]:
         raise UsageError(str(e)) from None
 
 
-def make_tasks(identities: list[tuple[str, list[str]]], landmarks: dict[str, tuple[np.ndarray, str]]) -> list[ImageTask]:
+def make_tasks(identities: list[tuple[str, list[str]]],
+               landmarks: dict[str, tuple[np.ndarray, str]]) -> list[ImageTask]:
     tasks = [ImageTask(label, relpath, *landmarks.get(relpath, (None, None)))
              for label, (_, images) in enumerate(identities) for relpath in images]
     if landmarks:
