@@ -20,6 +20,7 @@ setup(
         "Pillow>=10.0",
         "tensorboard>=2.14",
         "scipy>=1.10",
+        "simplejpeg>=1.9",
     ],
     extras_require={
         "gpu": ["faiss-gpu-cu12>=1.8"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import torch
 
@@ -45,21 +46,21 @@ def _default_out(checkpoint: str, t1: float) -> str:
 def run_fuse(args) -> int:
     from recordio_tools.recordio import write_text_atomic
 
-    from .checkpoint import CheckpointError, load_partial, read_meta
+    from .checkpoint import CheckpointError, check_complete, load_partial
     from .fusion import SourceInfo, run_fusion
 
     try:
-        meta = read_meta(args.checkpoint)
+        meta = check_complete(args.checkpoint)
+        num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
+        state = load_partial(args.checkpoint, {
+            "sharded": {"fc_weight": torch.empty(num_fused, dim)},
+            "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
+            "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
     except CheckpointError as e:
-        print(f"fftrain fuse: error: {e}")
+        print(f"fftrain fuse: error: {e}", file=sys.stderr)
         return 2
     if meta.get("fused"):
         print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
-    num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
-    state = load_partial(args.checkpoint, {
-        "sharded": {"fc_weight": torch.empty(num_fused, dim)},
-        "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
-        "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
     datasets = meta["datasets"]
     source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
     out = args.out or _default_out(args.checkpoint, args.t1)

@@ -1,7 +1,7 @@
 """One training run on this process: distributed set-up, data, trainer, clean errors.
 
 Called by fftrain/train.py after the config is loaded. Expected failures (bad data, a checkpoint
-that does not fit, a diverged loss) end with one message naming the file or step, exit code 1.
+that does not fit, a diverged loss) end with one message naming the file or step, exit code 2.
 """
 
 from __future__ import annotations
@@ -79,6 +79,6 @@ def run_training(cfg: TrainConfig) -> int:
     except _expected_errors() as e:
         log.error(f"fftrain: error on rank {ctx.rank}: {e}")
         print(f"fftrain: error on rank {ctx.rank}: {e}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         destroy_distributed(ctx)

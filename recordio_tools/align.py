@@ -30,7 +30,8 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 """Landmark positions of the aligned 112x112 ArcFace crop, pixels."""
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_TEXT_LINE = re.compile(rf"^(?P<path>.+?)[\s,]+(?P<numbers>(?:{_NUMBER}[\s,]+){{9}}{_NUMBER})[\s,]*$")
+# every number at the end of the line (the path ends with a file name, never with a bare number)
+_TRAILING_NUMBERS = re.compile(rf"(?P<numbers>(?:[\s,]+{_NUMBER})+)[\s,]*$")
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -96,7 +97,8 @@ def _read_json_landmarks(path: str, text: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise ValueError(f"{path}: expected a JSON object {{\"relative/path.jpg\": [10 numbers], ...}}")
-    return {_normalise_key(key): _as_points(values, f"{path}: key {key!r}") for key, values in body.items()}
+    return {_normalise_key(key): (_as_points(values, f"{path}: key {key!r}"), f"{path}: key {key!r}")
+            for key, values in body.items()}
 
 
 def _read_text_landmarks(path: str, text: str) -> dict[str, np.ndarray]:
@@ -105,12 +107,15 @@ def _read_text_landmarks(path: str, text: str) -> dict[str, np.ndarray]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        match = _TEXT_LINE.match(line)
-        if match is None:
-            raise ValueError(f"{path}: line {line_no}: expected 'relative/path.jpg x1 y1 ... x5 y5' "
-                             f"(a path and 10 numbers), got {line[:80]!r}")
-        numbers = [float(v) for v in re.split(r"[\s,]+", match["numbers"].strip())]
-        landmarks[_normalise_key(match["path"])] = _as_points(numbers, f"{path}: line {line_no}")
+        match = _TRAILING_NUMBERS.search(line)
+        numbers = [float(v) for v in re.split(r"[\s,]+", match["numbers"].strip(" \t,"))] if match else []
+        image = line[:match.start()] if match else line
+        if len(numbers) != 10 or not image.strip(" \t,"):
+            raise ValueError(f"{path}: line {line_no}: expected 'relative/path.jpg x1 y1 ... x5 y5' (a path and 10 "
+                             f"numbers), got {'no path' if not image.strip() else f'{len(numbers)} numbers'}: "
+                             f"{line[:80]!r}")
+        where = f"{path}: line {line_no}"
+        landmarks[_normalise_key(image)] = (_as_points(numbers, where), where)
     return landmarks
 
 
@@ -119,6 +124,18 @@ def read_landmarks(path: str) -> dict[str, np.ndarray]:
 
     Raises ValueError naming the file and the line or key of a malformed entry.
     """
+    return {key: points for key, (points, _) in read_landmarks_located(path).items()}
+
+
+def points_outside(points: np.ndarray, width: int, height: int) -> list[list[float]]:
+    """The landmarks (x, y) that lie outside a `width` x `height` image (pixel centres 0..width-1)."""
+    points = np.asarray(points, dtype=np.float64).reshape(5, 2)
+    outside = (points[:, 0] < 0) | (points[:, 0] > width - 1) | (points[:, 1] < 0) | (points[:, 1] > height - 1)
+    return points[outside].tolist()
+
+
+def read_landmarks_located(path: str) -> dict[str, tuple[np.ndarray, str]]:
+    """Like `read_landmarks`, each entry with where it was read ('FILE: line N' or 'FILE: key K')."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

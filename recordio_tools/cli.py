@@ -14,7 +14,9 @@ file and record and exit 2; Ctrl-C exits 130 with previous outputs intact.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from .manifest import ManifestError
@@ -51,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"recordio_tools {args.command}: interrupted; earlier outputs left as they were", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = getattr(args, "out", None) or e.filename or "the output folder"
+        print(f"recordio_tools {args.command}: error: no space left on {os.path.abspath(where)}; nothing was "
+              "written there (partial output removed)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ class ImageError(ValueError):
     """Bytes or a file that do not decode as an image; the message says why (no path: callers add it)."""
 
 
+class LandmarksError(ImageError):
+    """An image whose landmarks do not fit it."""
+
+
 def looks_like_image(data: bytes) -> bool:
     """True when `data` starts with a known image signature (JPEG, PNG, BMP, GIF, TIFF, PNM, WebP)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -34,11 +38,13 @@ def looks_like_image(data: bytes) -> bool:
     return any(data.startswith(signature) for signature in _SIGNATURES)
 
 
-def decode(data: bytes, at_least: tuple[int, int] | None = None) -> Image.Image:
+def decode(data: bytes, at_least: tuple[int, int] | None = None, strict_jpeg: bool = False) -> Image.Image:
     """The fully decoded image; raises ImageError for empty, truncated or unknown bytes.
 
     With `at_least` a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at
     least that large, much faster than decoding it whole when it is about to be shrunk anyway.
+    With `strict_jpeg` a JPEG that decodes only with libjpeg warnings ("Corrupt JPEG data: ..."),
+    which PIL ignores and which leave a garbage image, is an ImageError too.
     """
     if not data:
         raise ImageError("empty payload, not an image")
@@ -50,13 +56,36 @@ def decode(data: bytes, at_least: tuple[int, int] | None = None) -> Image.Image:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for bad bytes
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
         raise ImageError(f"not a decodable image ({type(e).__name__}: {reason})") from None
+    if strict_jpeg and image.format == "JPEG":
+        warning = jpeg_warning(data, at_least)
+        if warning:
+            raise ImageError(f"JPEG decoder warning: {warning}")
     return image
+
+
+def jpeg_warning(data: bytes, at_least: tuple[int, int] | None = None) -> str | None:
+    """libjpeg's warning for JPEG bytes that decode only with damage (PIL does not report these), else None.
+
+    libjpeg-turbo through simplejpeg, whose strict mode raises on recoverable errors; a scaled decode
+    (`at_least`) still reads every entropy-coded byte, so it sees the same warnings."""
+    import simplejpeg
+
+    size = {"min_width": at_least[0], "min_height": at_least[1]} if at_least else {}
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, **size)
+    except ValueError as e:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, **size)
+        except ValueError:
+            return None  # a JPEG flavour simplejpeg does not read (PIL did): no warning to report
+        return str(e)
+    return None
 
 
 def decode_problem(data: bytes) -> str | None:
     """None when `data` decodes as an image, else a short reason."""
     try:
-        decode(data)
+        decode(data, strict_jpeg=True)
     except ImageError as e:
         return str(e)
     return None
@@ -92,9 +121,13 @@ def prepare_face(path: str, landmarks: np.ndarray | None = None, quality: int = 
     """
     with open(path, "rb") as f:
         data = f.read()
-    image = decode(data, at_least=None if landmarks is not None else (size, size))
+    image = decode(data, at_least=None if landmarks is not None else (size, size), strict_jpeg=True)
     if landmarks is not None:
-        from .align import align_face
+        from .align import align_face, points_outside
+
+        outside = points_outside(landmarks, *image.size)
+        if outside:
+            raise LandmarksError(f"landmark(s) {outside} outside the {image.size[0]}x{image.size[1]} image")
 
         return encode_jpeg(align_face(image.convert("RGB"), landmarks, size), quality)
     if image.size == (size, size) and image.mode == "RGB" and image.format == "JPEG":

@@ -130,6 +130,33 @@ class Manifest:
         return [i for i, d in enumerate(self.datasets) for _ in d.shards]
 
 
+def fused_in_place(json_path: str) -> int | None:
+    """num_classes_fused when the manifest.json / dataset.json at `json_path` says its labels were fused in
+    place by `recordio_tools relabel --in-place` (records then hold fused ids in [0, that)), else None."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("labels") != "fused":
+        return None
+    count = body.get("num_classes_fused")
+    if not isinstance(count, int) or count < 1:
+        raise ManifestError(f"{json_path}: labels fused in place but no valid num_classes_fused ({count!r})")
+    return count
+
+
+def training_view(manifest: Manifest) -> Manifest:
+    """The label space a trainer reads: a set fused in place is one dataset ("fused") of its fused classes
+    over all its shards (the records hold fused ids, so the per-dataset source ranges no longer apply);
+    any other set as it is."""
+    fused = fused_in_place(os.path.join(manifest.root, MANIFEST_FILE))
+    if not fused:
+        return manifest
+    shards = [s for d in manifest.datasets for s in d.shards]
+    return Manifest(manifest.root, [DatasetInfo("fused", fused, manifest.num_images, 0, shards)], manifest.index)
+
+
 def parse_manifest(path: str) -> Manifest:
     """Read a manifest.json (or the folder holding one) without checking offsets or files on disk."""
     if os.path.isdir(path):

@@ -100,7 +100,7 @@ def split_dataset(src: str, out_dir: str, k: int, ratio: float, share_images: bo
     names = [f"{base}_s{i}" for i in range(k)]
     offsets = np.concatenate([[0], np.cumsum([layout.size] * k)])[:-1].tolist()
 
-    with atomic_directory(out_dir) as tmp, \
+    with atomic_directory(out_dir, "split-overlap") as tmp, \
             tqdm(total=info.num_images, unit="img", desc="split-overlap", disable=not progress, leave=False) as bar:
         folders = [os.path.join(tmp, n) for n in names]
         writers = []

@@ -112,7 +112,12 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 # Exact class ids. A float32 label is exact only below 2^24, so class ids are stored as two
 # floats (flag=2): the nearest float32 and the integer residual. Tools that read label[0] still
 # get the id up to rounding; ours add the two back exactly (valid for ids below 2^48).
+# Such records carry EXACT_ID_MARK in the header's id2 field (unused by MXNet and insightface), so
+# a foreign two-float label like [identity, variant] is never mistaken for one: a record without
+# the mark is read as MXNet multi-label records are by insightface, class = label[0].
 _EXACT_LIMIT = 1 << 48
+_FLOAT32_EXACT = 1 << 24
+EXACT_ID_MARK = int.from_bytes(b"FFEXACT1", "little")
 
 
 def class_label(class_id: int) -> np.ndarray:
@@ -124,20 +129,30 @@ def class_label(class_id: int) -> np.ndarray:
 
 
 def class_id_of(header: IRHeader) -> int:
-    """The exact class id stored in a header: flag 0 (one float) or flag 2 (float + residual)."""
+    """The class id stored in a header: flag 0 (one float), our exact encoding (flag 2 + EXACT_ID_MARK:
+    float + residual), or a foreign multi-label record (flag > 0: label[0], as insightface reads it)."""
     if header.flag == 0:
         value = float(header.label)
         if not value.is_integer() or value < 0:
             raise ValueError(f"label {value} is not a class id")
         return int(value)
     labels = np.asarray(header.label)
-    if header.flag != 2 or not all(float(v).is_integer() for v in labels):
-        raise ValueError(f"label {labels.tolist()} (flag {header.flag}) is not a class id")
-    return int(labels[0]) + int(labels[1])
+    if header.flag == 2 and header.id2 == EXACT_ID_MARK:
+        if not all(float(v).is_integer() for v in labels) or labels[0] < 0:
+            raise ValueError(f"label {labels.tolist()} (flag 2, exact id) is not a class id")
+        return int(labels[0]) + int(labels[1])
+    first = float(labels[0])
+    if not first.is_integer() or first < 0:
+        raise ValueError(f"label[0] {first} of multi-label {labels.tolist()} (flag {header.flag}) is not a class id")
+    if first >= _FLOAT32_EXACT:
+        raise ValueError(f"label[0] {first:.0f} of multi-label {labels.tolist()} is above 2^24, where float32 is "
+                         "not exact, and the record lacks the exact-id mark (id2); re-import it from its source")
+    return int(first)
 
 
 def class_ids_from_labels(labels: np.ndarray) -> np.ndarray:
-    """Vectorised `class_id_of` for a batch of labels: shape [N] or [N,1] (flag 0) or [N,2] (flag 2)."""
+    """Vectorised `class_id_of` for a batch of labels of our shards (DALI gives the labels without id2):
+    shape [N] or [N,1] (flag 0) or [N,2] (flag 2, exact ids)."""
     labels = np.asarray(labels, dtype=np.float32)
     if labels.ndim == 1:
         return labels.astype(np.int64)
@@ -146,8 +161,9 @@ def class_ids_from_labels(labels: np.ndarray) -> np.ndarray:
     return labels[:, 0].astype(np.int64) + labels[:, 1].astype(np.int64)
 
 
-def image_header(class_id: int, record_id: int = 0, id2: int = 0) -> IRHeader:
-    return IRHeader(2, class_label(class_id), record_id, id2)
+def image_header(class_id: int, record_id: int = 0) -> IRHeader:
+    """An image record header holding `class_id` exactly (two floats, marked in id2)."""
+    return IRHeader(2, class_label(class_id), record_id, EXACT_ID_MARK)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,14 +37,15 @@ shard .idx and the combined train.idx stay valid, byte for byte. Bytes outside i
 (none in shards our tools write) are copied unchanged. Each shard is rewritten to a temporary
 file beside it (`.shard-NNNNN.rec.relabel-tmp`) and renamed over the original. When every shard
 is done, relabel_label_map.json (the map applied) is written beside manifest.json, each dataset
-folder's dataset.json gains "labels": "fused" and "label_map_sha256", and manifest.json gains
-"labels": "fused", "num_classes_fused", "label_map_sha256" and "label_map_file" (datasets and
-shard list kept as they were: their class counts and offsets still describe the source classes
-the labels came from). Shards are rewritten where the manifest points, also outside the
-training-set folder (a note names such folders): other manifests sharing those dataset folders
-see fused labels too. A set fused in place is for other tools (DALI's mxnet reader, insightface
-style trainers); fftrain's own reader and `recordio_tools verify` check each label against its
-dataset's source-class range and reject it: train fftrain on an --out copy.
+folder's dataset.json gains "labels": "fused", "num_classes_fused" and "label_map_sha256", and
+manifest.json gains "labels": "fused", "num_classes_fused", "label_map_sha256" and "label_map_file"
+(datasets and shard list kept as they were: their class counts and offsets still describe the
+source classes the labels came from). Only shards inside the training-set folder are rewritten:
+a dataset `build` referenced from elsewhere (other training sets may use it) is refused, naming
+the other manifests found beside it, unless `--copy-referenced` copies it into the training-set
+folder first. `recordio_tools verify` and `inspect` check a set fused in place against its fused
+classes [0, num_classes_fused), and fftrain trains on it as one dataset "fused" of those classes
+(`manifest.training_view`): the source datasets of a merged class are no longer known.
 
 The journal, TRAINSET/relabel.journal.json, always replaced atomically::
 
@@ -98,7 +99,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from .manifest import (DATASET_FILE, MANIFEST_FILE, DatasetInfo, Manifest, ManifestError, load_manifest,
-                       write_manifest)
+                       parse_manifest, read_dataset_info, write_manifest)
 from .recordio import IRHEADER_SIZE, MAGIC, RecordIOError, RecordReader, class_id_of, class_label, read_index, unpack
 from .scan import progress, read_header_at
 
@@ -586,7 +587,8 @@ def _finish(manifest_file: str, manifest: Manifest, shards: list[_Shard], label_
         path = os.path.join(folder, DATASET_FILE)
         if os.path.exists(path):
             body = _read_json_body(path)
-            body.update({"labels": "fused", "label_map_sha256": label_map.sha256})
+            body.update({"labels": "fused", "label_map_sha256": label_map.sha256,
+                         "num_classes_fused": label_map.num_fused})
             _write_atomic(path, json.dumps(body, indent=1) + "\n")
     body = _read_json_body(manifest_file)
     body.update({"labels": "fused", "num_classes_fused": label_map.num_fused,
@@ -597,8 +599,67 @@ def _finish(manifest_file: str, manifest: Manifest, shards: list[_Shard], label_
     journal.save()
 
 
-def relabel_in_place(trainset: str, label_map: LabelMap, log: Callable[[str], None] = print) -> InPlaceResult:
-    """Write the fused labels into the training set's shards in place; resumes an interrupted run."""
+def other_users(manifest: Manifest, folders: list[str]) -> list[str]:
+    """Other manifest.json files (beside `folders` and beside the training set, one level down) whose
+    shards lie in `folders`."""
+    import glob
+
+    wanted = {os.path.realpath(f) for f in folders}
+    bases = {os.path.dirname(os.path.realpath(f)) for f in folders} | {os.path.dirname(os.path.realpath(manifest.root))}
+    found = {os.path.realpath(p) for base in bases
+             for p in [os.path.join(base, MANIFEST_FILE), *glob.glob(os.path.join(base, "*", MANIFEST_FILE))]
+             if os.path.exists(p)}
+    found.discard(os.path.realpath(os.path.join(manifest.root, MANIFEST_FILE)))
+    users = []
+    for path in sorted(found):
+        try:
+            other = parse_manifest(path)
+        except ManifestError:
+            continue
+        if any(os.path.realpath(os.path.dirname(rec)) in wanted for rec in other.rec_paths()):
+            users.append(path)
+    return users
+
+
+def _refuse_referenced(manifest_file: str, manifest: Manifest, outside: list[str]) -> None:
+    users = other_users(manifest, outside)
+    used_by = f"also used by {', '.join(users)}" if users else "no other training set found beside them"
+    raise RelabelError(f"{manifest_file}: --in-place would rewrite shards this training set only references, in "
+                       f"{', '.join(outside)} ({used_by}); use --out for a fused copy, or --copy-referenced to copy "
+                       f"them into {manifest.root} first")
+
+
+def copy_referenced(manifest_file: str, manifest: Manifest, outside: list[str], log: Callable[[str], None]) -> Manifest:
+    """Copy the datasets held in `outside` folders into the training-set folder and point the manifest at
+    the copies (each copy complete or absent; the manifest rewritten last)."""
+    from .commands.build import copy_folder_name, relabel_copy
+    from .shards import atomic_directory
+
+    wanted = {os.path.realpath(f) for f in outside}
+    infos, folders = [], []
+    for info in manifest.datasets:
+        folder = os.path.dirname(os.path.join(manifest.root, info.shards[0].rec))
+        local = read_dataset_info(folder)
+        if os.path.realpath(folder) in wanted:
+            target = os.path.join(manifest.root, copy_folder_name(info.name))
+            if os.path.exists(target):
+                raise RelabelError(f"{target}: exists; cannot copy dataset {info.name!r} from {folder} there")
+            log(f"relabel: copying {folder} into {target} (it is referenced, not owned)")
+            with atomic_directory(target) as tmp:
+                local = relabel_copy(folder, local, tmp, info.class_offset)
+            folder = target
+        infos.append(local)
+        folders.append(folder)
+    write_manifest(manifest.root, infos, folders)
+    return load_manifest(manifest_file)
+
+
+def relabel_in_place(trainset: str, label_map: LabelMap, log: Callable[[str], None] = print,
+                     copy_referenced_shards: bool = False) -> InPlaceResult:
+    """Write the fused labels into the training set's shards in place; resumes an interrupted run.
+
+    Only shards inside the training-set folder are rewritten: datasets it references from elsewhere
+    (which other training sets may use) are refused, or copied in first with `copy_referenced_shards`."""
     manifest_file = _manifest_file(trainset)
     manifest = load_manifest(manifest_file)
     shards = _shards(manifest)
@@ -606,6 +667,13 @@ def relabel_in_place(trainset: str, label_map: LabelMap, log: Callable[[str], No
     with _Lock(manifest.root):
         body = _read_json_body(manifest_file)
         journal = _Journal.load(manifest.root)
+        outside = _outside_folders(manifest, shards)
+        if outside and journal is None and body.get("labels") != "fused":
+            if not copy_referenced_shards:
+                _refuse_referenced(manifest_file, manifest, outside)
+            manifest = copy_referenced(manifest_file, manifest, outside, log)
+            shards = _shards(manifest)
+            body = _read_json_body(manifest_file)
         if journal is not None and journal.body.get("label_map_sha256") != label_map.sha256:
             if journal.body.get("state") == "running" and not journal.shards:
                 journal = None  # stopped before touching any shard: start over with this map
@@ -705,7 +773,7 @@ def relabel_copy(trainset: str, label_map: LabelMap, out: str, name: str = "fuse
     if num_shards < 1:
         raise RelabelError(f"--shards must be >= 1, got {num_shards}")
     folder_name = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "fused"
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "relabel") as tmp:
         folder = os.path.join(tmp, folder_name)
         os.makedirs(folder)
         writer = DatasetWriter(folder, name, num_shards, class_offset=0)

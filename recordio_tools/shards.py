@@ -6,26 +6,37 @@ end, so an error or Ctrl-C leaves the previous folder (if any) exactly as it was
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from typing import Iterator
 
 from .manifest import DatasetInfo, Shard, shard_name, write_dataset_info
-from .recordio import RecordWriter, image_header, pack
+from .recordio import RecordWriter, image_header, pack, write_text_atomic
+
+
+OUTPUT_MARKER = ".recordio_tools-output.json"
 
 
 @contextmanager
-def atomic_directory(target: str) -> Iterator[str]:
-    """Yield a temporary folder; on success it replaces `target`, on any exception it is removed."""
+def atomic_directory(target: str, command: str | None = None) -> Iterator[str]:
+    """Yield a temporary folder; on success it replaces `target`, on any exception it is removed.
+
+    With `command`, the folder is marked as that command's output (see `check_out`). Temporaries
+    left by killed runs (of processes no longer alive) are removed first."""
     target = os.path.abspath(target)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, name)
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         yield tmp
+        if command:
+            write_text_atomic(os.path.join(tmp, OUTPUT_MARKER), json.dumps({"command": command}) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -34,6 +45,83 @@ def atomic_directory(target: str) -> Iterator[str]:
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker-process initializer: be killed when the parent dies (Linux PR_SET_PDEATHSIG), so a killed
+    command leaves no workers behind. Elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(parent: str, name: str) -> list[str]:
+    """Remove `.NAME.tmp-PID` / `.NAME.old-PID` folders in `parent` whose process is gone; returns them."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)$")
+    removed = []
+    for entry in os.listdir(parent):
+        match = pattern.match(entry)
+        if match and int(match.group(2)) != os.getpid() and not _process_alive(int(match.group(2))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def output_owner(folder: str) -> str | None:
+    """The command that wrote `folder` (its marker), or None."""
+    try:
+        with open(os.path.join(folder, OUTPUT_MARKER), encoding="utf-8") as f:
+            return str(json.load(f)["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_out(out: str, inputs: list[str], command: str, overwrite: bool = False,
+              inputs_inside_ok: bool = False) -> str:
+    """Refuse, before any work, an --out that would destroy what this command did not write: an input, a
+    folder inside an input or holding one, or a non-empty folder that is not an earlier `command` output
+    (unless `overwrite`). Returns the absolute --out."""
+    from .cli import UsageError
+
+    out = os.path.abspath(out)
+    real_out = os.path.realpath(out)
+    for given in inputs:
+        real_in = os.path.realpath(given)
+        if real_in == real_out:
+            raise UsageError(f"{out}: is the input {given}; give --out a new folder")
+        if _is_inside(real_out, real_in):
+            raise UsageError(f"{out}: lies inside the input {given}; give --out a folder outside it")
+        if _is_inside(real_in, real_out) and not inputs_inside_ok:
+            raise UsageError(f"{out}: holds the input {given} and --out is replaced as a whole; give a new folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"{out}: exists and is not a folder; give --out a new folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite and not inputs_inside_ok:
+        owner = output_owner(out)
+        if owner != command:
+            what = f"an output of `recordio_tools {owner}`" if owner else "not an output of recordio_tools"
+            raise UsageError(f"{out}: exists, is not empty and is {what}; give a new --out folder, or pass "
+                             f"--overwrite to replace it as a whole")
+    return out
 
 
 class DatasetWriter:

@@ -720,7 +720,10 @@ def _imap(tasks: list[tuple], workers: int) -> Iterable[list[bytes]]:
         return
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    from .shards import exit_with_parent
+
+    with multiprocessing.get_context("fork").Pool(workers, initializer=exit_with_parent,
+                                                  initargs=(os.getpid(),)) as pool:
         yield from pool.imap(_render_task, tasks, chunksize=4)
 
 
@@ -749,7 +752,7 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
              for local, (person, count) in enumerate(zip(ds.persons, ds.image_counts))]
     tasks += [("pair", config.seed, j, a, b, same, knobs) for j, (a, b, same) in enumerate(plan.pairs)]
     total = plan.num_images + 2 * len(plan.pairs)
-    with atomic_directory(out_dir) as tmp, \
+    with atomic_directory(out_dir, "synth") as tmp, \
             tqdm(total=total, unit="img", desc="synth", disable=not progress, leave=False) as bar:
         results = iter(_imap(tasks, config.workers))
         infos, folders = [], []

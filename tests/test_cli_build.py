@@ -34,7 +34,8 @@ def test_six_datasets_in_one_command(tmp_path, capsys):
     body = json.loads((tmp_path / "train" / "manifest.json").read_text())
     assert body["datasets"][1]["shards"][0]["rec"] == "../data/casia/shard-00000.rec"  # offset already right
     assert body["datasets"][2]["shards"][0]["rec"] == "celeba/shard-00000.rec"  # relabelled copy
-    assert sorted(os.listdir(tmp_path / "train")) == ["celeba", "glint", "manifest.json", "ms1m", "train.idx", "vgg2"]
+    assert sorted(n for n in os.listdir(tmp_path / "train") if not n.startswith(".")) == [
+        "celeba", "glint", "manifest.json", "ms1m", "train.idx", "vgg2"]
     for info in manifest.datasets:
         in_place = info.name in ("asian", "casia")
         folder = (tmp_path / "data" if in_place else tmp_path / "train") / info.name
@@ -143,5 +144,5 @@ def test_bad_label_fails_the_copy_and_keeps_the_previous_training_set(tmp_path, 
         writer.write(1, pack(image_header(7), b"\xff\xd8\xff"))
     code, _, err = run_cli(capsys, "build", "--out", tmp_path / "train", tmp_path / "a", tmp_path / "b")
     assert code == 2
-    assert f"{tmp_path / 'b' / 'shard-00000.rec'}: key 1: label 7 outside the dataset's classes [0, 2)" in err
+    assert f"{tmp_path / 'b' / 'shard-00000.rec'}: key 1: label 7 outside dataset 'b''s classes [0, 2)" in err
     assert folder_snapshot(tmp_path / "train") == before and not leftover_temporaries(tmp_path)

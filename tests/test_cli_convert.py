@@ -102,7 +102,7 @@ def test_landmarks_align_to_the_arcface_template(tmp_path, capsys, file_format):
         landmarks = tmp_path / "lmk.json"
         landmarks.write_text(json.dumps({"p1/face.png": points.tolist()}))
     code, out, err = run_cli(capsys, "convert", tmp_path / "tree", "--out", tmp_path / "ds", "--workers", 1,
-                             "--landmarks", landmarks, "--quality", 100)
+                             "--landmarks", landmarks, "--quality", 100, "--allow-missing-landmarks")
     assert code == 0, err
     assert "1 of 2 images have landmarks" in out
     (_, face), (_, other) = read_dataset(tmp_path / "ds")

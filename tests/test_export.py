@@ -51,6 +51,7 @@ def test_export_command(tmp_path, monkeypatch, capsys):
 
     fake = types.ModuleType("fftrain.checkpoint")
     fake.load_backbone_from_checkpoint = lambda directory: build_backbone("iresnet_tiny", embedding_size=16)
+    fake.CheckpointError = type("CheckpointError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "fftrain.checkpoint", fake)
     parser = argparse.ArgumentParser(prog="fftrain")
     add_export_parser(parser.add_subparsers(dest="command"))

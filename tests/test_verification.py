@@ -167,6 +167,7 @@ def test_eval_command(planted, tmp_path, monkeypatch, capsys):
     fake = types.ModuleType("fftrain.checkpoint")
     fake.load_backbone_from_checkpoint = lambda directory: HalfCode()
     fake.load_proxies_from_checkpoint = lambda directory: np.eye(len(LEVELS), dtype=np.float32)
+    fake.CheckpointError = type("CheckpointError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "fftrain.checkpoint", fake)
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(var, raising=False)

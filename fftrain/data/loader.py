@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from recordio_tools.manifest import Manifest, load_manifest
+from recordio_tools.manifest import Manifest, load_manifest, training_view
 
 from .labels import LabelTables
 from .records import RecordSet
@@ -166,7 +166,7 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
         return Prepared(manifest.manifest, manifest.records, manifest.labels,
                         steps_per_epoch(len(manifest.records), num_shards, batch_size))
     if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest)
+        manifest = training_view(load_manifest(manifest))
     records = RecordSet(manifest)
     if validate:
         records.validate(seed=seed)

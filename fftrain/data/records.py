@@ -23,7 +23,7 @@ import struct
 import numpy as np
 
 from recordio_tools.manifest import Manifest
-from recordio_tools.recordio import (IRHEADER_SIZE, MAGIC, RecordIOError, class_id_of, read_index,
+from recordio_tools.recordio import (EXACT_ID_MARK, IRHEADER_SIZE, MAGIC, RecordIOError, class_id_of, read_index,
                                      read_record_at, unpack)
 
 _PART = struct.Struct("<II")
@@ -241,8 +241,8 @@ class RecordSet:
 
 def _parse_header(payload: bytes) -> tuple[int, int]:
     """(start of the image data, exact class id) of an image record (flag 0 or 2, see recordio)."""
-    flag, label, _, _ = _HEADER.unpack_from(payload)
-    if flag == 2:
+    flag, label, _, id2 = _HEADER.unpack_from(payload)
+    if flag == 2 and id2 == EXACT_ID_MARK:
         first, residual = _TWO_FLOATS.unpack_from(payload, IRHEADER_SIZE)
         if first.is_integer() and residual.is_integer() and first >= 0:
             return IRHEADER_SIZE + 8, int(first) + int(residual)

@@ -85,7 +85,12 @@ def _load_backbone(checkpoint: str):
                              f"is not available ({e})") from None
     if not os.path.isdir(checkpoint):
         raise EvalUsageError(f"{checkpoint}: checkpoint directory not found")
-    return load_backbone_from_checkpoint(checkpoint)
+    from fftrain.checkpoint import CheckpointError
+
+    try:
+        return load_backbone_from_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise EvalUsageError(str(e)) from None
 
 
 def _load_proxies(args):
@@ -104,7 +109,12 @@ def _load_proxies(args):
     except ImportError as e:
         raise EvalUsageError(f"--dao needs class proxies: pass --dao-proxies FILE.npy "
                              f"(fftrain.checkpoint.load_proxies_from_checkpoint is not available: {e})") from None
-    return load_proxies_from_checkpoint(args.checkpoint)
+    from fftrain.checkpoint import CheckpointError
+
+    try:
+        return load_proxies_from_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise EvalUsageError(str(e)) from None
 
 
 def _bin_paths(args) -> list[str]:

@@ -21,12 +21,15 @@ import os
 import re
 import shutil
 
+import numpy as np
+
 from ..cli import UsageError
 from ..manifest import (DATASET_FILE, MANIFEST_FILE, DatasetInfo, Manifest, ManifestError, Shard, load_manifest,
                         read_dataset_info, shard_name, write_dataset_info, write_manifest)
-from ..recordio import RecordIOError, RecordReader, RecordWriter, class_id_of, image_header, pack, unpack
-from ..scan import progress
-from ..shards import atomic_directory
+from ..recordio import (RecordIOError, RecordReader, RecordWriter, class_id_of, image_header, pack, read_index,
+                        unpack)
+from ..scan import class_ids_at, progress
+from ..shards import atomic_directory, check_out
 
 METADATA_FILES = ("classes.json", "skipped.txt")  # copied along with a relabelled dataset
 
@@ -38,6 +41,8 @@ def add_parser(subparsers) -> None:
                         help="training-set folder to write (manifest.json, train.idx, relabelled copies)")
     parser.add_argument("datasets", nargs="+", metavar="DATASET_DIR",
                         help="dataset folders (each with dataset.json), in class-offset order; globs accepted")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -69,6 +74,25 @@ def load_dataset(folder: str) -> DatasetInfo:
                 raise ManifestError(f"{os.path.join(folder, DATASET_FILE)}: shard file {path} is missing "
                                     f"(run `recordio_tools verify {folder}`)")
     return info
+
+
+def check_label_ranges(folders: list[str], infos: list[DatasetInfo]) -> None:
+    """Every record's label inside its dataset's declared classes (a header scan), so an under-counted
+    dataset.json never gives overlapping label ranges."""
+    for folder, info in zip(folders, infos):
+        low, high = info.class_offset, info.class_offset + info.num_classes
+        for shard in info.shards:
+            rec, idx = os.path.join(folder, shard.rec), os.path.join(folder, shard.idx)
+            entries = read_index(idx)
+            ids = class_ids_at(rec, [offset for _, offset in entries], [key for key, _ in entries],
+                               desc=f"check {info.name}")
+            outside = np.flatnonzero((ids < low) | (ids >= high))
+            if outside.size:
+                first = int(outside[0])
+                raise RecordIOError(rec, f"key {entries[first][0]}",
+                                    f"label {int(ids[first])} outside dataset {info.name!r}'s classes [{low}, {high}) "
+                                    f"declared in {os.path.join(folder, DATASET_FILE)} ({outside.size} such records); "
+                                    "fix its num_classes / class_offset or convert / import it again")
 
 
 def copy_folder_name(name: str) -> str:
@@ -112,7 +136,7 @@ def _relabel_shard(src_rec: str, src_idx: str, dst_rec: str, info: DatasetInfo, 
             if not low <= class_id < high:
                 raise RecordIOError(src_rec, f"key {key}", f"label {class_id} outside the dataset's classes "
                                                            f"[{low}, {high}) in its dataset.json")
-            writer.write(key, pack(image_header(new_offset + class_id - low, header.id, header.id2), image))
+            writer.write(key, pack(image_header(new_offset + class_id - low, header.id), image))
         return len(writer)
 
 
@@ -180,11 +204,14 @@ def run(args) -> int:
     out = os.path.abspath(args.out)
     if os.path.exists(os.path.join(out, DATASET_FILE)):
         raise UsageError(f"{out}: is a dataset folder ({DATASET_FILE}); give build a separate --out folder")
+    # datasets inside --out are the in-place layout: the manifest is written beside them, nothing replaced
+    check_out(out, folders, "build", args.overwrite, inputs_inside_ok=any(_is_inside(f, out) for f in folders))
+    check_label_ranges(folders, infos)
     try:
         if any(_is_inside(folder, out) for folder in folders):
             manifest = assemble(out, folders, infos, copy_atomically=True, final_dir=out)
         else:
-            with atomic_directory(out) as tmp:
+            with atomic_directory(out, "build") as tmp:
                 assemble(tmp, folders, infos, copy_atomically=False, final_dir=out)
             manifest = load_manifest(out)
     except RecordIOError as e:

@@ -30,13 +30,14 @@ from typing import Generator, Iterator
 import numpy as np
 
 from ..cli import UsageError
-from ..images import FACE_SIZE, IMAGE_EXTENSIONS, ImageError, prepare_face
+from ..images import FACE_SIZE, IMAGE_EXTENSIONS, ImageError, LandmarksError, prepare_face
 from ..recordio import write_text_atomic
 from ..scan import progress
-from ..shards import DatasetWriter, atomic_directory
+from ..shards import DatasetWriter, atomic_directory, check_out, exit_with_parent
 
 CLASSES_FILE = "classes.json"
 SKIPPED_FILE = "skipped.txt"
+UNALIGNED_FILE = "unaligned.txt"
 _BATCH = 32  # images per task sent to a worker process
 
 
@@ -45,6 +46,7 @@ class ImageTask:
     label: int
     relpath: str  # relative to the tree root, '/'-separated
     landmarks: np.ndarray | None
+    landmarks_where: str | None = None  # 'FILE: line N' of the landmarks
 
 
 def add_parser(subparsers) -> None:
@@ -68,8 +70,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--class-offset", type=int, default=0, metavar="C",
                         help="first class id: stored labels are offset + local label (default: 0)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help=f"leave out images that do not decode (listed on stderr and in {SKIPPED_FILE}) instead "
-                             "of failing")
+                        help=f"leave out images that do not decode or whose landmarks lie outside them (listed on "
+                             f"stderr and in {SKIPPED_FILE}) instead of failing; identities left with no image are "
+                             "dropped (named on stderr) and the class ids stay contiguous")
+    parser.add_argument("--allow-missing-landmarks", action="store_true",
+                        help=f"with --landmarks: centre-crop the images that have no landmarks line (listed in "
+                             f"{UNALIGNED_FILE}) instead of failing")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -110,25 +118,39 @@ def list_identities(root: str) -> list[tuple[str, list[str]]]:
     return identities
 
 
-def _load_landmarks(path: str | None) -> dict[str, np.ndarray]:
+def _load_landmarks(path: str | None) -> dict[str, tuple[np.ndarray, str]]:
     if path is None:
         return {}
-    from ..align import read_landmarks
+    from ..align import read_landmarks_located
 
     try:
-        return read_landmarks(path)
+        return read_landmarks_located(path)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def make_tasks(identities: list[tuple[str, list[str]]], landmarks: dict[str, np.ndarray]) -> list[ImageTask]:
-    tasks = [ImageTask(label, relpath, landmarks.get(relpath))
+def make_tasks(identities: list[tuple[str, list[str]]],
+               landmarks: dict[str, tuple[np.ndarray, str]]) -> list[ImageTask]:
+    tasks = [ImageTask(label, relpath, *landmarks.get(relpath, (None, None)))
              for label, (_, images) in enumerate(identities) for relpath in images]
     if landmarks:
         matched = sum(task.landmarks is not None for task in tasks)
         print(f"convert: {matched} of {len(tasks)} images have landmarks and are aligned; "
               f"{len(landmarks) - matched} landmark entries match no image")
     return tasks
+
+
+def _check_missing_landmarks(tasks: list[ImageTask], landmarks_file: str | None, allow: bool) -> list[str]:
+    """The images without a landmarks line; an error naming them unless `allow`."""
+    if landmarks_file is None:
+        return []
+    missing = [task.relpath for task in tasks if task.landmarks is None]
+    if missing and not allow:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise UsageError(f"{landmarks_file}: no landmarks line for {len(missing)} of {len(tasks)} images: {shown}; "
+                         f"add them, or pass --allow-missing-landmarks to centre-crop those (listed in "
+                         f"{UNALIGNED_FILE})")
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,14 +163,18 @@ def _encode_batch(root: str, quality: int, batch: list[ImageTask]) -> list[tuple
     for task in batch:
         try:
             results.append((prepare_face(os.path.join(root, task.relpath), task.landmarks, quality), None))
+        except LandmarksError as e:
+            results.append((None, f"{e} ({task.landmarks_where})"))
         except (ImageError, OSError, ValueError) as e:
-            results.append((None, str(e)))
+            results.append((None, f"unreadable image: {e}"))
     return results
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial output."""
+def _init_worker(parent_pid: int) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial output, and die
+    with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
 
 
 def _batches(tasks: list[ImageTask], size: int) -> Iterator[list[ImageTask]]:
@@ -163,7 +189,7 @@ def encode_in_order(root: str, tasks: list[ImageTask], quality: int,
         for batch in _batches(tasks, _BATCH):
             yield from ((task, *result) for task, result in zip(batch, _encode_batch(root, quality, batch)))
         return
-    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         pending: deque = deque()
         try:
             for batch in _batches(tasks, _BATCH):
@@ -203,36 +229,52 @@ def _write_classes(folder: str, root: str, identities: list[tuple[str, list[str]
 def _bad_image(root: str, task: ImageTask, error: str, skip_bad: bool, skipped: list[str]) -> None:
     path = os.path.join(root, task.relpath)
     if not skip_bad:
-        raise UsageError(f"{path}: unreadable image: {error}; fix or remove it, or pass --skip-bad to leave "
-                         "such files out")
+        raise UsageError(f"{path}: {error}; fix or remove it, or pass --skip-bad to leave such files out")
     print(f"convert: skipped {path}: {error}", file=sys.stderr)
     skipped.append(f"{task.relpath}\t{error}")
+
+
+def _warn_dropped(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+        print(f"convert: warning: dropped {len(names)} identit{'y' if len(names) == 1 else 'ies'} whose images were "
+              f"all left out: {shown}; class ids stay contiguous", file=sys.stderr)
 
 
 def run(args) -> int:
     _check_args(args)
     root = args.input
+    check_out(args.out, [root] + ([args.landmarks] if args.landmarks else []), "convert", args.overwrite)
     identities = list_identities(root)
     tasks = make_tasks(identities, _load_landmarks(args.landmarks))
+    unaligned = _check_missing_landmarks(tasks, args.landmarks, args.allow_missing_landmarks)
     name = args.name or os.path.basename(os.path.abspath(args.out))
     counts = np.zeros(len(identities), dtype=np.int64)
     skipped: list[str] = []
+    new_ids: dict[int, int] = {}
     started = time.perf_counter()
-    with atomic_directory(args.out) as tmp:
+    with atomic_directory(args.out, "convert") as tmp:
         writer = DatasetWriter(tmp, name, args.shards, args.class_offset)
         with closing(encode_in_order(root, tasks, args.quality, args.workers)) as results:  # stops the pool
             for task, jpeg, error in progress(results, total=len(tasks), desc="convert"):
                 if jpeg is None:
                     _bad_image(root, task, error, args.skip_bad, skipped)
                     continue
-                writer.add(task.label, jpeg)
+                # tasks come in identity order: ids given at an identity's first image stay contiguous
+                writer.add(new_ids.setdefault(task.label, len(new_ids)), jpeg)
                 counts[task.label] += 1
         if not counts.sum():
             raise UsageError(f"{root}: none of the {len(tasks)} images could be read")
-        info = writer.finish(num_classes=len(identities))
-        _write_classes(tmp, root, identities, counts)
+        kept = [identity for identity, count in zip(identities, counts) if count]
+        _warn_dropped([name for (name, _), count in zip(identities, counts) if not count])
+        info = writer.finish(num_classes=len(kept))
+        _write_classes(tmp, root, kept, counts[counts > 0])
         if skipped:
             write_text_atomic(os.path.join(tmp, SKIPPED_FILE), "\n".join(skipped) + "\n")
+        if unaligned:
+            write_text_atomic(os.path.join(tmp, UNALIGNED_FILE), "\n".join(unaligned) + "\n")
+            print(f"convert: note: {len(unaligned)} image(s) without landmarks centre-cropped (listed in "
+                  f"{UNALIGNED_FILE})", file=sys.stderr)
     elapsed = time.perf_counter() - started
     print(f"convert: wrote {args.out}: {info.num_images} images, {info.num_classes} classes "
           f"(labels {info.class_offset}..{info.class_offset + info.num_classes - 1}), {args.shards} shard(s), "

@@ -28,7 +28,7 @@ from ..images import looks_like_image
 from ..insightface import Layout, detect_layout
 from ..recordio import RecordIOError, RecordReader, unpack, write_text_atomic
 from ..scan import class_ids_at, progress
-from ..shards import DatasetWriter, atomic_directory
+from ..shards import DatasetWriter, atomic_directory, check_out
 
 CLASSES_FILE = "classes.json"
 
@@ -45,6 +45,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the record shuffle (default: 0)")
     parser.add_argument("--class-offset", type=int, default=0, metavar="C",
                         help="first class id: stored labels are offset + local label (default: 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -110,6 +112,7 @@ def _check_args(args) -> None:
 def run(args) -> int:
     _check_args(args)
     rec = resolve_rec(args.input)
+    check_out(args.out, [args.input, rec, os.path.splitext(rec)[0] + ".idx"], "import", args.overwrite)
     name = args.name or os.path.basename(os.path.abspath(args.out))
     started = time.perf_counter()
     try:
@@ -118,7 +121,7 @@ def run(args) -> int:
             if not layout.image_keys:
                 raise UsageError(f"{rec}: no image records")
             originals, labels = local_labels(class_ids)
-            with atomic_directory(args.out) as tmp:
+            with atomic_directory(args.out, "import") as tmp:
                 writer = DatasetWriter(tmp, name, args.shards, args.class_offset)
                 copy_shuffled(reader, layout.image_keys, labels, writer, args.seed)
                 info = writer.finish(num_classes=len(originals))

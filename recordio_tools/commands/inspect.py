@@ -19,7 +19,7 @@ import numpy as np
 
 from ..cli import UsageError
 from ..insightface import detect_layout
-from ..manifest import DATASET_FILE, MANIFEST_FILE, DatasetInfo, load_manifest, read_dataset_info
+from ..manifest import DATASET_FILE, MANIFEST_FILE, DatasetInfo, fused_in_place, load_manifest, read_dataset_info
 from ..recordio import RecordIOError, RecordReader, class_id_of, read_index, unpack
 from ..scan import class_ids_at, class_stats, shard_class_ids
 
@@ -93,10 +93,12 @@ def inspect_rec(rec: str, scan: bool) -> dict:
         return {**report, **class_stats(class_ids_at(rec, offsets, layout.image_keys, desc="labels"))}
 
 
-def _dataset_report(info: DatasetInfo, root: str, scan: bool) -> dict:
+def _dataset_report(info: DatasetInfo, root: str, scan: bool, fused_classes: int | None = None) -> dict:
     report = {"name": info.name, "num_classes": info.num_classes, "num_images": info.num_images,
               "class_offset": info.class_offset, "shards": len(info.shards),
               "declared_label_range": [info.class_offset, info.class_offset + info.num_classes - 1]}
+    if fused_classes:  # relabelled in place: the records hold fused ids
+        report.update(labels="fused", num_classes_fused=fused_classes, declared_label_range=[0, fused_classes - 1])
     if not scan:
         return report
     ids = [shard_class_ids(os.path.join(root, s.rec), os.path.join(root, s.idx), desc=info.name)
@@ -105,13 +107,16 @@ def _dataset_report(info: DatasetInfo, root: str, scan: bool) -> dict:
 
 
 def inspect_dataset(folder: str, scan: bool) -> dict:
-    return {"kind": "dataset", "path": folder, **_dataset_report(read_dataset_info(folder), folder, scan)}
+    fused = fused_in_place(os.path.join(folder, DATASET_FILE))
+    return {"kind": "dataset", "path": folder, **_dataset_report(read_dataset_info(folder), folder, scan, fused)}
 
 
 def inspect_manifest(path: str, scan: bool) -> dict:
     manifest = load_manifest(path)
-    datasets = [_dataset_report(info, manifest.root, scan) for info in manifest.datasets]
+    fused = fused_in_place(os.path.join(manifest.root, MANIFEST_FILE))
+    datasets = [_dataset_report(info, manifest.root, scan, fused) for info in manifest.datasets]
     return {"kind": "manifest", "path": path, "num_datasets": len(datasets), "num_classes": manifest.num_classes,
+            **({"labels": "fused", "num_classes_fused": fused} if fused else {}),
             "num_images": manifest.num_images, "index": manifest.index_path(),
             "index_entries": len(read_index(manifest.index_path())), "datasets": datasets}
 
@@ -177,6 +182,9 @@ def print_dataset(report: dict) -> None:
 def print_manifest(report: dict) -> None:
     print(f"training set  {report['path']}: {report['num_datasets']} datasets, {report['num_classes']} classes, "
           f"{report['num_images']} images, {report['index_entries']} entries in {report['index']}")
+    if report.get("labels") == "fused":
+        print(f"labels        fused in place: {report['num_classes_fused']} fused classes (ids 0.."
+              f"{report['num_classes_fused'] - 1}); per-dataset class counts are of the source classes")
     print(f"{'dataset':<20} {'classes':>9} {'images':>10} {'offset':>9} {'shards':>6}  {'img/class min/med/max':>22}"
           f"  labels found")
     for d in report["datasets"]:

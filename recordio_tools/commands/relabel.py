@@ -46,9 +46,14 @@ def add_parser(subparsers) -> None:
     mode.add_argument("--in-place", action="store_true",
                       help="rewrite the label bytes of TRAINSET's shards (journaled; rerun to resume)")
     mode.add_argument("--out", metavar="DIR", help="write a new fused training set to DIR (replaced as a whole)")
+    parser.add_argument("--copy-referenced", action="store_true",
+                        help="--in-place: first copy into TRAINSET the datasets it references from other folders "
+                             "(without it those are refused: other training sets may use them)")
     parser.add_argument("--name", default="fused", help="--out: name of the fused dataset (default: fused)")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="--out: number of shards (default: as many as TRAINSET has)")
+    parser.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     parser.set_defaults(run=run)
 
 
@@ -60,6 +65,10 @@ def run(args) -> int:
     if args.shards is not None and args.shards < 1:
         raise UsageError(f"--shards must be >= 1, got {args.shards}")
     manifest_file = os.path.join(args.trainset, MANIFEST_FILE) if os.path.isdir(args.trainset) else args.trainset
+    if args.out:
+        from ..shards import check_out
+
+        check_out(args.out, [args.trainset], "relabel", args.overwrite)
     started = time.perf_counter()
     try:
         manifest = load_manifest(manifest_file)
@@ -70,7 +79,7 @@ def run(args) -> int:
         summary = (f"{manifest.num_classes} source -> {label_map.num_fused} fused classes, "
                    f"{manifest.num_images} images")
         if args.in_place:
-            result = relabel_in_place(manifest_file, label_map)
+            result = relabel_in_place(manifest_file, label_map, copy_referenced_shards=args.copy_referenced)
         else:
             out_manifest = relabel_copy(manifest_file, label_map, args.out, name=args.name, num_shards=args.shards)
     except RelabelError as e:

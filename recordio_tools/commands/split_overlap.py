@@ -38,6 +38,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-manifest", action="store_true",
                    help="do not write manifest.json + train.idx over the subsets")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     p.set_defaults(run=run)
 
 
@@ -46,6 +48,9 @@ def run(args) -> int:
 
     if args.shards < 1:
         raise UsageError(f"--shards {args.shards} must be >= 1")
+    from ..shards import check_out
+
+    check_out(args.out, [args.dataset], "split-overlap", args.overwrite)
     try:
         summary = split_dataset(args.dataset, args.out, args.subsets, args.ratio, share_images=args.share_images,
                                 seed=args.seed, shards=args.shards, name=args.name, manifest=not args.no_manifest,

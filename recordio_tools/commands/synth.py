@@ -76,6 +76,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help=f"rendering processes; the output does not depend on it (default {d.workers})")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder even if it is not an earlier output of this command")
     p.set_defaults(run=run)
 
 
@@ -98,7 +100,10 @@ def config_from_args(args):
 def run(args) -> int:
     from ..synthetic import generate
 
+    from ..shards import check_out
+
     config = config_from_args(args)
+    check_out(args.out, [], "synth", args.overwrite)
     start = time.perf_counter()
     summary = generate(config, args.out, progress=not args.quiet)
     if not args.quiet:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..images import decode_problem
-from ..manifest import DATASET_FILE, ManifestError, parse_manifest, read_dataset_info
+from ..manifest import DATASET_FILE, ManifestError, fused_in_place, parse_manifest, read_dataset_info
 from ..recordio import MAGIC, RecordIOError, class_id_of, read_record_at, unpack
 from ..scan import progress
 from .inspect import classify_path
@@ -330,16 +330,22 @@ def verify_dataset(report: Report, folder: str, decode: bool) -> None:
     except ManifestError as e:
         report.problems.append(str(e))
         return
-    verify_dataset_shards(report, info, folder, os.path.join(folder, DATASET_FILE), decode)
+    fused = fused_in_place(os.path.join(folder, DATASET_FILE))
+    verify_dataset_shards(report, info, folder, os.path.join(folder, DATASET_FILE), decode, fused)
 
 
-def verify_dataset_shards(report: Report, info, root: str, source: str, decode: bool) -> list[int | None]:
-    """Check a dataset's shards against its label range and image counts; index entries per shard."""
+def verify_dataset_shards(report: Report, info, root: str, source: str, decode: bool,
+                          fused_classes: int | None = None) -> list[int | None]:
+    """Check a dataset's shards against its label range (the fused classes once relabelled in place) and
+    image counts; index entries per shard."""
     label_range = (info.class_offset, info.class_offset + info.num_classes)
+    owner = f"dataset {info.name!r}"
+    if fused_classes:
+        label_range, owner = (0, fused_classes), f"the {fused_classes} fused classes (relabelled in place)"
     counts = []
     for shard in info.shards:
         spec = ShardSpec(os.path.normpath(os.path.join(root, shard.rec)),
-                         os.path.normpath(os.path.join(root, shard.idx)), label_range, f"dataset {info.name!r}")
+                         os.path.normpath(os.path.join(root, shard.idx)), label_range, owner)
         count = verify_shard(report, spec, decode)
         if count is not None and count != shard.num_images:
             report.add(source, f"shard {shard.rec}", f"says {shard.num_images} images, the index has {count}")
@@ -384,13 +390,14 @@ def verify_manifest(report: Report, path: str, decode: bool) -> None:
     except ManifestError as e:
         report.problems.append(str(e))
         return
+    fused = fused_in_place(path if path.endswith(".json") else os.path.join(path, "manifest.json"))
     expected_offset = 0
     for info in manifest.datasets:
         if info.class_offset != expected_offset:
             report.add(path, f"dataset {info.name!r}", f"class_offset {info.class_offset}, expected "
                                                        f"{expected_offset} (the running sum of class counts)")
         expected_offset += info.num_classes
-        verify_dataset_shards(report, info, manifest.root, path, decode)
+        verify_dataset_shards(report, info, manifest.root, path, decode, fused)
     verify_combined_index(report, manifest)
 
 
