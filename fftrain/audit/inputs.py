@@ -38,6 +38,8 @@ class CheckpointView:
 
 
 def load_checkpoint_view(path: str) -> CheckpointView:
+    from torch.distributed.checkpoint.api import CheckpointException
+
     from fftrain.checkpoint import CheckpointError, load_backbone_from_checkpoint, load_partial, read_meta
 
     if not os.path.isdir(path):
@@ -52,7 +54,7 @@ def load_checkpoint_view(path: str) -> CheckpointView:
             "class_dataset_fused": torch.empty(meta["num_classes_fused"], dtype=torch.long)})
     except CheckpointError as e:
         raise AuditError(str(e)) from None
-    except (KeyError, ValueError, RuntimeError) as e:  # DCP: a stored tensor of another shape
+    except (KeyError, ValueError, RuntimeError, CheckpointException) as e:  # DCP: a stored tensor of another shape
         raise AuditError(f"{path}: checkpoint does not match its own meta.json (embedding_size={meta.get('embedding_size')}, "
                          f"num_classes_fused={meta.get('num_classes_fused')}): {_first_line(e)}") from None
     out_dim = _output_dim(backbone)
@@ -67,8 +69,9 @@ def load_checkpoint_view(path: str) -> CheckpointView:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    """DCP wraps the cause in a per-rank traceback; its last line says what did not fit."""
+    text = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return text[-1][:300] if text else type(e).__name__
 
 
 @torch.no_grad()

@@ -52,7 +52,8 @@ def intra_class(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, co
         centre = sums[c] - np.where(own[:, None], e, 0.0)
         norm = np.linalg.norm(centre, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cos_centre[rows] = np.where(norm > 1e-9, np.einsum("ij,ij->i", e, centre) / norm, np.nan)
+            cos = np.einsum("ij,ij->i", e, centre) / norm
+        cos_centre[rows] = np.where(own & (counts[c] <= 1) | (norm <= 1e-9), np.nan, cos)
         cos_proxy[rows] = np.einsum("ij,ij->i", e, proxies[label_map[c]])
         loo[rows] = own
     with np.errstate(invalid="ignore"):
