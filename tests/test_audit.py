@@ -350,3 +350,40 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
 
     records = RecordSet(load_manifest(str(tmp_path / "clean")))
     assert len(records) == clean["images_out"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedding pass: two gloo ranks share the images and give what one process gives
+
+
+def _embed(ctx, manifest_dir, work):
+    from fftrain.audit.embed import embed_training_set
+    from fftrain.backbones import build_backbone
+    from fftrain.data.records import RecordSet
+    from recordio_tools.manifest import load_manifest
+
+    torch.manual_seed(0)
+    backbone = build_backbone("iresnet_tiny", embedding_size=16).eval()
+    records = RecordSet(load_manifest(manifest_dir))
+    out = embed_training_set(backbone, records, records.num_classes, 16, ctx=ctx, work_dir=work, chunk=50,
+                             progress=False)
+    return np.asarray(out.embeddings, dtype=np.float32), out.labels, out.class_sums, out.class_counts
+
+
+@pytest.mark.slow
+def test_ranks_share_the_embedding_pass(noisy, tmp_path):
+    from dist_harness import run_distributed
+    from fftrain.distributed import single_process_context
+    from recordio_tools.manifest import read_dataset_info, write_manifest
+
+    info = read_dataset_info(str(noisy / "asian_celeb"))  # the first dataset of the tiny set: 185 images
+    write_manifest(str(tmp_path / "one"), [info], [str(noisy / "asian_celeb")])
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w2").mkdir()
+    ref = _embed(single_process_context(), str(tmp_path / "one"), str(tmp_path / "w1"))
+    got = run_distributed(_embed, 2, args=(str(tmp_path / "one"), str(tmp_path / "w2")))
+    assert ref[0].shape == (185, 16) and np.allclose(np.linalg.norm(ref[0], axis=1), 1, atol=2e-3)
+    for emb, labels, sums, counts in got:
+        assert np.allclose(emb, ref[0], atol=1e-3) and np.array_equal(labels, ref[1])
+        assert np.allclose(sums, ref[2], atol=1e-2) and np.array_equal(counts, ref[3])
+    assert ref[3].sum() == 185

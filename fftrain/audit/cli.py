@@ -165,8 +165,10 @@ def _audit(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     report, extra = analyse(args, checkpoint, manifest, records, train, sets)
     report["timing"] = {"embed_train_s": train.seconds, "embed_verification_s": embed_verification_s,
                         "analysis_s": time.perf_counter() - t, "world_size": ctx.world_size, "flip": flip}
+    t_out = time.perf_counter()
     _write_outputs(args, work, manifest, records, train, report, extra)
     report["timing"]["analysis_s"] = time.perf_counter() - t
+    report["timing"]["analysis_phases_s"] = dict(extra["phases"], outputs_s=time.perf_counter() - t_out)
     timing = report["timing"]
     timing["embed_ms_per_image"] = 1000 * train.seconds / max(1, len(records))
     timing["analysis_ms_per_image"] = 1000 * timing["analysis_s"] / max(1, len(records))
@@ -210,6 +212,13 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     from .leakage import leakage, per_dataset_counts
     from .report import threshold_entry
 
+    phases, clock = {}, [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        phases[name] = now - clock[0]
+        clock[0] = now
+
     names = manifest.dataset_names
     class_dataset = manifest.class_dataset()
     image_dataset = class_dataset[train.labels]
@@ -218,16 +227,21 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     proxies = proxies / np.maximum(np.linalg.norm(proxies, axis=1, keepdims=True), 1e-12)
     intra = intra_class(train.embeddings, train.labels, train.class_sums, train.class_counts, proxies,
                         checkpoint.label_map, threshold=args.intra_threshold, loo_max_images=args.loo_max_images)
+    lap("intra_s")
     inter = inter_class(centres, class_dataset, threshold=args.inter_threshold, knn_k=args.knn_k,
                         max_component=args.max_component, backend=args.backend)
+    lap("inter_s")
     twin_kw = dict(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
                    same_dataset_policy=args.same_dataset_policy, backend=args.backend)
     twin_proxies = fusion_twin(proxies, checkpoint.class_dataset_fused, checkpoint.label_map, **twin_kw)
     twin_centres = fusion_twin(centres, class_dataset, None, **twin_kw)
+    lap("fusion_twin_s")
     leaks = [leakage(os.path.splitext(os.path.basename(path))[0], emb, issame, centres,
                      threshold=args.leak_threshold) for path, emb, issame in sets]
+    lap("leakage_s")
     distributions = dataset_distributions(train.embeddings, train.labels, image_dataset, names,
                                           pairs=args.pairs_per_dataset, seed=args.seed)
+    lap("distributions_s")
     has_images = train.class_counts > 0
     agreement = np.einsum("ij,ij->i", centres[has_images], proxies[checkpoint.label_map[has_images]])
     leaked_classes = sorted({int(c) for leak in leaks for c in leak.nearest_class[leak.leaked_images]})
@@ -269,7 +283,8 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     }
     clean_components = [c.members for c in inter.plan.components
                         if args.clean_merge == "all" or len(set(class_dataset[c.members].tolist())) == 1]
-    extra = {"intra": intra, "inter": inter, "leaks": leaks, "outlier_keys": intra.outliers,
+    lap("report_s")
+    extra = {"phases": phases, "intra": intra, "inter": inter, "leaks": leaks, "outlier_keys": intra.outliers,
              "leaked_classes": leaked_classes, "clean_components": clean_components,
              "clean_record": {"checkpoint": os.path.abspath(checkpoint.path), "merge": args.clean_merge,
                               "thresholds": report["thresholds"], "audit": os.path.abspath(args.out)}}
