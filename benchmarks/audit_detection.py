@@ -90,6 +90,27 @@ def fusion_with_and_without_cleaning(audit_dir: str, synth_dir: str, t1: float) 
     return out
 
 
+def accuracy_by_true_leakage(checkpoint: str, synth_dir: str) -> dict:
+    """Verification accuracy on all pairs, on the pairs the ground truth says are not leaked, and on
+    the leaked ones (what the audit's corrected figure estimates)."""
+    from fftrain.audit.embed import embed_verification_bin
+    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.distributed import single_process_context
+    from fftrain.evaluation.metrics import verification_metrics
+
+    truth = json.load(open(os.path.join(synth_dir, "noise.json"), encoding="utf-8"))
+    emb, issame = embed_verification_bin(load_backbone_from_checkpoint(checkpoint),
+                                         os.path.join(synth_dir, "verification.bin"), ctx=single_process_context())
+    leaked = np.zeros(len(issame), bool)
+    leaked[[j for leak in truth["leaked"] for j in leak["verification_pairs"]]] = True
+    out = {}
+    for name, keep in (("all pairs", np.ones_like(leaked)), ("truly not leaked", ~leaked), ("truly leaked", leaked)):
+        rows = emb.reshape(-1, 2, emb.shape[1])[keep].reshape(-1, emb.shape[1])
+        m = verification_metrics(rows, issame[keep])
+        out[name] = {"pairs": int(keep.sum()), "accuracy": m.accuracy, "std": m.std}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--audit", required=True, help="audit folder (written with --keep-embeddings)")
@@ -105,6 +126,7 @@ def main(argv=None) -> int:
     result["leakage"] = [{k: v for k, v in leak.items() if k in ("name", "leaked_images", "leaked_pairs", "pairs",
                                                                    "accuracy_full", "accuracy_unleaked")}
                          for leak in report["leakage"]]
+    result["accuracy_by_true_leakage"] = accuracy_by_true_leakage(report["checkpoint"], args.synth)
     if args.run:
         from fftrain.evaluation.merge_quality import merge_quality_of_run
 
