@@ -136,8 +136,15 @@ def run_audit(args) -> int:
             shutil.rmtree(work, ignore_errors=True)  # our own fixed-name work folder of a killed run
             os.makedirs(work)
         barrier(ctx.group)
+        from fftrain.data.records import DataError
+        from recordio_tools.verification_bin import VerificationBinError
+
         try:
             _audit(args, ctx, work, *prepared)
+        except (DataError, VerificationBinError, AuditError) as e:  # a record or image found bad mid-pass
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"fftrain audit: error: {e}", file=sys.stderr)
+            return 2
         except BaseException:
             if ctx.is_main:
                 shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +216,7 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     from .distributions import dataset_distributions
     from .inter import fusion_twin, inter_class
     from .intra import class_centres, intra_class, per_dataset_summary
-    from .leakage import leakage, per_dataset_counts
+    from .leakage import leakage
     from .report import threshold_entry
 
     phases, clock = {}, [time.perf_counter()]
