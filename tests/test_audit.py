@@ -387,3 +387,59 @@ def test_ranks_share_the_embedding_pass(noisy, tmp_path):
         assert np.allclose(emb, ref[0], atol=1e-3) and np.array_equal(labels, ref[1])
         assert np.allclose(sums, ref[2], atol=1e-2) and np.array_equal(counts, ref[3])
     assert ref[3].sum() == 185
+
+
+# ---------------------------------------------------------------------------------------------
+# the cleaned training set
+
+
+def _two_dataset_set(tmp_path):
+    from cli_helpers import make_dataset
+    from recordio_tools.manifest import load_manifest, write_manifest
+
+    a = make_dataset(tmp_path / "a", "a", [3, 2, 2], class_offset=0, num_shards=2)
+    b = make_dataset(tmp_path / "b", "b", [2, 3], class_offset=3, seed=1)
+    write_manifest(str(tmp_path / "train"), [a, b], [str(tmp_path / "a"), str(tmp_path / "b")])
+    return load_manifest(str(tmp_path / "train"))
+
+
+@pytest.mark.parametrize("merge_across", [False, True])
+def test_write_clean_set_drops_merges_and_removes(tmp_path, merge_across):
+    from fftrain.audit.clean import write_clean_set
+    from fftrain.data.records import RecordSet
+    from recordio_tools.manifest import load_manifest
+
+    manifest = _two_dataset_set(tmp_path)
+    records = RecordSet(manifest)
+    source = [records.read(k) for k in range(len(records))]
+    # a: classes 0 1 2, b: 3 4; 0~2 inside a, 1~3 across (moves into a), 4 removed
+    components = [[0, 2]] + ([[1, 3]] if merge_across else [])
+    summary = write_clean_set(str(tmp_path / "clean"), manifest, records, drop_keys=np.array([1]),
+                              components=components, removed_classes=[4], record={"note": "test"}, progress=False)
+    new_dataset, new_local = clean_label_space(manifest.class_dataset(), components, [4])
+    clean = RecordSet(load_manifest(str(tmp_path / "clean")))
+    offsets = clean.manifest.class_offsets()
+    want = sorted((offsets[new_dataset[c]] + new_local[c], bytes(j)) for k, (j, c) in enumerate(source)
+                  if k != 1 and new_local[c] >= 0)
+    got = sorted((c, bytes(j)) for j, c in (clean.read(k) for k in range(len(clean))))
+    assert got == want
+    assert summary["images_out"] == len(want) == summary["images_in"] - 1 - summary["images_of_removed_classes"]
+    assert [d.num_classes for d in clean.manifest.datasets] == ([2, 0] if merge_across else [2, 1])
+    body = json.loads((tmp_path / "clean" / "manifest.json").read_text())["audit_clean"]
+    assert body["note"] == "test" and body["removed_classes"] == [4] and body["merged_components"] == components
+    clean_map = json.loads((tmp_path / "clean" / "clean_map.json").read_text())["clean_class"]
+    assert clean_map[4] == -1 and clean_map[0] == clean_map[2]
+
+
+def test_write_clean_refuses_a_folder_it_did_not_write(tmp_path):
+    from fftrain.audit.clean import write_clean_set
+    from fftrain.audit.inputs import AuditError
+    from fftrain.data.records import RecordSet
+
+    manifest = _two_dataset_set(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x.txt").write_text("keep")
+    with pytest.raises(AuditError, match="not a cleaned set written by fftrain audit"):
+        write_clean_set(str(tmp_path / "mine"), manifest, RecordSet(manifest), drop_keys=np.array([], int),
+                        components=[], removed_classes=[], record={}, progress=False)
+    assert (tmp_path / "mine" / "x.txt").read_text() == "keep"

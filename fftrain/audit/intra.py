@@ -37,7 +37,7 @@ class IntraClass:
 
 def intra_class(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray,
                 proxies: np.ndarray, label_map: np.ndarray, *, threshold: float, loo_max_images: int,
-                chunk: int = 1 << 16) -> IntraClass:
+                chunk: int = 1 << 14) -> IntraClass:
     """embeddings [N, D] unit rows (any float dtype, e.g. a float16 memmap), labels [N] source classes,
     sums/counts the per-class sums of those rows, proxies [C_fused, D] unit rows, label_map [C_src]."""
     n = embeddings.shape[0]
