@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from fftrain.distributed import DistContext, all_gather_object, barrier
+from fftrain.distributed import DistContext, all_gather_object, all_reduce_, barrier
 
 EMBEDDINGS_FILE = "embeddings.npy"
 LABELS_FILE = "labels.npy"
@@ -91,9 +90,8 @@ def embed_training_set(backbone, records, num_classes: int, dim: int, *, ctx: Di
     bar.close()
     emb.flush()
     labels_out.flush()
-    if ctx.group is not None:
-        dist.all_reduce(sums, group=ctx.group)
-        dist.all_reduce(counts, group=ctx.group)
+    if ctx.group is not None:  # on the rank's device: NCCL reduces CUDA tensors only
+        sums, counts = (all_reduce_(t.to(ctx.device), ctx.group).cpu() for t in (sums, counts))
     barrier(ctx.group)
     embeddings = np.lib.format.open_memmap(os.path.join(work_dir, EMBEDDINGS_FILE), mode="r")
     labels_all = np.asarray(np.lib.format.open_memmap(os.path.join(work_dir, LABELS_FILE), mode="r"))
