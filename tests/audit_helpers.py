@@ -10,11 +10,10 @@ import copy
 
 import torch
 
-from fftrain.checkpoint import save_checkpoint
+from fftrain.checkpoint import ShardedRows, save_checkpoint
 from fftrain.config import config_from_dict, config_to_dict
 from fftrain.demo import DEMO_CONFIG
 from fftrain.distributed import single_process_context
-from fftrain.checkpoint import ShardedRows
 from fftrain.model import EmbeddingModel
 
 
