@@ -111,6 +111,64 @@ def accuracy_by_true_leakage(checkpoint: str, synth_dir: str) -> dict:
     return out
 
 
+def _best_threshold(scores: np.ndarray, positive: np.ndarray, below: bool) -> dict:
+    """The threshold maximising min(precision, recall) when the positives are the scores below (or above) it."""
+    order = np.argsort(scores if below else -scores, kind="stable")
+    hits = np.cumsum(positive[order])
+    taken = np.arange(1, order.size + 1)
+    precision, recall = hits / taken, hits / max(1, positive.sum())
+    best = int(np.argmax(np.minimum(precision, recall)))
+    return {"threshold": float(scores[order[best]]), "precision": float(precision[best]),
+            "recall": float(recall[best])}
+
+
+def threshold_diagnostics(audit_dir: str, synth_dir: str) -> dict:
+    """Diagnostic, not a criterion: with the ground truth, the best any single threshold could do on these
+    embeddings (is the miss the threshold's or the model's?)."""
+    from fftrain.audit.embed import embed_verification_bin
+    from fftrain.audit.intra import class_centres, intra_class
+    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.data.records import RecordSet
+    from fftrain.distributed import single_process_context
+    from recordio_tools.manifest import load_manifest
+
+    report = json.load(open(os.path.join(audit_dir, "audit.json"), encoding="utf-8"))
+    truth = json.load(open(os.path.join(synth_dir, "noise.json"), encoding="utf-8"))
+    manifest = load_manifest(synth_dir)
+    records = RecordSet(manifest)
+    emb = np.load(os.path.join(audit_dir, "embeddings.npy"), mmap_mode="r")
+    labels = np.load(os.path.join(audit_dir, "labels.npy"))
+    sums = np.zeros((manifest.num_classes, emb.shape[1]))
+    np.add.at(sums, labels, np.asarray(emb, dtype=np.float64))
+    counts = np.bincount(labels, minlength=manifest.num_classes)
+    intra = intra_class(emb, labels, sums, counts, np.zeros_like(sums), np.arange(manifest.num_classes),
+                        threshold=0.3, loo_max_images=report["settings"]["loo_max_images"])
+    wrong = {(r["dataset"], r["shard"], int(r["key"])) for r in truth["mislabeled"]}
+    is_wrong = np.zeros(len(records), bool)
+    for key in range(len(records)):
+        shard, shard_key = records.shard_key_of(key)
+        name = manifest.datasets[manifest.dataset_of_shard()[shard]].name
+        is_wrong[key] = (name, os.path.basename(records.rec_paths[shard]), shard_key) in wrong
+    defined = ~np.isnan(intra.cos_centre)
+    out = {"mislabeled_images (cos to centre, below)": _best_threshold(intra.cos_centre[defined], is_wrong[defined], True)}
+    centres = class_centres(sums, counts)
+    table = manifest.class_dataset()
+    a, b = np.triu_indices(manifest.num_classes, 1)
+    same = table[a] == table[b]
+    a, b = a[same], b[same]
+    planted = {tuple(sorted(d["source_classes"])) for d in truth["duplicates"]}
+    is_dup = np.array([(int(x), int(y)) in planted for x, y in zip(a, b)])
+    out["duplicates_within_dataset (centre cos, above)"] = _best_threshold(np.einsum("ij,ij->i", centres[a], centres[b]),
+                                                                            is_dup, False)
+    verification = os.path.join(synth_dir, "verification.bin")
+    vemb, _ = embed_verification_bin(load_backbone_from_checkpoint(report["checkpoint"]), verification,
+                                     ctx=single_process_context())
+    leaked = np.zeros(vemb.shape[0], bool)
+    leaked[[i for leak in truth["leaked"] for i in leak["verification_images"]]] = True
+    out["leaked_images (nearest centre cos, above)"] = _best_threshold((vemb @ centres.T).max(1), leaked, False)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--audit", required=True, help="audit folder (written with --keep-embeddings)")
@@ -118,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", help="the training run folder (its fusion report is scored too)")
     p.add_argument("--t1", type=float, nargs="+", default=[0.7, 0.82], help="fusion thresholds to score")
     p.add_argument("--json-out", help="write the figures as JSON")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="also the best min(precision, recall) any one threshold reaches, from the ground truth")
     args = p.parse_args(argv)
     result = {"detection": detection(args.audit, args.synth),
               "fusion_centres": {str(t): fusion_with_and_without_cleaning(args.audit, args.synth, t) for t in args.t1}}
@@ -127,6 +187,8 @@ def main(argv=None) -> int:
                                                                    "accuracy_full", "accuracy_unleaked")}
                          for leak in report["leakage"]]
     result["accuracy_by_true_leakage"] = accuracy_by_true_leakage(report["checkpoint"], args.synth)
+    if args.diagnostics:
+        result["threshold_diagnostics"] = threshold_diagnostics(args.audit, args.synth)
     if args.run:
         from fftrain.evaluation.merge_quality import merge_quality_of_run
 
