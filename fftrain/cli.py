@@ -4,6 +4,7 @@
     fftrain fuse --checkpoint DIR --t1 0.7 --dry-run     # what fusion would merge at this T1
     fftrain eval --checkpoint DIR lfw.bin cfp_fp.bin     # verification table + JSON
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
+    fftrain audit --checkpoint DIR --data MANIFEST --out DIR   # label noise, duplicates, test-set leakage
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .audit.cli import add_audit_parser
     from .evaluation.cli_commands import add_eval_parser, add_export_parser
     from .fusion_cli import add_fuse_parser
 
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuse_parser(subparsers)
     add_eval_parser(subparsers)
     add_export_parser(subparsers)
+    add_audit_parser(subparsers)
     return parser
 
 

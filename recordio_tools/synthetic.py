@@ -34,7 +34,7 @@ PAPER_DATASETS: tuple[tuple[str, int, int], ...] = (
 DATASET_NAMES = tuple(name for name, _, _ in PAPER_DATASETS)
 
 # Seed streams: np.random.default_rng([seed, STREAM, ...]).
-_CLUSTERS, _PERSON, _IMAGES, _VERIFICATION, _ORDER, _PLAN = range(6)
+_CLUSTERS, _PERSON, _IMAGES, _VERIFICATION, _ORDER, _PLAN, _NOISE_PLAN, _NOISE_IMAGES = range(8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,6 +529,12 @@ class SynthConfig:
     """per-image change of a person's latent (hair, beard, make-up between photos); higher is harder"""
     workers: int = 2
     """rendering processes; 1 = render in this process. Output bytes do not depend on it."""
+    noise_mislabel: float = 0.0
+    """planted label noise: fraction of each dataset's images filed under another identity of that dataset"""
+    noise_duplicates: float = 0.0
+    """planted label noise: fraction of each dataset's identities that are a second label of another of its identities"""
+    noise_leaked_ids: int = 0
+    """planted leakage: verification identities that are also training identities (one dataset each)"""
 
     def __post_init__(self):
         checks = [
@@ -547,6 +553,10 @@ class SynthConfig:
             (self.workers >= 1, f"workers={self.workers} must be >= 1"),
             (self.identity_spread > 0, f"identity_spread={self.identity_spread} must be > 0"),
             (self.image_drift >= 0, f"image_drift={self.image_drift} must be >= 0"),
+            (0.0 <= self.noise_mislabel <= 0.2, f"noise_mislabel={self.noise_mislabel} must be in [0, 0.2]"),
+            (0.0 <= self.noise_duplicates <= 0.2, f"noise_duplicates={self.noise_duplicates} must be in [0, 0.2]"),
+            (0 <= self.noise_leaked_ids <= self.verification_ids,
+             f"noise_leaked_ids={self.noise_leaked_ids} must be in [0, verification_ids={self.verification_ids}]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -688,6 +698,110 @@ def make_plan(config: SynthConfig) -> SynthPlan:
 
 
 # ---------------------------------------------------------------------------------------------
+# Planted label noise and leakage (all off by default; the plan above is then untouched).
+
+NOISE_FILE = "noise.json"
+
+
+@dataclass
+class NoisePlan:
+    """What `plant_noise` changed; written as ground truth to noise.json."""
+
+    wrong: dict[tuple[int, int], list[int]]
+    """(dataset, local label) -> the local label whose person each wrongly filed image shows"""
+    duplicates: list[tuple[int, int, int]]
+    """(dataset, local label, local label): one person filed under two labels of one dataset"""
+    leaked: list[tuple[int, int, int]]
+    """(verification person, dataset, local label): a held-out person who is also a training class"""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.wrong or self.duplicates or self.leaked)
+
+
+def _free_classes(plan: SynthPlan) -> list[list[int]]:
+    """Per dataset, the local labels of persons in no planted cross-dataset overlap group."""
+    shared = {tuple(m) for g in plan.groups for m in g}
+    return [[local for local in range(ds.num_classes) if (d, local) not in shared]
+            for d, ds in enumerate(plan.datasets)]
+
+
+def _plant_duplicates(plan: SynthPlan, free: list[list[int]], rng) -> list[tuple[int, int, int]]:
+    duplicates = []
+    for d, ds in enumerate(plan.datasets):
+        n = min(int(round(plan.config.noise_duplicates * ds.num_classes)), len(free[d]) // 2)
+        picked = [int(x) for x in rng.choice(free[d], size=2 * n, replace=False)]
+        for keep, dup in zip(picked[:n], picked[n:]):
+            ds.persons[dup] = ds.persons[keep]
+            duplicates.append((d, min(keep, dup), max(keep, dup)))
+        free[d] = [local for local in free[d] if local not in set(picked)]
+    return sorted(duplicates)
+
+
+def _plant_leaks(plan: SynthPlan, free: list[list[int]], rng) -> list[tuple[int, int, int]]:
+    n = plan.config.noise_leaked_ids
+    pool = [(d, local) for d in range(len(plan.datasets)) for local in free[d]]
+    if n > len(pool):
+        raise ValueError(f"noise_leaked_ids={n}: only {len(pool)} training classes are free to hold a leaked identity")
+    persons = rng.choice(plan.verification_persons, size=n, replace=False)
+    leaked = []
+    for person, slot in zip(persons, rng.choice(len(pool), size=n, replace=False)):
+        d, local = pool[slot]
+        plan.datasets[d].persons[local] = int(person)
+        free[d].remove(local)
+        leaked.append((int(person), d, local))
+    return sorted(leaked, key=lambda x: (x[1], x[2]))
+
+
+def _plant_wrong_images(plan: SynthPlan, rng) -> dict[tuple[int, int], list[int]]:
+    """At most a third (less one) of a class's images are wrong, so its own person stays the majority."""
+    wrong: dict[tuple[int, int], list[int]] = {}
+    for d, ds in enumerate(plan.datasets):
+        slots = [local for local, count in enumerate(ds.image_counts) for _ in range((count - 1) // 3)]
+        n = min(int(round(plan.config.noise_mislabel * ds.num_images)), len(slots))
+        for i in sorted(rng.choice(len(slots), size=n, replace=False).tolist()):
+            local = slots[i]
+            others = [o for o in range(ds.num_classes) if ds.persons[o] != ds.persons[local]]
+            wrong.setdefault((d, local), []).append(int(rng.choice(others)))
+    return wrong
+
+
+def plant_noise(plan: SynthPlan) -> NoisePlan:
+    """Plant the config's label noise into `plan` (in place): duplicate labels and leaked verification
+    identities replace persons of classes in no overlap group; wrongly filed images are listed per class.
+    With every noise option 0 the plan is unchanged and no random number is drawn from the plan's streams."""
+    config = plan.config
+    if not (config.noise_mislabel or config.noise_duplicates or config.noise_leaked_ids):
+        return NoisePlan({}, [], [])
+    rng = np.random.default_rng([config.seed, _NOISE_PLAN])
+    free = _free_classes(plan)
+    duplicates = _plant_duplicates(plan, free, rng)
+    leaked = _plant_leaks(plan, free, rng)
+    return NoisePlan(_plant_wrong_images(plan, rng), duplicates, leaked)
+
+
+def noise_ground_truth(plan: SynthPlan, noise: NoisePlan, mislabeled: list[dict]) -> dict:
+    """The body of noise.json; `mislabeled` is where `generate` put each wrongly filed image."""
+    ds = plan.datasets
+    leaked = []
+    for person, d, local in noise.leaked:
+        pairs = [j for j, (a, b, _) in enumerate(plan.pairs) if person in (a, b)]
+        images = sorted(2 * j + k for j in pairs for k in (0, 1) if plan.pairs[j][k] == person)
+        leaked.append({"dataset": ds[d].name, "local_label": local, "source_class": ds[d].class_offset + local,
+                       "verification_images": images, "verification_pairs": pairs})
+    return {
+        "format": "fftrain-synth-noise", "version": 1,
+        "settings": {"noise_mislabel": plan.config.noise_mislabel, "noise_duplicates": plan.config.noise_duplicates,
+                     "noise_leaked_ids": plan.config.noise_leaked_ids},
+        "mislabeled": mislabeled,
+        "duplicates": [{"dataset": ds[d].name, "local_labels": [a, b],
+                        "source_classes": [ds[d].class_offset + a, ds[d].class_offset + b]}
+                       for d, a, b in noise.duplicates],
+        "leaked": leaked,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering tasks (run in worker processes) and the writer.
 
 _CENTRES: dict[int, np.ndarray] = {}
@@ -705,6 +819,12 @@ def _render_task(task: tuple) -> list[bytes]:
         _, seed, d, local, person, count, style, knobs = task
         rng = np.random.default_rng([seed, _IMAGES, d, local])
         return render_person(_latent(seed, person), count, STYLES[style], rng, *knobs)
+    if kind == "noisy_class":
+        _, seed, d, local, person, count, style, knobs, wrong_persons = task
+        rng = np.random.default_rng([seed, _IMAGES, d, local])
+        right = render_person(_latent(seed, person), count - len(wrong_persons), STYLES[style], rng, *knobs)
+        rng = np.random.default_rng([seed, _NOISE_IMAGES, d, local])
+        return right + [render_person(_latent(seed, p), 1, STYLES[style], rng, *knobs)[0] for p in wrong_persons]
     _, seed, j, a, b, same, knobs = task
     rng = np.random.default_rng([seed, _VERIFICATION, j])
     style = STYLES["verification"]
@@ -742,20 +862,21 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
 
     from .manifest import write_manifest
     from .overlaps import OVERLAPS_FILE, make_groups, write_overlaps
+    from .recordio import write_text_atomic
     from .shards import DatasetWriter, atomic_directory
     from .verification_bin import write_verification_bin
 
     plan = make_plan(config)
+    noise = plant_noise(plan)
     knobs = (config.jpeg_quality, config.identity_spread, config.image_drift)
-    tasks = [("class", config.seed, d, local, person, count, ds.name, knobs)
-             for d, ds in enumerate(plan.datasets)
-             for local, (person, count) in enumerate(zip(ds.persons, ds.image_counts))]
+    tasks = [_class_task(config, plan, noise, d, local, knobs)
+             for d, ds in enumerate(plan.datasets) for local in range(ds.num_classes)]
     tasks += [("pair", config.seed, j, a, b, same, knobs) for j, (a, b, same) in enumerate(plan.pairs)]
     total = plan.num_images + 2 * len(plan.pairs)
     with atomic_directory(out_dir, "synth") as tmp, \
             tqdm(total=total, unit="img", desc="synth", disable=not progress, leave=False) as bar:
         results = iter(_imap(tasks, config.workers))
-        infos, folders = [], []
+        infos, folders, mislabeled = [], [], []
         for d, ds in enumerate(plan.datasets):
             images = []
             for local in range(ds.num_classes):
@@ -768,6 +889,7 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
             order = np.random.default_rng([config.seed, _ORDER, d]).permutation(len(images))
             for i in order:
                 writer.add(*images[i])
+            mislabeled += _where_wrong_images_went(plan, noise, d, order, config.shards)
             infos.append(writer.finish(ds.num_classes))
             folders.append(folder)
         pair_images: list[bytes] = []
@@ -780,9 +902,14 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
         write_overlaps(os.path.join(tmp, OVERLAPS_FILE), table, make_groups(table, plan.groups),
                        source="recordio_tools synth", seed=config.seed)
         write_manifest(tmp, infos, folders)
+        if noise.active:
+            write_text_atomic(os.path.join(tmp, NOISE_FILE),
+                              json.dumps(noise_ground_truth(plan, noise, mislabeled), indent=1) + "\n")
         summary = {
             "format": "fftrain-synth", "version": 1,
-            "config": {k: v for k, v in asdict(config).items() if k != "workers"},  # output does not depend on it
+            # workers: the output does not depend on it; noise options: absent when off, as before they existed
+            "config": {k: v for k, v in asdict(config).items()
+                       if k != "workers" and not (k.startswith("noise_") and not v)},
             "num_classes": sum(i.num_classes for i in infos), "num_images": plan.num_images,
             "datasets": [{"name": i.name, "class_offset": i.class_offset, "num_classes": i.num_classes,
                           "num_images": i.num_images, "style": asdict(STYLES[i.name])} for i in infos],
@@ -792,12 +919,46 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
                              "identities": len(plan.verification_persons)},
             "manifest": "manifest.json", "overlaps": OVERLAPS_FILE,
         }
+        if noise.active:
+            summary["noise"] = {"file": NOISE_FILE, "mislabeled_images": len(mislabeled),
+                                "duplicate_pairs": len(noise.duplicates), "leaked_ids": len(noise.leaked)}
         with open(os.path.join(tmp, SYNTH_FILE), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
             f.write("\n")
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(_README.format(**summary, names=", ".join(i.name for i in infos)))
     return summary
+
+
+def _class_task(config: SynthConfig, plan: SynthPlan, noise: NoisePlan, d: int, local: int, knobs) -> tuple:
+    ds = plan.datasets[d]
+    person, count = ds.persons[local], ds.image_counts[local]
+    wrong = noise.wrong.get((d, local))
+    if not wrong:
+        return ("class", config.seed, d, local, person, count, ds.name, knobs)
+    return ("noisy_class", config.seed, d, local, person, count, ds.name, knobs, [ds.persons[o] for o in wrong])
+
+
+def _where_wrong_images_went(plan: SynthPlan, noise: NoisePlan, d: int, order: np.ndarray, shards: int) -> list[dict]:
+    """(shard, key) of dataset d's wrongly filed images; the writer puts write position i in shard
+    i % shards under key i // shards, and a noisy class's wrong images are its last ones."""
+    from .manifest import shard_name
+
+    ds = plan.datasets[d]
+    if not any(dd == d for dd, _ in noise.wrong):
+        return []
+    true_local = []  # per image, in rendering order: the local label its person has, or None when filed right
+    for local, count in enumerate(ds.image_counts):
+        wrong = noise.wrong.get((d, local), [])
+        true_local += [None] * (count - len(wrong)) + wrong
+    filed = np.repeat(np.arange(ds.num_classes), ds.image_counts)
+    out = []
+    for position, i in enumerate(order.tolist()):
+        if true_local[i] is not None:
+            out.append({"dataset": ds.name, "shard": shard_name(position % shards) + ".rec", "key": position // shards,
+                        "source_class": ds.class_offset + int(filed[i]),
+                        "true_source_class": ds.class_offset + true_local[i]})
+    return sorted(out, key=lambda r: (r["shard"], r["key"]))
 
 
 _README = """# Synthetic six-dataset set (recordio_tools synth)

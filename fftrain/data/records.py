@@ -124,6 +124,11 @@ class RecordSet:
         named = f"key {shard_key}" if shard_key is not None else "record"
         return f"{self.rec_paths[shard]} {named} (byte {local})"
 
+    def shard_key_of(self, key: int) -> tuple[int, int | None]:
+        """(shard position in `rec_paths`, the record's key in that shard's own .idx or None)."""
+        shard, local, _ = self.locate(key)
+        return shard, self._shard_key(shard, local)
+
     def _shard_key(self, shard: int, local: int) -> int | None:
         if shard not in self._shard_keys:
             try:

@@ -3,6 +3,7 @@
     recordio_tools synth --out data/synth              # 600 identities, ~21.7K images (1-2 min on 2 cores)
     recordio_tools synth --out /tmp/synth --tiny       # 6 x 30 identities, ~1.1K images (a few seconds)
     recordio_tools synth --out data/synth2 --ids 1200 --images-per-id 20 --seed 1
+    recordio_tools synth --out data/noisy --noise-mislabel 0.02 --noise-duplicates 0.03 --noise-leaked-ids 15
 
 The output folder holds six dataset folders, manifest.json + train.idx (the training set; point
 the trainer at the folder), overlaps.json (ground truth), verification.bin and synth.json.
@@ -22,6 +23,7 @@ from ..cli import UsageError
 _FIELDS = ["seed", "ids", "min_ids", "images_per_id", "min_images_per_id", "max_images_per_id", "overlap",
            "verification_pairs", "verification_ids", "shards", "jpeg_quality", "identity_spread", "image_drift",
            "workers"]
+_NOISE_FIELDS = ["noise_mislabel", "noise_duplicates", "noise_leaked_ids"]
 
 
 def add_parser(subparsers) -> None:
@@ -78,14 +80,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder even if it is not an earlier output of this command")
+    _add_noise_options(p, d)
     p.set_defaults(run=run)
+
+
+def _add_noise_options(p, d) -> None:
+    g = p.add_argument_group("planted noise (ground truth in noise.json; all off by default, output then unchanged)")
+    g.add_argument("--noise-mislabel", type=float, metavar="FRACTION",
+                   help="fraction of each dataset's images, in [0, 0.2], showing another identity of that dataset "
+                        f"than the one they are filed under (at most a third of a class) (default {d.noise_mislabel:g})")
+    g.add_argument("--noise-duplicates", type=float, metavar="FRACTION",
+                   help="fraction of each dataset's identities, in [0, 0.2], filed a second time under another "
+                        f"label of the same dataset (default {d.noise_duplicates:g})")
+    g.add_argument("--noise-leaked-ids", type=int, metavar="N",
+                   help="verification identities that are also training identities, each in one dataset "
+                        f"(default {d.noise_leaked_ids})")
 
 
 def config_from_args(args):
     from ..synthetic import SynthConfig, tiny_config
 
     base = dataclasses.asdict(tiny_config() if args.tiny else SynthConfig())
-    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    given = {f: getattr(args, f) for f in _FIELDS + _NOISE_FIELDS if getattr(args, f) is not None}
     if args.scale is not None:
         if args.scale <= 0:
             raise UsageError(f"--scale {args.scale} must be > 0")
@@ -114,4 +130,9 @@ def run(args) -> int:
         for d in summary["datasets"]:
             print(f"  {d['name']:<14} classes [{d['class_offset']}, {d['class_offset'] + d['num_classes']})  "
                   f"{d['num_images']} images", file=sys.stderr)
+        if "noise" in summary:
+            n = summary["noise"]
+            print(f"  planted noise ({n['file']}): {n['mislabeled_images']} mislabeled images, "
+                  f"{n['duplicate_pairs']} duplicate class pairs, {n['leaked_ids']} leaked verification ids",
+                  file=sys.stderr)
     return 0
