@@ -29,13 +29,14 @@ from typing import Any
 import torch
 
 from .distributed import DistContext, barrier, broadcast_object
+from .errors import UserError
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, incomplete, or does not fit the current run."""
 
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import DistContext, all_reduce_
+from .errors import UserError
 from .lr_schedule import lr_at
 from .margins import build_margin
 from .model import EmbeddingModel
@@ -29,7 +30,7 @@ from .partial_fc import PartialFCHead
 from .run_log import MetricsWriter, Throughput, format_duration, get_logger
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 

@@ -13,6 +13,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
 FACE_SIZE = 112
 """Side of the square face crop, pixels (the ArcFace template is defined for 112x112)."""
 
@@ -23,7 +25,7 @@ _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a
                b"P5", b"P6")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """Bytes or a file that do not decode as an image; the message says why (no path: callers add it)."""
 
 

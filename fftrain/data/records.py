@@ -22,6 +22,7 @@ import struct
 
 import numpy as np
 
+from fftrain.errors import UserError
 from recordio_tools.manifest import Manifest
 from recordio_tools.recordio import (IRHEADER_SIZE, MAGIC, RecordIOError, class_id_of, read_index,
                                      read_record_at, unpack)
@@ -33,7 +34,7 @@ _LENGTH_MASK = (1 << 29) - 1
 VERIFY_HINT = "run `recordio_tools verify {manifest}` to list every bad record"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that does not match its manifest or cannot be decoded; names file and key."""
 
 
