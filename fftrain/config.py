@@ -365,3 +365,39 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source: Python keeps none)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe_keys(cls=TrainConfig, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(dotted key, default, one-line doc) of every config key, in declaration order."""
+    docs, defaults = _field_docs(cls), cls()
+    rows = []
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_keys(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, value, docs.get(f.name, "")))
+    return rows
+
+
+def keys_help() -> str:
+    """One line per config key: key, default, doc (for `fftrain train --help`)."""
+    rows = [(key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), doc)
+            for key, default, doc in describe_keys()]
+    width = max(len(key) + len(default) for key, default, _ in rows) + 4
+    return "\n".join(f"  {f'{key} = {default}':<{width}} {doc}".rstrip() for key, default, doc in rows)

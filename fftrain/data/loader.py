@@ -263,8 +263,13 @@ class TrainingData:
     def num_datasets(self) -> int:
         return len(self.manifest.datasets)
 
-    def make_loader(self, start_step: int = 0) -> EndlessBatches:
-        """This rank's batches from global step `start_step` on: (epoch, step) = divmod(start_step, steps)."""
-        epoch, step = epoch_position(start_step, self.steps_per_epoch)
+    @property
+    def num_records(self) -> int:
+        return len(self.prepared.records)
+
+    def make_loader(self, start_step: int = 0, position: tuple[int, int] | None = None) -> EndlessBatches:
+        """This rank's batches from global step `start_step` on: (epoch, step) = divmod(start_step, steps);
+        or from `position` = (epoch, step in the epoch) when given (a resume with another global batch)."""
+        epoch, step = position if position is not None else epoch_position(start_step, self.steps_per_epoch)
         return EndlessBatches(build_loader_from_config(self.cfg, self.ctx, manifest=self.prepared, epoch=epoch,
                                                        start_step=step))
