@@ -157,9 +157,10 @@ class Prepared:
 
 
 def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size: int, device: torch.device,
-            label_map=None, validate: bool = True, seed: int = 0) -> Prepared:
+            label_map=None, validate: bool = True, seed: int = 0, on_bad_record: str = "stop") -> Prepared:
     """Load and check the manifest and its shards (errors name the file), build the label tables.
-    A `Prepared` passes through (its checks are done; its label tables are shared)."""
+    A `Prepared` passes through (its checks are done; its label tables are shared). `on_bad_record`:
+    what reading a bad record mid-run does, 'stop' or 'skip' (`records.RecordSet.read_batch`)."""
     if isinstance(manifest, Prepared):
         if label_map is not None:
             raise ValueError("a prepared training set shares its label tables: swap the map there, not per loader")
@@ -167,7 +168,7 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
                         steps_per_epoch(len(manifest.records), num_shards, batch_size))
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    records = RecordSet(manifest)
+    records = RecordSet(manifest, on_bad_record)
     if validate:
         records.validate(seed=seed)
     steps = steps_per_epoch(len(records), num_shards, batch_size)
@@ -240,7 +241,8 @@ class TrainingData:
     @classmethod
     def from_config(cls, cfg, ctx, manifest: str | Manifest | None = None, label_map=None) -> "TrainingData":
         prepared = prepare(manifest if manifest is not None else cfg.data.manifest, num_shards=ctx.world_size,
-                           batch_size=cfg.data.batch_size, device=ctx.device, label_map=label_map, seed=cfg.seed)
+                           batch_size=cfg.data.batch_size, device=ctx.device, label_map=label_map, seed=cfg.seed,
+                           on_bad_record=cfg.data.bad_records)
         return cls(cfg, ctx, prepared)
 
     @property

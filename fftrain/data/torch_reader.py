@@ -62,8 +62,8 @@ class PlanDataset(Dataset):
         jpegs, source = self.records.read_batch(plan.keys)
         size = self.image_size
         batch = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
-        for i, (jpeg, key) in enumerate(zip(jpegs, plan.keys)):
-            image = decode_jpeg(jpeg, self.records, int(key))
+        images = self._decode(jpegs, plan.keys, source)
+        for i, (image, key) in enumerate(zip(images, plan.keys)):
             if image.shape != (size, size, 3):
                 raise DataError(f"{self.records.describe(int(key))}: image is {image.shape[1]}x{image.shape[0]}, "
                                 f"expected {size}x{size}; the training set must hold aligned faces "
@@ -73,6 +73,24 @@ class PlanDataset(Dataset):
         batch[mirror] = batch[mirror, :, ::-1]
         images = torch.from_numpy(batch)
         return normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step
+
+
+    def _decode(self, jpegs, keys, source: np.ndarray) -> list[np.ndarray]:
+        """Each JPEG decoded; one that does not decode stops, or with data.bad_records=skip is
+        replaced like `RecordSet.read_batch` replaces a bad record (label too)."""
+        images, bad = [], []
+        for i, (jpeg, key) in enumerate(zip(jpegs, keys)):
+            try:
+                images.append(decode_jpeg(jpeg, self.records, int(key)))
+            except DataError as error:
+                if self.records.on_bad_record == "stop":
+                    raise
+                self.records.warn_skipped(int(key), error)
+                images.append(None)
+                bad.append(i)
+        for i, j in zip(bad, self.records.replacement(bad, len(jpegs)) if bad else []):
+            images[i], source[i] = images[j], source[j]
+        return images
 
 
 class PlanSampler(Sampler):
