@@ -9,7 +9,7 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 \
         fftrain/train.py --config configs/six_datasets_r50.yaml
     # a single process, no torchrun
-    python fftrain/train.py --set optim.total_steps=100
+    python fftrain/train.py --set optim.total_steps=100 --set optim.warmup_steps=10 --set optim.lr_milestones=[75,90]
 
 With no --config the embedded demo config (configs/demo_cpu.yaml) is used. `--set key=value`
 overrides any config key (YAML syntax for the value); `--resume auto|PATH|''` is
