@@ -120,7 +120,7 @@ class RecordSet:
                 continue
             size = int(self.file_starts[shard + 1] - self.file_starts[shard])
             if own.size and int(own.max()) >= size:
-                raise DataError(f"{rec}: {size} bytes, but its index {idx} has a record at byte {int(own.max())}; "
+                raise ShardTruncated(f"{rec}: {size} bytes, but its index {idx} has a record at byte {int(own.max())}; "
                                 + self.truncated_hint(shard))
 
     def truncated_hint(self, shard: int) -> str:
