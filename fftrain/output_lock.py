@@ -42,12 +42,18 @@ class LockHolder:
     since: str
 
 
-def _process_start(pid: int) -> float:
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state, ppid, ...); [] where there is none."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return float(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0.0
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _process_start(pid: int) -> float:
+    fields = _proc_stat(pid)
+    return float(fields[19]) if len(fields) > 19 else 0.0
 
 
 def this_process(run_id: str) -> LockHolder:
@@ -62,7 +68,10 @@ def _alive(holder: LockHolder) -> bool:
         return False
     except PermissionError:
         pass  # another user's process: it exists
-    started = _process_start(holder.pid)
+    fields = _proc_stat(holder.pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # exited, not yet reaped by its parent (a torchrun agent about to restart it)
+    started = float(fields[19]) if len(fields) > 19 else 0.0
     return not (holder.started and started and started != holder.started)
 
 

@@ -80,12 +80,7 @@ def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
     """The training set (its manifest, shards and index) and the verification files; the data."""
     from .data import TrainingData
 
-    try:
-        data = TrainingData.from_config(cfg, ctx, manifest)
-    except UserError:
-        raise
-    except ValueError as e:  # the batch does not fit the data (sharding.steps_per_epoch)
-        raise ConfigError(f"data.batch_size: {e} (the training set {manifest})") from None
+    data = TrainingData.from_config(cfg, ctx, manifest)
     check_verification_files(cfg, ctx)
     return data
 

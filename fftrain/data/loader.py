@@ -32,6 +32,7 @@ import torch
 
 from recordio_tools.manifest import Manifest, load_manifest
 
+from ..config import ConfigError
 from .labels import LabelTables
 from .records import RecordSet
 from .sharding import check_step, epoch_position, steps_per_epoch
@@ -171,7 +172,10 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
     records = RecordSet(manifest, on_bad_record)
     if validate:
         records.validate(seed=seed)
-    steps = steps_per_epoch(len(records), num_shards, batch_size)
+    try:
+        steps = steps_per_epoch(len(records), num_shards, batch_size)
+    except ValueError as e:
+        raise ConfigError(f"data.batch_size: {e} (the training set {manifest.root})") from None
     labels = LabelTables.from_manifest(manifest, device, label_map)
     return Prepared(manifest, records, labels, steps)
 

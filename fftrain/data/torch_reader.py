@@ -93,6 +93,16 @@ class PlanDataset(Dataset):
         return images
 
 
+def worker_message(error: DataError) -> str:
+    """The error's own message: a DataLoader worker's error comes back with the worker's traceback
+    prepended ("Caught DataError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return text
+    lines = [line for line in text.splitlines() if f"{type(error).__name__}: " in line]
+    return lines[-1].split(f"{type(error).__name__}: ", 1)[1] if lines else text
+
+
 class PlanSampler(Sampler):
     """An endless stream of BatchPlans (one DataLoader item per batch)."""
 
@@ -125,10 +135,13 @@ def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, nu
 
         loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
                             pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
-        for images, source, epoch_, step in loader:
-            if on_gpu:
-                images = normalise(images.to(device, non_blocking=True))
-            yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+        try:
+            for images, source, epoch_, step in loader:
+                if on_gpu:
+                    images = normalise(images.to(device, non_blocking=True))
+                yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+        except DataError as error:
+            raise type(error)(worker_message(error)) from None
 
     return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
                        start_step=start_step, channels_last=channels_last, close=prep.records.close)
