@@ -45,14 +45,10 @@ def _default_out(checkpoint: str, t1: float) -> str:
 def run_fuse(args) -> int:
     from recordio_tools.recordio import write_text_atomic
 
-    from .checkpoint import CheckpointError, load_partial, read_meta
+    from .checkpoint import load_partial, read_meta
     from .fusion import SourceInfo, run_fusion
 
-    try:
-        meta = read_meta(args.checkpoint)
-    except CheckpointError as e:
-        print(f"fftrain fuse: error: {e}")
-        return 2
+    meta = read_meta(args.checkpoint)  # a CheckpointError: one line on stderr, exit 2 (fftrain.cli)
     if meta.get("fused"):
         print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
     num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]

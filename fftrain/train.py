@@ -19,7 +19,6 @@ overrides any config key (YAML syntax for the value); `--resume auto|PATH|''` is
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.config import load_config
     from fftrain.demo import DEMO_CONFIG
     from fftrain.distributed import launch_rank
-    from fftrain.errors import UserError, report_user_error
+    from fftrain.errors import EXIT_USER_ERROR, UserError, report_user_error
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
     except UserError as e:  # every rank has the same config: rank 0 says it
-        return report_user_error("fftrain", e, file=sys.stderr if launch_rank() == 0 else open(os.devnull, "w"))
+        return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
     from fftrain.run import run_training
 
     return run_training(cfg)
