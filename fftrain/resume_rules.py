@@ -85,8 +85,8 @@ def check_resume(meta: dict, new_config: dict, checkpoint: str, num_records: int
         refused.append(f"optim.total_steps: {total} is below the checkpoint's step {step}; nothing would be "
                        f"trained (give optim.total_steps >= {step})")
     stop = new_config["stop_at_step"]
-    if 0 < stop <= step:
-        refused.append(f"stop_at_step: {stop} is not after the checkpoint's step {step}; nothing would be trained")
+    if 0 < stop < step:  # equal: a requeued time-limited job that already got there, nothing to refuse
+        refused.append(f"stop_at_step: {stop} is before the checkpoint's step {step}; nothing would be trained")
     recorded = meta.get("num_records")
     if recorded is not None and recorded != num_records:
         refused.append(f"data.manifest: the checkpoint was trained on {recorded} records, this training set has "

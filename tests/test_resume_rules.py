@@ -42,7 +42,7 @@ def test_total_steps_below_the_checkpoint_is_refused():
     with pytest.raises(ConfigError, match=r"optim\.total_steps: 4 is below the checkpoint's step 6; nothing would "
                                           r"be trained"):
         check_resume(_meta(), _new(optim={"total_steps": 4, "lr_milestones": [2]}), "ckpt", num_records=1000)
-    with pytest.raises(ConfigError, match=r"stop_at_step: 5 is not after the checkpoint's step 6"):
+    with pytest.raises(ConfigError, match=r"stop_at_step: 5 is before the checkpoint's step 6"):
         check_resume(_meta(), _new(stop_at_step=5), "ckpt", num_records=1000)
 
 
