@@ -99,6 +99,7 @@ def test_missing_manifest_is_refused_naming_the_file(tmp_path, capsys):
     assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_start_up_refusal_is_printed_once_and_writes_nothing(synth, tmp_path):
     out_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
