@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .distributed import DistContext, all_gather_object, barrier, broadcast_object
+from .errors import UserError
 from .faults import fault_point
 from .run_log import get_logger
 
@@ -50,7 +51,7 @@ FORMAT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, incomplete, or does not fit the current run."""
 
 

@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    from .errors import UserError, report_user_error
+
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        return report_user_error(f"fftrain {args.command}", e)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration key that is unknown, or a value of the wrong type or out of range."""
 
 
@@ -26,12 +28,20 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_backbone(name: str) -> None:
+    from .backbones import available_backbones, is_backbone  # torch; only when a config is built
+
+    _check(is_backbone(name), "model.backbone", f"unknown backbone {name!r}; available: {available_backbones()}")
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "iresnet50"
     """Backbone name from fftrain.backbones (iresnet18/34/50/100, mobilefacenet, a tiny CPU one)."""
     embedding_size: int = 512
+    """Dimension of the face embedding (the backbone's output and the FC proxies)."""
     dropout: float = 0.0
+    """Dropout before the backbone's embedding layer."""
     channels_last: bool = True
     """Use channels-last memory format for the backbone (faster convolutions on GPU)."""
     grad_checkpoint: bool = False
@@ -44,6 +54,7 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.embedding_size > 0, "model.embedding_size", f"must be > 0, got {self.embedding_size}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check_backbone(self.backbone)
 
 
 @dataclass
@@ -68,6 +79,10 @@ class DataConfig:
     """Stronger augmentation (resize-blur, HSV, grey) on top of the random flip."""
     verification: list[str] = field(default_factory=list)
     """insightface .bin pair files to evaluate on (LFW, CFP-FP, AgeDB-30, ...)."""
+    bad_records: str = "stop"
+    """A training record found corrupt mid-run (broken JPEG structure, bad record header, label out of
+    range): 'stop' (end the run naming its shard and key) or 'skip' (warn naming it, and train on
+    another image of the same batch in its place)."""
 
     def __post_init__(self):
         _check(self.reader in ("dali", "torch"), "data.reader", f"must be 'dali' or 'torch', got {self.reader!r}")
@@ -78,6 +93,8 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.synth_preset in ("default", "tiny"), "data.synth_preset",
                f"must be 'default' or 'tiny', got {self.synth_preset!r}")
+        _check(self.bad_records in ("stop", "skip"), "data.bad_records",
+               f"must be 'stop' or 'skip', got {self.bad_records!r}")
 
 
 @dataclass
@@ -89,8 +106,11 @@ class PartialFCConfig:
     m: float = 0.5
     """Margin for arcface / cosface."""
     m1: float = 1.0
+    """'combined' margin: multiplier of the angle θ."""
     m2: float = 0.5
+    """'combined' margin: added to the angle (radians)."""
     m3: float = 0.0
+    """'combined' margin: subtracted from the cosine."""
     sample_rate: float = 1.0
     """Fraction of each rank's negative classes sampled per step (1.0 = all, Partial FC)."""
 
@@ -99,6 +119,10 @@ class PartialFCConfig:
                f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
         _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         _check(self.scale > 0, "head.scale", f"must be > 0, got {self.scale}")
+        _check(self.m >= 0, "head.m", f"must be >= 0 (a margin), got {self.m}")
+        _check(self.m1 > 0, "head.m1", f"must be > 0, got {self.m1}")
+        _check(self.m2 >= 0, "head.m2", f"must be >= 0, got {self.m2}")
+        _check(self.m3 >= 0, "head.m3", f"must be >= 0, got {self.m3}")
 
 
 @dataclass
@@ -113,6 +137,7 @@ class GRLConfig:
     def __post_init__(self):
         _check(self.weight >= 0, "grl.weight", f"must be >= 0, got {self.weight}")
         _check(self.start_step >= 0, "grl.start_step", f"must be >= 0, got {self.start_step}")
+        _check(self.hidden >= 1, "grl.hidden", f"must be >= 1 (width of a layer), got {self.hidden}")
 
 
 @dataclass
@@ -149,11 +174,15 @@ class OptimConfig:
     lr: float = 0.005
     """Base learning rate at the global batch size used in the paper (1024); not rescaled."""
     momentum: float = 0.9
+    """SGD momentum of the backbone and the FC, in [0, 1)."""
     weight_decay: float = 5e-4
+    """L2 weight decay (>= 0)."""
     total_steps: int = 480_000
+    """Optimizer steps of the whole run (the fusion step and the lr milestones are in these steps)."""
     lr_milestones: list[int] = field(default_factory=lambda: [80_000, 140_000, 200_000])
     """Steps at which the lr is multiplied by `lr_decay`."""
     lr_decay: float = 0.1
+    """Factor applied to the lr at each milestone, in (0, 1]."""
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many steps."""
     grad_clip: float = 5.0
@@ -162,10 +191,20 @@ class OptimConfig:
     def __post_init__(self):
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _check(self.total_steps > 0, "optim.total_steps", f"must be > 0, got {self.total_steps}")
+        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 < self.lr_decay <= 1, "optim.lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}")
         _check(all(0 < m for m in self.lr_milestones) and self.lr_milestones == sorted(self.lr_milestones),
                "optim.lr_milestones", f"must be increasing positive steps, got {self.lr_milestones}")
-        _check(0 <= self.warmup_steps < self.total_steps, "optim.warmup_steps",
-               f"must be in [0, total_steps), got {self.warmup_steps}")
+        late = [m for m in self.lr_milestones if m >= self.total_steps]
+        _check(not late, "optim.lr_milestones", f"{late} at or past optim.total_steps={self.total_steps}: the lr "
+               f"would never decay there; give milestones below {self.total_steps}")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.warmup_steps < self.total_steps, "optim.warmup_steps",
+               f"{self.warmup_steps} warm-up steps do not fit in optim.total_steps={self.total_steps} (the lr "
+               f"would never reach optim.lr); set optim.warmup_steps below {self.total_steps}, e.g. "
+               f"--set optim.warmup_steps={self.total_steps // 10}")
 
 
 @dataclass
@@ -189,6 +228,11 @@ class LogConfig:
     eval_every: int = 2000
     """Run verification every this many steps (0: only at the end)."""
     tensorboard: bool = True
+    """Also write tensorboard scalars to output_dir/tensorboard (rank 0)."""
+
+    def __post_init__(self):
+        _check(self.every >= 1, "log.every", f"must be >= 1, got {self.every}")
+        _check(self.eval_every >= 0, "log.eval_every", f"must be >= 0 (0: only at the end), got {self.eval_every}")
 
 
 @dataclass
@@ -196,6 +240,7 @@ class TrainConfig:
     output_dir: str = "runs/demo"
     """Run folder: checkpoints, logs, metrics.jsonl, tensorboard, fusion report."""
     seed: int = 0
+    """Seed of the data order, augmentation, initialisation and class sampling (>= 0)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda' or 'cpu'."""
     stop_at_step: int = 0
@@ -213,7 +258,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.device in ("auto", "cuda", "cpu"), "device", f"must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(self.stop_at_step >= 0, "stop_at_step", f"must be >= 0, got {self.stop_at_step}")
+        _check(bool(self.output_dir), "output_dir", "must name a folder")
         _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
                f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
 
@@ -318,3 +365,39 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source: Python keeps none)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe_keys(cls=TrainConfig, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(dotted key, default, one-line doc) of every config key, in declaration order."""
+    docs, defaults = _field_docs(cls), cls()
+    rows = []
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_keys(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, value, docs.get(f.name, "")))
+    return rows
+
+
+def keys_help() -> str:
+    """One line per config key: key, default, doc (for `fftrain train --help`)."""
+    rows = [(key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), doc)
+            for key, default, doc in describe_keys()]
+    width = max(len(key) + len(default) for key, default, _ in rows) + 4
+    return "\n".join(f"  {f'{key} = {default}':<{width}} {doc}".rstrip() for key, default, doc in rows)

@@ -30,11 +30,24 @@ DEMO_CONFIG: dict = {
 }
 
 
-def ensure_synthetic_data(synth_dir: str, preset: str, seed: int) -> str:
-    """Generate the synthetic set if `synth_dir` has none; return its manifest path."""
-    from recordio_tools.synthetic import generate_synthetic_set, synthetic_manifest_path
+def ensure_synthetic_data(synth_dir: str, preset: str, seed: int, generate: bool = True) -> str:
+    """Generate the synthetic set if `synth_dir` has none (saying where and how much first, as the
+    demo does this unasked); return its manifest path. `generate=False`: only the path."""
+    from recordio_tools.synthetic import PRESETS, generate_synthetic_set, make_plan, synthetic_manifest_path
 
     manifest = synthetic_manifest_path(synth_dir)
-    if not os.path.exists(manifest):
+    if generate and not os.path.exists(manifest):
+        config = PRESETS[preset](seed=seed)
+        count = make_plan(config).num_images
+        print(f"fftrain: data.manifest is empty: generating the synthetic demo set ({preset!r} preset, "
+              f"~{count / 1000:.1f}K training images + {2 * config.verification_pairs} verification images) into "
+              f"{os.path.abspath(synth_dir)} (data.synth_dir); set data.manifest to train on your own data",
+              flush=True)
         generate_synthetic_set(synth_dir, preset=preset, seed=seed)
+        print(f"fftrain: wrote {_folder_mib(synth_dir):.1f} MiB to {os.path.abspath(synth_dir)}", flush=True)
     return manifest
+
+
+def _folder_mib(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder)
+               for name in names) / 2**20

@@ -147,6 +147,18 @@ def _wait_for_all_ranks(store: dist.Store, rank: int, world_size: int, deadline:
         time.sleep(0.05)
 
 
+def launch_rank() -> int:
+    """This process's global rank as torchrun set it, before any process group exists (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def elastic_run_id() -> str:
+    """torchrun's job id (the same across its restarts of the workers); '' without torchrun.
+    torchrun --standalone and a default rendezvous give every launch a fresh one."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return "" if run_id == "none" else run_id
+
+
 def destroy_distributed(ctx: DistContext) -> None:
     if ctx.group is not None and dist.is_initialized():
         dist.destroy_process_group()

@@ -46,19 +46,15 @@ def _default_out(checkpoint: str, t1: float) -> str:
 def run_fuse(args) -> int:
     from recordio_tools.recordio import write_text_atomic
 
-    from .checkpoint import CheckpointError, check_complete, load_partial
+    from .checkpoint import check_complete, load_partial
     from .fusion import SourceInfo, run_fusion
 
-    try:
-        meta = check_complete(args.checkpoint)
-        num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
-        state = load_partial(args.checkpoint, {
-            "sharded": {"fc_weight": torch.empty(num_fused, dim)},
-            "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
-            "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
-    except CheckpointError as e:
-        print(f"fftrain fuse: error: {e}", file=sys.stderr)
-        return 2
+    meta = check_complete(args.checkpoint)  # a CheckpointError: one line on stderr, exit 2 (fftrain.cli)
+    num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
+    state = load_partial(args.checkpoint, {
+        "sharded": {"fc_weight": torch.empty(num_fused, dim)},
+        "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
+        "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
     if meta.get("fused"):
         print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
     datasets = meta["datasets"]

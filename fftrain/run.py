@@ -1,7 +1,12 @@
-"""One training run on this process: distributed set-up, data, trainer, clean errors.
+"""One training run on this process: distributed set-up, checks, data, trainer, clean errors.
 
-Called by fftrain/train.py after the config is loaded. Expected failures (bad data, a checkpoint
-that does not fit, a diverged loss) end with one message naming the file or step, exit code 2.
+Called by fftrain/train.py after the config is loaded. The order is what makes a bad setting cost
+nothing: every check that can fail on the user's input (the data, the verification files, the
+batch size against the data, the checkpoint to resume and what the resume changes) runs before
+anything is written to `output_dir`; then global rank 0 takes the folder's lock; then the logs,
+the config and the checkpoints are written. A `UserError` ends the run with one line and exit
+status 2: a start-up refusal is agreed by all ranks and printed by rank 0 only; an error found
+mid-run (a bad record, a diverged loss) is printed by the rank that met it.
 """
 
 from __future__ import annotations
@@ -10,9 +15,30 @@ import dataclasses
 import os
 import sys
 
-from .config import ConfigError, TrainConfig, dump_config
-from .distributed import DistContext, StartupTimeout, barrier, destroy_distributed, init_distributed
+from .checkpoint import read_meta, resolve_resume
+from .config import ConfigError, TrainConfig, config_to_dict, dump_config
+from .distributed import (DistContext, StartupTimeout, all_gather_object, destroy_distributed, elastic_run_id,
+                          init_distributed)
+from .errors import EXIT_USER_ERROR, UserError, one_line
 from .run_log import setup_logging
+
+
+class StartupRefused(UserError):
+    """A start-up check failed on at least one rank; every rank raises it with the same message."""
+
+
+def agree(ctx: DistContext, check):
+    """`check()` on every rank (it must not communicate); if it raises a UserError on any rank,
+    every rank raises StartupRefused with the lowest failing rank's message, instead of the other
+    ranks waiting at their next collective for a rank that has left."""
+    try:
+        result, message = check(), None
+    except UserError as e:
+        result, message = None, one_line(e)
+    failed = [m for m in all_gather_object(message, ctx.group) if m]
+    if failed:
+        raise StartupRefused(failed[0])
+    return result
 
 
 def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
@@ -22,63 +48,124 @@ def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
         return cfg, cfg.data.manifest
     from .demo import ensure_synthetic_data
 
-    if ctx.is_main:
-        manifest = ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed)
-    barrier(ctx.group)
-    if not ctx.is_main:
-        manifest = ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed)
+    manifest = agree(ctx, lambda: ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed,
+                                                        generate=ctx.is_main))
     if not cfg.data.verification:
         held_out = os.path.join(cfg.data.synth_dir, "verification.bin")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, verification=[held_out]))
     return cfg, manifest
 
 
-def check_verification_files(cfg: TrainConfig) -> None:
-    """Before the first step, not after the last: every configured .bin file must exist."""
+def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
+    """Before the first step, not after the last: every configured .bin must parse, decode and hold
+    enough pairs for the 10-fold protocol (this rank's share is decoded now and cached for later)."""
+    from recordio_tools.verification_bin import VerificationBinError
+
+    from .evaluation.metrics import N_FOLDS
+    from .evaluation.verification import load_bin
+
     missing = [path for path in cfg.data.verification if not os.path.isfile(path)]
     if missing:
         raise ConfigError(f"data.verification: file not found: {', '.join(missing)}")
+    for path in cfg.data.verification:
+        try:
+            _, issame = load_bin(path, part=(ctx.rank, ctx.world_size))
+        except VerificationBinError as e:
+            raise ConfigError(f"data.verification: {e}") from None
+        if len(issame) < N_FOLDS:
+            raise ConfigError(f"data.verification: {path}: {len(issame)} pairs; the {N_FOLDS}-fold protocol needs "
+                              f"at least {N_FOLDS}")
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from recordio_tools.manifest import ManifestError
-    from recordio_tools.recordio import RecordIOError
+def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
+    """The training set (its manifest, shards and index) and the verification files; the data."""
+    from .data import TrainingData
 
-    from recordio_tools.verification_bin import VerificationBinError
+    data = TrainingData.from_config(cfg, ctx, manifest)
+    check_verification_files(cfg, ctx)
+    return data
 
-    from .checkpoint import CheckpointError
-    from .data.records import DataError
-    from .trainer import TrainingDiverged
 
-    return (ManifestError, RecordIOError, VerificationBinError, CheckpointError, ConfigError, DataError,
-            TrainingDiverged)
+def check_resume(cfg: TrainConfig, ctx: DistContext, data) -> tuple[str | None, dict | None]:
+    """The checkpoint this run resumes from and its meta, after the resume rules accepted it."""
+    from .resume_rules import check_resume as apply_rules, data_position
+
+    root = os.path.join(cfg.output_dir, "checkpoints")
+    try:
+        path = resolve_resume(cfg.checkpoint.resume, root, ctx)  # collective; the same outcome on every rank
+    except UserError as e:
+        raise StartupRefused(one_line(e)) from None
+    if path is None:
+        return None, None
+
+    def rules():
+        meta = read_meta(path)
+        allowed = apply_rules(meta, config_to_dict(cfg), path, data.num_records)
+        data_position(meta, data.num_records, cfg.data.batch_size * ctx.world_size, cfg.data.order)
+        return meta, allowed
+
+    meta, allowed = agree(ctx, rules)
+    if ctx.is_main and allowed:
+        changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in allowed.items())
+        print(f"fftrain: resuming from {path} with changed settings: {changes}", flush=True)
+    return path, meta
+
+
+def lock_output(cfg: TrainConfig, ctx: DistContext):
+    """Global rank 0 takes `output_dir`'s lock (the first thing written there); None on other ranks."""
+    from .output_lock import OutputLock
+
+    def take():
+        if not ctx.is_main:
+            return None
+        return OutputLock(cfg.output_dir, elastic_run_id(), warn=lambda m: print(m, file=sys.stderr)).acquire()
+
+    return agree(ctx, take)
+
+
+def write_config(cfg: TrainConfig, resume_meta: dict | None) -> None:
+    """config.yaml for a fresh run; a resumed run keeps it and adds config-resume-<step>.yaml."""
+    from recordio_tools.recordio import write_text_atomic
+
+    name = "config.yaml" if resume_meta is None else f"config-resume-{resume_meta['step']:08d}.yaml"
+    write_text_atomic(os.path.join(cfg.output_dir, name), dump_config(cfg))
 
 
 def run_training(cfg: TrainConfig) -> int:
     try:
         ctx = init_distributed(cfg.device)
-    except StartupTimeout as e:  # torchrun's next restart round tries again
+    except StartupTimeout as e:  # not the user's doing: exit 1, and torchrun's next restart round tries again
         print(f"fftrain: {e}", file=sys.stderr)
         return 1
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    log = setup_logging(cfg.output_dir, ctx.rank)
+    lock, log = None, None
     try:
+        cfg, manifest = resolve_data(cfg, ctx)
+        data = agree(ctx, lambda: check_inputs(cfg, ctx, manifest))
+        _, resume_meta = check_resume(cfg, ctx, data)
+        lock = lock_output(cfg, ctx)
+        log = setup_logging(cfg.output_dir, ctx.rank)
         if ctx.is_main:
-            with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(dump_config(cfg))
-        from .data import TrainingData
+            write_config(cfg, resume_meta)
         from .trainer import Trainer
 
-        cfg, manifest = resolve_data(cfg, ctx)
-        check_verification_files(cfg)
-        data = TrainingData.from_config(cfg, ctx, manifest)
         results = Trainer(cfg, ctx, data).train()
         for name, r in results.items():
             log.info(f"final verification {name}: accuracy {r['accuracy']:.4f} ± {r['std']:.4f}")
         return 0
-    except _expected_errors() as e:
-        log.error(f"fftrain: error on rank {ctx.rank}: {e}")
-        print(f"fftrain: error on rank {ctx.rank}: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e, ctx, log)
     finally:
+        if lock is not None:
+            lock.release()
         destroy_distributed(ctx)
+
+
+def report(error: UserError, ctx: DistContext, log) -> int:
+    """One line on stderr (and in this rank's log file, if there is one yet); exit status 2."""
+    where = f" on rank {ctx.rank}" if ctx.world_size > 1 and not isinstance(error, StartupRefused) else ""
+    line = f"fftrain: error{where}: {one_line(error)}"
+    if log is not None:
+        log.error(line, extra={"console": False})
+    if ctx.is_main or not isinstance(error, StartupRefused):
+        print(line, file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR

@@ -30,6 +30,7 @@ def setup_logging(output_dir: str, rank: int) -> logging.Logger:
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(fmt)
         stream.setLevel(logging.INFO)
+        stream.addFilter(lambda record: getattr(record, "console", True))  # extra={"console": False}: file only
         logger.addHandler(stream)
     return logger
 

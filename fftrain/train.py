@@ -9,7 +9,7 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 \
         fftrain/train.py --config configs/six_datasets_r50.yaml
     # a single process, no torchrun
-    python fftrain/train.py --set optim.total_steps=100
+    python fftrain/train.py --set optim.total_steps=100 --set optim.warmup_steps=10 --set optim.lr_milestones=[75,90]
 
 With no --config the embedded demo config (configs/demo_cpu.yaml) is used. `--set key=value`
 overrides any config key (YAML syntax for the value); `--resume auto|PATH|''` is
@@ -25,8 +25,14 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from fftrain.config import keys_help
+
     parser = argparse.ArgumentParser(prog="fftrain train", description="Train a face-recognition network on "
-                                     "several datasets at once (FaceFusion).")
+                                     "several datasets at once (FaceFusion).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys (--set KEY=VALUE; the defaults below are the paper's "
+                                     "setting; with no --config the CPU demo, configs/demo_cpu.yaml, replaces "
+                                     "some):\n" + keys_help())
     parser.add_argument("--config", help="YAML run config (default: the embedded CPU demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
@@ -37,8 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a stuck rank is
-    from fftrain.config import ConfigError, load_config
+    from fftrain.config import load_config
     from fftrain.demo import DEMO_CONFIG
+    from fftrain.distributed import launch_rank
+    from fftrain.errors import EXIT_USER_ERROR, UserError, report_user_error
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -46,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
     try:
         cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
-    except ConfigError as e:
-        print(f"fftrain: config error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # every rank has the same config: rank 0 says it
+        return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
     from fftrain.run import run_training
 
     return run_training(cfg)

@@ -22,15 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import DistContext, all_reduce_
+from .errors import UserError
 from .faults import fault_point
 from .lr_schedule import lr_at
 from .margins import build_margin
 from .model import EmbeddingModel
 from .partial_fc import PartialFCHead
+from .resume_rules import data_position
 from .run_log import MetricsWriter, Throughput, format_duration, get_logger
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
@@ -89,7 +91,9 @@ class Trainer:
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
             self._restore(resume_path, resume_meta)
-        self.loader = data.make_loader(start_step=self.state.step)
+        position = (data_position(resume_meta, data.num_records, cfg.data.batch_size * ctx.world_size, cfg.data.order)
+                    if resume_path else (0, 0))
+        self.loader = data.make_loader(position=position)
         self.metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.log.tensorboard)
         self.last_checkpoint = resume_path
 
@@ -248,6 +252,7 @@ class Trainer:
         replicated, sharded = self._state_templates()
         meta = {**self._shape_meta(), "num_classes_fused": self.head.num_classes, "fused": self.state.fused,
                 "phase": self.phase, "sample_step": self.head.sample_step, "reason": reason,
+                "num_records": self.data.num_records,
                 "config": config_to_dict(self.cfg)}
         rank_state = {"torch_rng": torch.get_rng_state()}
         if self.ctx.device.type == "cuda":

@@ -4,7 +4,7 @@
 # report verification accuracy. About ten minutes on 2 cores.
 #
 #   bash launch/demo.sh                          # defaults below
-#   NPROC=1 bash launch/demo.sh --set optim.total_steps=200
+#   NPROC=1 bash launch/demo.sh --set optim.total_steps=200 --set optim.lr_milestones=[150,180]
 set -euo pipefail
 
 NPROC=${NPROC:-2}                 # processes (gloo ranks on CPU)

@@ -19,13 +19,12 @@ import importlib
 import os
 import sys
 
-from .manifest import ManifestError
-from .recordio import RecordIOError
+from .errors import UserError, report_user_error
 
 COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap", "relabel"]
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad arguments or input found by a command; printed as one line."""
 
 
@@ -47,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (RecordIOError, ManifestError, UsageError, FileNotFoundError) as e:
-        print(f"recordio_tools {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, FileNotFoundError) as e:
+        return report_user_error(f"recordio_tools {args.command}", e)
     except KeyboardInterrupt:
         print(f"recordio_tools {args.command}: interrupted; earlier outputs left as they were", file=sys.stderr)
         return 130

@@ -13,6 +13,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
 FACE_SIZE = 112
 """Side of the square face crop, pixels (the ArcFace template is defined for 112x112)."""
 
@@ -23,7 +25,7 @@ _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a
                b"P5", b"P6")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """Bytes or a file that do not decode as an image; the message says why (no path: callers add it)."""
 
 
@@ -36,6 +38,48 @@ def looks_like_image(data: bytes) -> bool:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return True
     return any(data.startswith(signature) for signature in _SIGNATURES)
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (DHT, JPG, DAC are not)
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}       # markers without a length field
+
+
+def jpeg_structure_problem(data) -> str | None:
+    """None when a JPEG's marker segments run from SOI through a frame header to SOS inside the data
+    and an EOI follows the scan data; else what is wrong. Checks the structure only (no decode):
+    microseconds per image, so the trainer can run it on every record before DALI's parser, which
+    can crash the process on such bytes. Hand-written: PIL's parser costs a decoder object per
+    image and does not look for the EOI. Data that is not a JPEG is not judged (None)."""
+    data = bytes(data)
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, size, frame = 2, len(data), False
+    while True:
+        if pos + 4 > size:
+            return f"JPEG header cut short at byte {pos} of {size}"
+        if data[pos] != 0xFF:
+            return f"JPEG header broken: byte {pos} is 0x{data[pos]:02x} where a marker must start"
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if marker in (0x00, 0xD8, 0xD9):
+            return f"JPEG header broken: invalid marker 0xff{marker:02x} at byte {pos}"
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
+            return f"JPEG header broken: segment 0xff{marker:02x} at byte {pos} has length {length} ({size} bytes in all)"
+        frame = frame or marker in _SOF
+        pos += 2 + length
+        if marker == 0xDA:
+            break
+    if not frame:
+        return "JPEG without a frame header (SOF) before its scan"
+    if data.find(b"\xff\xd9", pos) == -1:
+        return f"JPEG image data without an end marker (EOI) after byte {pos}: truncated or overwritten"
+    return None
 
 
 def decode(data: bytes, at_least: tuple[int, int] | None = None, strict_jpeg: bool = False) -> Image.Image:

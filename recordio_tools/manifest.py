@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import UserError
 from .recordio import RecordIOError, format_index, read_index, write_text_atomic
 
 DATASET_FILE = "dataset.json"
@@ -31,7 +32,7 @@ MANIFEST_FILE = "manifest.json"
 COMBINED_INDEX = "train.idx"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A dataset.json or manifest.json that is missing, malformed, or disagrees with the shards."""
 
 

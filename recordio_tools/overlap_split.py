@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UserError
 from .manifest import read_dataset_info, write_manifest
 from .overlaps import OVERLAPS_FILE, make_groups, write_overlaps
 from .recordio import RecordIOError, RecordReader, class_id_of, unpack
@@ -36,7 +37,7 @@ from .shards import DatasetWriter, atomic_directory
 SPLIT_FILE = "split.json"
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """Arguments that cannot give the requested split of this dataset."""
 
 

@@ -18,12 +18,13 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
+from .errors import UserError
 from .recordio import write_text_atomic
 
 OVERLAPS_FILE = "overlaps.json"
 
 
-class OverlapsError(ValueError):
+class OverlapsError(UserError, ValueError):
     """An overlaps.json that is malformed or inconsistent with its own dataset table."""
 
 

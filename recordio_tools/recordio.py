@@ -21,6 +21,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _PART_HEADER = struct.Struct("<II")
@@ -30,7 +32,7 @@ _MAX_PART_LEN = (1 << 29) - 1
 IRHEADER_SIZE = _IRHEADER.size
 
 
-class RecordIOError(ValueError):
+class RecordIOError(UserError, ValueError):
     """A malformed RecordIO file; the message names the file and the record key or byte offset."""
 
     def __init__(self, path: str | os.PathLike, where: str, message: str):

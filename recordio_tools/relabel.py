@@ -98,6 +98,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+from .errors import UserError
 from .manifest import (DATASET_FILE, MANIFEST_FILE, DatasetInfo, Manifest, ManifestError, load_manifest,
                        parse_manifest, read_dataset_info, write_manifest)
 from .recordio import IRHEADER_SIZE, MAGIC, RecordIOError, RecordReader, class_id_of, class_label, read_index, unpack
@@ -121,7 +122,7 @@ _HEADER_PREFIX = IRHEADER_SIZE + 4 * 10  # payload bytes decoded for the label (
 _BUFFER = 1 << 20
 
 
-class RelabelError(ValueError):
+class RelabelError(UserError, ValueError):
     """A label map that does not fit the training set, or a relabel that cannot go on; names the file."""
 
 

@@ -19,6 +19,7 @@ import os
 import pickle
 from typing import Sequence
 
+from .errors import UserError
 from .recordio import write_bytes_atomic
 
 
@@ -26,7 +27,7 @@ from .recordio import write_bytes_atomic
 WRITE_PROTOCOL = 4
 
 
-class VerificationBinError(ValueError):
+class VerificationBinError(UserError, ValueError):
     """A .bin that is not a verification pair file, or that asks the unpickler for code."""
 
 

@@ -108,7 +108,7 @@ def test_checkpoint_of_another_config_is_refused(synth, tmp_path):
     train(synth, tmp_path, nproc=1, stop_at_step=2)
     proc = train(synth, tmp_path, nproc=1, check=False, **{"model.embedding_size": 64})
     assert proc.returncode != 0
-    assert "checkpoint has embedding_size=128 but this run has embedding_size=64" in proc.stderr + proc.stdout
+    assert "model.embedding_size: the checkpoint has 128, this run 64" in proc.stderr + proc.stdout
 
 
 def test_non_finite_loss_stops_naming_the_step(synth, tmp_path):

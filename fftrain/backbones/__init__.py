@@ -21,7 +21,7 @@ from fftrain.backbones.mobilefacenet import MobileFaceNet, mobilefacenet, mobile
 from fftrain.backbones.pretrained import extract_state_dict, load_pretrained, state_dict_problems
 
 __all__ = [
-    "IResNet", "MobileFaceNet", "available_backbones", "build_backbone", "extract_state_dict",
+    "IResNet", "MobileFaceNet", "available_backbones", "build_backbone", "extract_state_dict", "is_backbone",
     "load_pretrained", "state_dict_problems",
 ]
 
@@ -47,6 +47,11 @@ _ALIASES = {
 def available_backbones() -> list[str]:
     """Registered backbone names, sorted (aliases not included)."""
     return sorted(_REGISTRY)
+
+
+def is_backbone(name: str) -> bool:
+    """Whether `name` is a registered backbone or an insightface alias of one."""
+    return _ALIASES.get(name, name) in _REGISTRY
 
 
 def build_backbone(name: str, *, embedding_size: int = 512, dropout: float = 0.0,

@@ -32,6 +32,7 @@ import torch
 
 from recordio_tools.manifest import Manifest, load_manifest, training_view
 
+from ..config import ConfigError
 from .labels import LabelTables
 from .records import RecordSet
 from .sharding import check_step, epoch_position, steps_per_epoch
@@ -157,9 +158,10 @@ class Prepared:
 
 
 def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size: int, device: torch.device,
-            label_map=None, validate: bool = True, seed: int = 0) -> Prepared:
+            label_map=None, validate: bool = True, seed: int = 0, on_bad_record: str = "stop") -> Prepared:
     """Load and check the manifest and its shards (errors name the file), build the label tables.
-    A `Prepared` passes through (its checks are done; its label tables are shared)."""
+    A `Prepared` passes through (its checks are done; its label tables are shared). `on_bad_record`:
+    what reading a bad record mid-run does, 'stop' or 'skip' (`records.RecordSet.read_batch`)."""
     if isinstance(manifest, Prepared):
         if label_map is not None:
             raise ValueError("a prepared training set shares its label tables: swap the map there, not per loader")
@@ -167,10 +169,13 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
                         steps_per_epoch(len(manifest.records), num_shards, batch_size))
     if not isinstance(manifest, Manifest):
         manifest = training_view(load_manifest(manifest))
-    records = RecordSet(manifest)
+    records = RecordSet(manifest, on_bad_record)
     if validate:
         records.validate(seed=seed)
-    steps = steps_per_epoch(len(records), num_shards, batch_size)
+    try:
+        steps = steps_per_epoch(len(records), num_shards, batch_size)
+    except ValueError as e:
+        raise ConfigError(f"data.batch_size: {e} (the training set {manifest.root})") from None
     labels = LabelTables.from_manifest(manifest, device, label_map)
     return Prepared(manifest, records, labels, steps)
 
@@ -240,7 +245,8 @@ class TrainingData:
     @classmethod
     def from_config(cls, cfg, ctx, manifest: str | Manifest | None = None, label_map=None) -> "TrainingData":
         prepared = prepare(manifest if manifest is not None else cfg.data.manifest, num_shards=ctx.world_size,
-                           batch_size=cfg.data.batch_size, device=ctx.device, label_map=label_map, seed=cfg.seed)
+                           batch_size=cfg.data.batch_size, device=ctx.device, label_map=label_map, seed=cfg.seed,
+                           on_bad_record=cfg.data.bad_records)
         return cls(cfg, ctx, prepared)
 
     @property
@@ -263,8 +269,13 @@ class TrainingData:
     def num_datasets(self) -> int:
         return len(self.manifest.datasets)
 
-    def make_loader(self, start_step: int = 0) -> EndlessBatches:
-        """This rank's batches from global step `start_step` on: (epoch, step) = divmod(start_step, steps)."""
-        epoch, step = epoch_position(start_step, self.steps_per_epoch)
+    @property
+    def num_records(self) -> int:
+        return len(self.prepared.records)
+
+    def make_loader(self, start_step: int = 0, position: tuple[int, int] | None = None) -> EndlessBatches:
+        """This rank's batches from global step `start_step` on: (epoch, step) = divmod(start_step, steps);
+        or from `position` = (epoch, step in the epoch) when given (a resume with another global batch)."""
+        epoch, step = position if position is not None else epoch_position(start_step, self.steps_per_epoch)
         return EndlessBatches(build_loader_from_config(self.cfg, self.ctx, manifest=self.prepared, epoch=epoch,
                                                        start_step=step))

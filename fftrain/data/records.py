@@ -10,18 +10,28 @@ Start-up checks (`validate`), before the first step, each error naming the file:
 - each shard's own .idx: every combined-index record of the shard is a record start in it;
 - the first, the last and a few random records of every shard: a valid record header and a
   label inside its dataset's class range.
-Per batch, `read_batch` checks every label against its shard's dataset range. A JPEG that does
-not decode is found mid-run and named by `describe(key)` (shard, shard key, byte offset).
+Per batch, `read_batch` checks every record before a decoder sees it: its header, its label
+against its shard's dataset range, and its JPEG's marker structure (`jpeg_structure_problem`:
+DALI's parser can crash the process on a JPEG whose header is intact and whose body is zeroed).
+A bad record is named by `describe(key)` (shard, shard key, byte offset) and, by
+`on_bad_record`, stops the run ('stop', a DataError) or is replaced by another record of the same
+batch ('skip', with a warning naming it), so every rank still gets a full batch. A JPEG that
+passes the structure check and still does not decode is found by the decoder and named too.
+A shard that is shorter than its index says (a cut-short copy) is named with what helps: verify
+it, then re-import that dataset and rebuild the training set.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 
 import numpy as np
 
+from fftrain.errors import UserError
+from recordio_tools.images import jpeg_structure_problem
 from recordio_tools.manifest import Manifest
 from recordio_tools.recordio import (EXACT_ID_MARK, IRHEADER_SIZE, MAGIC, RecordIOError, class_id_of, read_index,
                                      read_record_at, unpack)
@@ -31,10 +41,18 @@ _HEADER = struct.Struct("<IfQQ")
 _TWO_FLOATS = struct.Struct("<ff")
 _LENGTH_MASK = (1 << 29) - 1
 VERIFY_HINT = "run `recordio_tools verify {manifest}` to list every bad record"
+TRUNCATED_HINT = ("the shard is shorter than its index says (cut short after it was written?); run "
+                  "`recordio_tools verify {folder}`, then re-import that dataset from its source "
+                  "(recordio_tools import / convert) and rebuild the training set (recordio_tools build)")
+ON_BAD_RECORD = ("stop", "skip")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that does not match its manifest or cannot be decoded; names file and key."""
+
+
+class ShardTruncated(DataError):
+    """A shard shorter than its index says; never skipped (every record after the cut is gone)."""
 
 
 def parse_index_offsets(path: str) -> np.ndarray:
@@ -59,8 +77,12 @@ def parse_index_offsets(path: str) -> np.ndarray:
 class RecordSet:
     """Random access to the N records of a training set by combined-index key."""
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, on_bad_record: str = "stop"):
+        if on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
         self.manifest = manifest
+        self.on_bad_record = on_bad_record
+        self.skipped: set[int] = set()
         self.rec_paths = [os.path.normpath(p) for p in manifest.rec_paths()]
         self.idx_paths = [os.path.normpath(p) for p in manifest.shard_idx_paths()]
         self.index_path = os.path.normpath(manifest.index_path())
@@ -84,6 +106,27 @@ class RecordSet:
     # -- layout -------------------------------------------------------------------------------
 
     def _check_combined_index(self) -> None:
+        try:
+            self._check_combined_offsets()
+        except DataError:
+            self._check_shard_lengths()  # a cut-short shard shifts every later one: name it instead
+            raise
+
+    def _check_shard_lengths(self) -> None:
+        for shard, (rec, idx) in enumerate(zip(self.rec_paths, self.idx_paths)):
+            try:
+                own = parse_index_offsets(idx)
+            except (DataError, RecordIOError):
+                continue
+            size = int(self.file_starts[shard + 1] - self.file_starts[shard])
+            if own.size and int(own.max()) >= size:
+                raise ShardTruncated(f"{rec}: {size} bytes, but its index {idx} has a record at byte {int(own.max())}; "
+                                + self.truncated_hint(shard))
+
+    def truncated_hint(self, shard: int) -> str:
+        return TRUNCATED_HINT.format(folder=os.path.dirname(self.rec_paths[shard]))
+
+    def _check_combined_offsets(self) -> None:
         offsets, total = self.offsets, int(self.file_starts[-1])
         if offsets.size == 0:
             raise DataError(f"{self.index_path}: the combined index is empty; rerun recordio_tools build")
@@ -150,6 +193,10 @@ class RecordSet:
         """(JPEG bytes as uint8, exact source class id) of record `key`."""
         shard, local, length = self.locate(key)
         chunk = os.pread(self._fd(shard), length, local)
+        if len(chunk) < length:
+            size = os.fstat(self._fd(shard)).st_size
+            raise ShardTruncated(f"{self.describe(key)}: {self.rec_paths[shard]} now ends at byte {size}, inside this "
+                            f"record (bytes {local}-{local + length}); " + self.truncated_hint(shard))
         try:
             payload = self._payload(chunk, shard, local)
             data_start, class_id = _parse_header(payload)
@@ -159,13 +206,48 @@ class RecordSet:
             raise DataError(self._range_message(key, shard, class_id))
         return np.frombuffer(payload, dtype=np.uint8, offset=data_start), class_id
 
+    def read_checked(self, key: int) -> tuple[np.ndarray, int]:
+        """`read`, plus the JPEG structure check; DataError naming the record when either fails."""
+        jpeg, class_id = self.read(key)
+        problem = jpeg_structure_problem(jpeg)
+        if problem is not None:
+            raise DataError(f"{self.describe(key)}: {problem}; {self.verify_hint()}")
+        return jpeg, class_id
+
     def read_batch(self, keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """JPEG bytes and int64 source class ids of `keys`, in order."""
-        jpegs, labels = [], np.empty(len(keys), dtype=np.int64)
+        """JPEG bytes and int64 source class ids of `keys`, in order, each record checked first
+        (`read_checked`); a bad one stops or is replaced, by `on_bad_record`."""
+        jpegs, labels, bad = [], np.empty(len(keys), dtype=np.int64), []
         for i, key in enumerate(keys):
-            jpeg, labels[i] = self.read(int(key))
+            try:
+                jpeg, labels[i] = self.read_checked(int(key))
+            except DataError as error:
+                if self.on_bad_record == "stop" or isinstance(error, ShardTruncated):
+                    raise
+                self.warn_skipped(int(key), error)
+                jpeg, labels[i] = None, -1
+                bad.append(i)
             jpegs.append(jpeg)
+        if bad:
+            self._replace(jpegs, labels, bad, keys)
         return jpegs, labels
+
+    def warn_skipped(self, key: int, error: DataError) -> None:
+        if key not in self.skipped:
+            self.skipped.add(key)
+            logging.getLogger("fftrain.data").warning(f"skipping a bad record (data.bad_records=skip): {error}")
+
+    def replacement(self, bad: list[int], size: int) -> list[int]:
+        """For each bad position of a batch, the good position whose record stands in (the next good one)."""
+        bad_set = set(bad)
+        good = [i for i in range(size) if i not in bad_set]
+        if not good:
+            raise DataError(f"every record of a batch of {size} is bad; {self.verify_hint()}")
+        return [next((g for g in good if g > i), good[0]) for i in bad]
+
+    def _replace(self, jpegs: list, labels: np.ndarray, bad: list[int], keys) -> None:
+        for i, j in zip(bad, self.replacement(bad, len(keys))):
+            jpegs[i], labels[i] = jpegs[j], labels[j]
 
     def _payload(self, chunk: bytes, shard: int, local: int) -> bytes:
         if len(chunk) < 8:
@@ -233,8 +315,8 @@ class RecordSet:
         own = np.sort(parse_index_offsets(self.idx_paths[shard]))
         size = int(self.file_starts[shard + 1] - self.file_starts[shard])
         if own.size and own[-1] >= size:
-            raise DataError(f"{self.idx_paths[shard]}: offset {own[-1]} past the end of {self.rec_paths[shard]} "
-                            f"({size} bytes); the .idx does not match its .rec")
+            raise ShardTruncated(f"{self.rec_paths[shard]}: {size} bytes, but its index {self.idx_paths[shard]} has "
+                                 f"a record at byte {own[-1]}; " + self.truncated_hint(shard))
         local = self.offsets[keys] - self.file_starts[shard]
         pos = np.minimum(np.searchsorted(own, local), max(own.size - 1, 0))
         missing = np.flatnonzero(own[pos] != local) if own.size else np.arange(local.size)

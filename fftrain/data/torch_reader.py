@@ -62,8 +62,8 @@ class PlanDataset(Dataset):
         jpegs, source = self.records.read_batch(plan.keys)
         size = self.image_size
         batch = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
-        for i, (jpeg, key) in enumerate(zip(jpegs, plan.keys)):
-            image = decode_jpeg(jpeg, self.records, int(key))
+        images = self._decode(jpegs, plan.keys, source)
+        for i, (image, key) in enumerate(zip(images, plan.keys)):
             if image.shape != (size, size, 3):
                 raise DataError(f"{self.records.describe(int(key))}: image is {image.shape[1]}x{image.shape[0]}, "
                                 f"expected {size}x{size}; the training set must hold aligned faces "
@@ -73,6 +73,34 @@ class PlanDataset(Dataset):
         batch[mirror] = batch[mirror, :, ::-1]
         images = torch.from_numpy(batch)
         return normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step
+
+
+    def _decode(self, jpegs, keys, source: np.ndarray) -> list[np.ndarray]:
+        """Each JPEG decoded; one that does not decode stops, or with data.bad_records=skip is
+        replaced like `RecordSet.read_batch` replaces a bad record (label too)."""
+        images, bad = [], []
+        for i, (jpeg, key) in enumerate(zip(jpegs, keys)):
+            try:
+                images.append(decode_jpeg(jpeg, self.records, int(key)))
+            except DataError as error:
+                if self.records.on_bad_record == "stop":
+                    raise
+                self.records.warn_skipped(int(key), error)
+                images.append(None)
+                bad.append(i)
+        for i, j in zip(bad, self.records.replacement(bad, len(jpegs)) if bad else []):
+            images[i], source[i] = images[j], source[j]
+        return images
+
+
+def worker_message(error: DataError) -> str:
+    """The error's own message: a DataLoader worker's error comes back with the worker's traceback
+    prepended ("Caught DataError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return text
+    lines = [line for line in text.splitlines() if f"{type(error).__name__}: " in line]
+    return lines[-1].split(f"{type(error).__name__}: ", 1)[1] if lines else text
 
 
 class PlanSampler(Sampler):
@@ -107,10 +135,13 @@ def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, nu
 
         loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
                             pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
-        for images, source, epoch_, step in loader:
-            if on_gpu:
-                images = normalise(images.to(device, non_blocking=True))
-            yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+        try:
+            for images, source, epoch_, step in loader:
+                if on_gpu:
+                    images = normalise(images.to(device, non_blocking=True))
+                yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+        except DataError as error:
+            raise type(error)(worker_message(error)) from None
 
     return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
                        start_step=start_step, channels_last=channels_last, close=prep.records.close)

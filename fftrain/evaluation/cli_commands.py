@@ -20,8 +20,10 @@ import math
 import os
 import sys
 
+from fftrain.errors import UserError
 
-class EvalUsageError(ValueError):
+
+class EvalUsageError(UserError, ValueError):
     """Bad arguments or inputs found by eval/export; printed as one line."""
 
 

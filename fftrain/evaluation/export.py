@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from fftrain.errors import UserError
+
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
 """Largest accepted |onnxruntime - torch| on an fp32 embedding."""
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 
 
-class OnnxParityError(RuntimeError):
+class OnnxParityError(UserError, RuntimeError):
     """The exported graph's outputs differ from torch's beyond the tolerance."""
 
 

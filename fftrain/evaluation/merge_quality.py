@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Iterable
 
+from fftrain.errors import UserError
+
 FUSION_REPORT = os.path.join("fusion", "fusion_report.json")
 
 
-class RunResultsError(ValueError):
+class RunResultsError(UserError, ValueError):
     """A run folder without the files a finished run writes (metrics.jsonl, logs, checkpoints)."""
 
 

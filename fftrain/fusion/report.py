@@ -20,9 +20,9 @@ Both files are written to a temporary name in the same folder and renamed into p
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 
@@ -77,19 +77,13 @@ class SourceInfo:
 
 
 def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`write(file)` into memory, then to `path` atomically with the umask's mode (not mkstemp's 0600)."""
+    from recordio_tools.recordio import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    write(buffer)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def top1_other_dataset(sims: np.ndarray, ids: np.ndarray, query_ids: np.ndarray, class_dataset: np.ndarray

@@ -1,0 +1,136 @@
+"""Every bad setting or input is refused at start: one line naming the key, exit status 2, and
+nothing written to output_dir. In-process through fftrain.train.main, plus one torchrun run."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fftrain.train import main as train_main
+from recordio_tools.verification_bin import write_verification_bin
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from recordio_tools.synthetic import generate_synthetic_set
+
+    out = tmp_path_factory.mktemp("synth") / "set"
+    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
+    return out
+
+
+def settings(synth, out_dir, **extra) -> list[str]:
+    values = {"output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
+              "data.batch_size": 16, "data.num_workers": 1, "optim.total_steps": 10, "optim.warmup_steps": 2,
+              "optim.lr_milestones": "[8]", "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false"}
+    values.update(extra)
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def run_main(capsys, argv) -> tuple[int, list[str], str]:
+    capsys.readouterr()
+    code = train_main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.splitlines(), captured.out
+
+
+def _bin(path, pairs: int, good_images: bool = True) -> str:
+    from data_helpers import encode_jpeg, identity_image
+
+    images = [encode_jpeg(identity_image(i)) if good_images else b"not a jpeg" for i in range(2 * pairs)]
+    write_verification_bin(str(path), images, [i % 2 == 0 for i in range(pairs)])
+    return str(path)
+
+
+BAD_SETTINGS = [
+    ({"seed": -1}, "seed: must be >= 0"),
+    ({"optim.weight_decay": -1}, "optim.weight_decay: must be >= 0"),
+    ({"head.m": -1}, "head.m: must be >= 0"),
+    ({"model.backbone": "iresnet51"}, "model.backbone: unknown backbone 'iresnet51'; available: ["),
+    ({"optim.momentum": 5}, "optim.momentum: must be in [0, 1)"),
+    ({"grl.hidden": 0}, "grl.hidden: must be >= 1"),
+    ({"log.every": 0}, "log.every: must be >= 1"),
+    ({"log.eval_every": -1}, "log.eval_every: must be >= 0"),
+    ({"optim.lr_milestones": "[8, 12]"}, "optim.lr_milestones: [12] at or past optim.total_steps=10"),
+    ({"optim.warmup_steps": 50}, "optim.warmup_steps: 50 warm-up steps do not fit in optim.total_steps=10"),
+    ({"data.batch_size": 5000}, "data.batch_size: "),
+    ({"nope.key": 1}, "unknown key 'nope'"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_SETTINGS, ids=[next(iter(e)) for e, _ in BAD_SETTINGS])
+def test_bad_setting_is_one_line_exit_2_and_nothing_written(synth, tmp_path, capsys, extra, message):
+    out_dir = tmp_path / "run"
+    code, err, out = run_main(capsys, settings(synth, out_dir, **extra))
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("fftrain: error: ") and message in err[0], err
+    assert "Traceback" not in out and "error" not in out
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "data.verification: file not found: "),
+    ("few_pairs", ": 4 pairs; the 10-fold protocol needs at least 10"),
+    ("not_a_pickle", "data.verification: "),
+    ("bad_images", "data.verification: "),
+])
+def test_bad_verification_file_is_refused_before_training(synth, tmp_path, capsys, kind, message):
+    path = tmp_path / f"{kind}.bin"
+    if kind == "few_pairs":
+        _bin(path, 4)
+    elif kind == "not_a_pickle":
+        path.write_bytes(b"\x80\x04garbage")
+    elif kind == "bad_images":
+        _bin(path, 12, good_images=False)
+    out_dir = tmp_path / "run"
+    code, err, _ = run_main(capsys, settings(synth, out_dir, **{"data.verification": f"[{path}]"}))
+    assert code == 2 and len(err) == 1 and message in err[0] and str(path) in err[0], err
+    assert not out_dir.exists()
+
+
+def test_missing_manifest_is_refused_naming_the_file(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, err, _ = run_main(capsys, ["--set", f"output_dir={out_dir}", "--set", f"data.manifest={tmp_path}/m.json"])
+    assert code == 2 and len(err) == 1 and f"{tmp_path}/m.json" in err[0], err
+    assert not out_dir.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_start_up_refusal_is_printed_once_and_writes_nothing(synth, tmp_path):
+    out_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0",
+           str(REPO / "fftrain" / "train.py"), *settings(synth, out_dir, **{"data.batch_size": 1000})]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    ours = [line for line in text.splitlines() if line.startswith("fftrain: error")]
+    assert len(ours) == 1 and ours[0].startswith("fftrain: error: data.batch_size: "), text[-3000:]
+    assert "2 ranks x 1000 images" in ours[0]
+    assert text.count("exitcode  : 2") == 2, text[-3000:]  # both workers exited 2 (torchrun itself exits 1)
+    assert not out_dir.exists()
+
+
+def test_plain_python_run_exits_2_with_one_line(synth, tmp_path):
+    out_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "fftrain" / "train.py"), *settings(synth, out_dir, **{"optim.momentum": 5})]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["fftrain: error: optim.momentum: must be in [0, 1), got 5.0"]
+    assert not out_dir.exists()
+
+
+def test_train_help_lists_every_config_key_with_its_default(capsys):
+    from fftrain.config import describe_keys
+
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for key, _, _ in describe_keys():
+        assert any(line.strip().startswith(f"{key} = ") for line in lines), key
+    assert any(line.strip().startswith("optim.lr = 0.005 ") and "learning rate" in line for line in lines)
+    assert any(line.strip().startswith("data.bad_records = stop ") for line in lines)
