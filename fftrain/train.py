@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import signal
 import sys
 
@@ -41,8 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints where every thread of a stuck rank is (stderr must be a real file)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (io.UnsupportedOperation, ValueError, AttributeError):  # stderr replaced, e.g. under pytest capture
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a stuck rank is
+    _stacks_on_sigusr1()
     from fftrain.config import load_config
     from fftrain.demo import DEMO_CONFIG
     from fftrain.distributed import launch_rank
