@@ -72,7 +72,8 @@ class PlanDataset(Dataset):
         mirror = plan.params.mirror.astype(bool)
         batch[mirror] = batch[mirror, :, ::-1]
         images = torch.from_numpy(batch)
-        return normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step
+        return (normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step,
+                torch.from_numpy(plan.keys))
 
 
 class PlanSampler(Sampler):
@@ -107,10 +108,10 @@ def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, nu
 
         loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
                             pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
-        for images, source, epoch_, step in loader:
+        for images, source, epoch_, step, keys in loader:
             if on_gpu:
                 images = normalise(images.to(device, non_blocking=True))
-            yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+            yield RawBatch(images, source.numpy(), int(epoch_), int(step), keys.numpy())
 
     return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
                        start_step=start_step, channels_last=channels_last, close=prep.records.close)
