@@ -36,7 +36,7 @@ EMBED_CHUNK = 512  # images decoded and embedded at a time
 
 
 def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
-    from .clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES
+    from .clustering import BACKENDS, DEFAULT_RESOLUTION, DEFAULT_THRESHOLDS, KNN_INDEXES
 
     d = PseudoLabelOptions()
     p = subparsers.add_parser("pseudo-label", help="cluster an unlabeled collection into a weighted dataset",
@@ -55,8 +55,9 @@ def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours per image (default {d.knn_k})")
     p.add_argument("--knn-index", default=d.knn_index, choices=KNN_INDEXES,
                    help="faiss index: flat (exact), ivf, or auto (flat up to 20K images)")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"edges of cosine at or below this are dropped (default {d.threshold})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="kNN edges of cosine at or below this are dropped (default per backend: "
+                        + ", ".join(f"{b} {t}" for b, t in DEFAULT_THRESHOLDS.items()) + ")")
     p.add_argument("--resolution", type=float, default=DEFAULT_RESOLUTION,
                    help=f"leiden CPM resolution (default {DEFAULT_RESOLUTION})")
     p.add_argument("--min-cluster-size", type=int, default=d.min_cluster_size,

@@ -27,7 +27,7 @@ from .uncertainty import Uncertainty, cluster_margins, fit_uncertainty
 OVERLAP_MODES = ("auto", "none", "all")
 OVERLAPPING = ("discard", "assign")
 RULES = ("weibull", "otsu")
-MIN_ASHMAN_D = 2.0
+MIN_ASHMAN_D = 3.0  # two separate modes: D > 2 (Ashman 1994); one mode split by EM gave D <= 2.05 on planted worlds
 
 
 class PseudoLabelError(ValueError):
@@ -45,8 +45,8 @@ class PseudoLabelOptions:
     backend: str = "infomap"
     knn_k: int = 30
     knn_index: str = "auto"
-    threshold: float = 0.5
-    """cosine below which a kNN edge is dropped before clustering"""
+    threshold: float | None = None
+    """kNN edges of cosine at or below this are dropped before clustering; None: the backend's default"""
     resolution: float = DEFAULT_RESOLUTION
     """leiden (CPM) resolution"""
     min_cluster_size: int = 3
