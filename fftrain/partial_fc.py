@@ -296,7 +296,7 @@ class PartialFCHead(nn.Module):
         if sample_weight is not None:
             if tuple(sample_weight.shape) != tuple(labels.shape):
                 raise ValueError(f"sample_weight must have shape {tuple(labels.shape)}, got {tuple(sample_weight.shape)}")
-            weight_all = all_gather_rows(sample_weight.detach().to(logits.device, torch.float32), self.group)
+            weight_all = all_gather_rows(sample_weight.detach().to(logits.device, logits.dtype), self.group)
         loss = dist_softmax_cross_entropy(logits, target, self.group, weight_all)
         self._active, self._index = (active, index) if active.requires_grad else (None, None)
         return loss
