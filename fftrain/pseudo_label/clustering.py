@@ -77,10 +77,13 @@ def knn_graph(embeddings, k: int = 30, *, index: str = "auto", nprobe: int = 16,
     if kind == "flat":
         search_index = faiss.IndexFlatIP(d)
     else:
-        nlist = max(1, int(4 * np.sqrt(n)))
+        # k-means training dominated the time with 4 sqrt(N) lists, 64 points per list and 25 iterations
+        # (45 CPU-s at 50K x 512); 2 sqrt(N) lists, 39 points each and 10 iterations keep the graph's F
+        nlist = max(1, int(2 * np.sqrt(n)))
         search_index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)
+        sample = np.random.default_rng(seed).choice(n, min(n, 39 * nlist), replace=False)
         search_index.cp.seed = seed
+        search_index.cp.niter = 10
         search_index.train(x[np.sort(sample)])
         search_index.nprobe = min(nprobe, nlist)
     search_index.add(x)
