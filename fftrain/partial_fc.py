@@ -18,7 +18,8 @@ ranks.
 
 Conventions:
 - The returned loss is the mean over the global batch, the same value on every rank. Every rank
-  must have the same local batch size B (drop the last partial batch).
+  must have the same local batch size B (drop the last partial batch). With `sample_weight`
+  (per-sample loss weights, e.g. pseudo-label confidences) it is sum_i w_i L_i / (W*B).
 - Embedding gradient: rank r's embeddings receive W * dL/dx_r. DDP averages the backbone
   gradients over the W ranks, so the backbone ends up with dL/dtheta of the global-mean loss.
 - Proxy gradient: the sampled rows (`active_weight`, [S, D]) receive dL/dw exactly. Nothing
@@ -295,7 +296,8 @@ class PartialFCHead(nn.Module):
         weight_all = None
         if sample_weight is not None:
             if tuple(sample_weight.shape) != tuple(labels.shape):
-                raise ValueError(f"sample_weight must have shape {tuple(labels.shape)}, got {tuple(sample_weight.shape)}")
+                raise ValueError(f"sample_weight must have shape {tuple(labels.shape)}, "
+                                 f"got {tuple(sample_weight.shape)}")
             weight_all = all_gather_rows(sample_weight.detach().to(logits.device, logits.dtype), self.group)
         loss = dist_softmax_cross_entropy(logits, target, self.group, weight_all)
         self._active, self._index = (active, index) if active.requires_grad else (None, None)

@@ -124,3 +124,22 @@ def test_bad_input_gets_one_line_and_exit_2(world, tmp_path, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, (message, err)
         assert not (tmp_path / "out").exists()
     assert (synth / "ms1m" / "dataset.json").exists()
+
+
+def test_two_ranks_share_the_embedding_and_write_the_same_dataset(world, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from test_train_e2e import REPO, _env
+
+    synth, checkpoint = world
+    args = ["--checkpoint", str(checkpoint), "--unlabeled", str(synth / "unlabeled"), "--overlap", "none",
+            "--min-cluster-size", "2", "--device", "cpu"]
+    code, err = _run(capsys, *args, "--out", tmp_path / "one")
+    assert code == 0, err
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fftrain.cli", "pseudo-label", *args, "--out", str(tmp_path / "two")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("shard-00000.rec", "shard-00000.idx", "sample_weights.npy"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -1,7 +1,8 @@
 """`fftrain pseudo-label`: an unlabeled face collection -> a pseudo-labeled dataset folder.
 
     fftrain pseudo-label --checkpoint runs/r50/checkpoints/step-00480000 --unlabeled data/unlabeled --out data/pseudo
-    torchrun --nproc_per_node=8 -m fftrain.cli pseudo-label --checkpoint CKPT --unlabeled DIR --out DIR  # ranks share the embedding
+    # ranks share the embedding:
+    torchrun --nproc_per_node=8 -m fftrain.cli pseudo-label --checkpoint CKPT --unlabeled DIR --out DIR
     recordio_tools build --out data/train data/{six datasets} data/pseudo     # one more dataset, like any other
 
 --unlabeled is a dataset folder (dataset.json + shards; its labels are ignored) or a folder of image
