@@ -141,5 +141,8 @@ def test_two_ranks_share_the_embedding_and_write_the_same_dataset(world, tmp_pat
                            "-m", "fftrain.cli", "pseudo-label", *args, "--out", str(tmp_path / "two")],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("shard-00000.rec", "shard-00000.idx", "sample_weights.npy"):
+    for name in ("shard-00000.rec", "shard-00000.idx"):  # same images, same cluster labels
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    # the ranks' forward batches start elsewhere, so embeddings differ in the last float32 bits
+    np.testing.assert_allclose(np.load(tmp_path / "one" / "sample_weights.npy"),
+                               np.load(tmp_path / "two" / "sample_weights.npy"), atol=1e-5)
