@@ -115,17 +115,22 @@ class UnlabeledImages:
         from recordio_tools.images import ImageError, prepare_face
         from recordio_tools.recordio import read_record_at, unpack
 
-        out = []
-        for i in range(start, stop):
-            try:
-                if self.is_dataset:
-                    rec, offset = self._items[i]
-                    with open(rec, "rb") as f:
-                        out.append(unpack(read_record_at(f, offset, rec, f"byte {offset}")[0])[1])
-                else:
-                    out.append(prepare_face(os.path.join(self.path, self._items[i])))
-            except (ImageError, OSError, ValueError) as e:
-                raise PseudoLabelError(f"{self.describe(i)}: cannot read the image ({e})") from None
+        out, files = [], {}
+        try:
+            for i in range(start, stop):
+                try:
+                    if self.is_dataset:
+                        rec, offset = self._items[i]
+                        if rec not in files:
+                            files[rec] = open(rec, "rb")
+                        out.append(unpack(read_record_at(files[rec], offset, rec, f"byte {offset}")[0])[1])
+                    else:
+                        out.append(prepare_face(os.path.join(self.path, self._items[i])))
+                except (ImageError, OSError, ValueError) as e:
+                    raise PseudoLabelError(f"{self.describe(i)}: cannot read the image ({e})") from None
+        finally:
+            for f in files.values():
+                f.close()
         return out
 
 
@@ -186,10 +191,12 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
     with atomic_directory(out) as tmp:
         writer = DatasetWriter(tmp, name, shards)
         try:
-            for lo in range(0, len(written), EMBED_CHUNK):
-                chunk = written[lo:lo + EMBED_CHUNK]
-                for i, jpeg in zip(chunk, (images.jpegs(int(i), int(i) + 1)[0] for i in chunk)):
-                    writer.add(int(result.labels[i]), jpeg)
+            for lo in range(0, len(images), EMBED_CHUNK):
+                hi = min(len(images), lo + EMBED_CHUNK)
+                if (result.labels[lo:hi] >= 0).any():
+                    for i, jpeg in zip(range(lo, hi), images.jpegs(lo, hi)):
+                        if result.labels[i] >= 0:
+                            writer.add(int(result.labels[i]), jpeg)
             writer.finish(result.num_classes)
         except BaseException:
             writer.abort()
