@@ -21,6 +21,10 @@ setup(
         "tensorboard>=2.14",
         "scipy>=1.10",
         "simplejpeg>=1.9",
+        "infomap>=2.16",       # fftrain pseudo-label: default graph clustering (tested with 2.16.0)
+        "leidenalg>=0.12",     # ... leiden backend (tested with 0.12.0)
+        "igraph>=1.0",         # ... its graph (tested with 1.0.0)
+        "scikit-learn>=1.5",   # ... clustering metrics: pair confusion, contingency, NMI (tested with 1.9.1)
     ],
     extras_require={
         "gpu": ["faiss-gpu-cu12>=1.8"],

@@ -5,6 +5,7 @@
     fftrain eval --checkpoint DIR lfw.bin cfp_fp.bin     # verification table + JSON
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
     fftrain audit --checkpoint DIR --data MANIFEST --out DIR   # label noise, duplicates, test-set leakage
+    fftrain pseudo-label --checkpoint DIR --unlabeled DATASET --out DIR   # cluster an unlabeled set into a dataset
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import add_audit_parser
     from .evaluation.cli_commands import add_eval_parser, add_export_parser
     from .fusion_cli import add_fuse_parser
+    from .pseudo_label.cli import add_pseudo_label_parser
 
     parser = argparse.ArgumentParser(prog="fftrain", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_export_parser(subparsers)
     add_audit_parser(subparsers)
+    add_pseudo_label_parser(subparsers)
     return parser
 
 

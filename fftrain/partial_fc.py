@@ -18,7 +18,8 @@ ranks.
 
 Conventions:
 - The returned loss is the mean over the global batch, the same value on every rank. Every rank
-  must have the same local batch size B (drop the last partial batch).
+  must have the same local batch size B (drop the last partial batch). With `sample_weight`
+  (per-sample loss weights, e.g. pseudo-label confidences) it is sum_i w_i L_i / (W*B).
 - Embedding gradient: rank r's embeddings receive W * dL/dx_r. DDP averages the backbone
   gradients over the W ranks, so the backbone ends up with dL/dtheta of the global-mean loss.
 - Proxy gradient: the sampled rows (`active_weight`, [S, D]) receive dL/dw exactly. Nothing
@@ -126,10 +127,11 @@ class _DistSoftmaxCrossEntropy(torch.autograd.Function):
 
     `target[i]` is the local column of row i's positive, -1 where another rank holds it. The row
     max and the row sum of exponentials are all-reduced; the backward is local: (p - onehot) / N.
+    With `weight` ([N] or None), row i's loss counts weight[i] times: sum_i w_i L_i / N.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, group):
+    def forward(ctx, logits, target, group, weight=None):
         row_max = logits.max(dim=1).values
         all_reduce_(row_max, group, op=dist.ReduceOp.MAX)
         probs = (logits - row_max.unsqueeze(1)).exp_()
@@ -139,23 +141,27 @@ class _DistSoftmaxCrossEntropy(torch.autograd.Function):
         stats = all_reduce_(torch.stack([probs.sum(dim=1), pos_logit]), group)
         sum_exp, pos_logit = stats[0], stats[1]
         probs.div_(sum_exp.unsqueeze(1))
-        ctx.save_for_backward(probs, target)
-        return (sum_exp.log() - pos_logit).mean()
+        ctx.save_for_backward(probs, target, weight)
+        per_row = sum_exp.log() - pos_logit
+        return per_row.mean() if weight is None else (per_row * weight).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        probs, target = ctx.saved_tensors
+        probs, target, weight = ctx.saved_tensors
         scale = grad / probs.shape[0]
+        if weight is not None:
+            scale = (scale * weight.to(probs.dtype)).unsqueeze(1)
         grad_logits = probs * scale
         has_pos = (target >= 0).to(probs.dtype).unsqueeze(1)
         grad_logits.scatter_add_(1, target.clamp_min(0).unsqueeze(1), -has_pos * scale)
-        return grad_logits, None, None
+        return grad_logits, None, None, None
 
 
-def dist_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
-                               group: dist.ProcessGroup | None) -> torch.Tensor:
-    """Mean over rows; with group=None (every target then >= 0) it equals F.cross_entropy."""
-    return _DistSoftmaxCrossEntropy.apply(logits, target, group)
+def dist_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, group: dist.ProcessGroup | None,
+                               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows (each weighted by `weight`, [N], when given); with group=None and no weight
+    (every target then >= 0) it equals F.cross_entropy."""
+    return _DistSoftmaxCrossEntropy.apply(logits, target, group, weight)
 
 
 class PartialFCHead(nn.Module):
@@ -257,7 +263,8 @@ class PartialFCHead(nn.Module):
 
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor | None = None,
-                *, class_dataset: torch.Tensor | None = None) -> torch.Tensor:
+                *, class_dataset: torch.Tensor | None = None,
+                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean margin-softmax loss over the global batch.
 
         Args:
@@ -267,6 +274,9 @@ class PartialFCHead(nn.Module):
                 must equal class_dataset[labels] (None: taken from there).
             class_dataset: [num_classes] dataset id of every class (the full table, the same on
                 every rank): dataset-aware mode. None: dataset-agnostic mode (all classes).
+            sample_weight: [B] loss weight of each sample (>= 0); the loss is then
+                sum_i w_i L_i / (W*B) over the global batch. None: every weight 1. Every rank must
+                pass one or none.
         """
         self._check_local(embeddings, labels, dataset_ids, class_dataset)
         aware = class_dataset is not None
@@ -283,7 +293,13 @@ class PartialFCHead(nn.Module):
         logits = self.margin(self._cosine(x_all, active), target)
         if aware:
             logits = self._mask_other_datasets(logits, datasets_all, class_dataset, index)
-        loss = dist_softmax_cross_entropy(logits, target, self.group)
+        weight_all = None
+        if sample_weight is not None:
+            if tuple(sample_weight.shape) != tuple(labels.shape):
+                raise ValueError(f"sample_weight must have shape {tuple(labels.shape)}, "
+                                 f"got {tuple(sample_weight.shape)}")
+            weight_all = all_gather_rows(sample_weight.detach().to(logits.device, logits.dtype), self.group)
+        loss = dist_softmax_cross_entropy(logits, target, self.group, weight_all)
         self._active, self._index = (active, index) if active.requires_grad else (None, None)
         return loss
 

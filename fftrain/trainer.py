@@ -132,7 +132,8 @@ class Trainer:
         with self._autocast():  # the loader already delivers channels-last images when the model wants them
             embeddings, dataset_logits = self.forward_model(batch.images)
         class_dataset = None if self.state.fused else self.class_dataset_fused
-        loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset)
+        loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset,
+                             sample_weight=self.data.sample_weight(batch))
         dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
         loss_dom = F.cross_entropy(dataset_logits.float(), batch.dataset)
         self._check_finite(loss_cls, loss_dom)

@@ -28,6 +28,7 @@ from .errors import UserError
 from .recordio import RecordIOError, format_index, read_index, write_text_atomic
 
 DATASET_FILE = "dataset.json"
+SAMPLE_WEIGHTS_FILE = "sample_weights.npy"
 MANIFEST_FILE = "manifest.json"
 COMBINED_INDEX = "train.idx"
 
@@ -50,6 +51,16 @@ class DatasetInfo:
     num_images: int
     class_offset: int = 0
     shards: list[Shard] = field(default_factory=list)
+    sample_weights: str | None = None
+    """optional: a float32 .npy of one loss weight per image, in record order (the shards in order, each
+    in its .idx order), e.g. written by `fftrain pseudo-label`; absent means weight 1 for every image"""
+
+
+def _info_body(info: DatasetInfo) -> dict:
+    body = asdict(info)
+    if body["sample_weights"] is None:
+        del body["sample_weights"]
+    return body
 
 
 def shard_name(index: int) -> str:
@@ -70,7 +81,7 @@ def _dataset_from_dict(d: dict, source: str) -> DatasetInfo:
     try:
         shards = [Shard(s["rec"], s["idx"], int(s["num_images"])) for s in d["shards"]]
         info = DatasetInfo(d["name"], int(d["num_classes"]), int(d["num_images"]), int(d.get("class_offset", 0)),
-                           shards)
+                           shards, d.get("sample_weights"))
     except (KeyError, TypeError) as e:
         raise ManifestError(f"{source}: missing or malformed field {e}") from None
     if sum(s.num_images for s in shards) != info.num_images:
@@ -80,7 +91,7 @@ def _dataset_from_dict(d: dict, source: str) -> DatasetInfo:
 
 
 def write_dataset_info(folder: str, info: DatasetInfo) -> None:
-    body = {"format": "fftrain-dataset", "version": 1, **asdict(info)}
+    body = {"format": "fftrain-dataset", "version": 1, **_info_body(info)}
     write_text_atomic(os.path.join(folder, DATASET_FILE), json.dumps(body, indent=1) + "\n")
 
 
@@ -219,13 +230,14 @@ def write_manifest(out_dir: str, datasets: Sequence[DatasetInfo], dataset_dirs: 
     for info, folder in zip(datasets, dataset_dirs):
         shards = [Shard(os.path.relpath(os.path.join(folder, s.rec), out_dir),
                         os.path.relpath(os.path.join(folder, s.idx), out_dir), s.num_images) for s in info.shards]
-        relative.append(DatasetInfo(info.name, info.num_classes, info.num_images, info.class_offset, shards))
+        weights = info.sample_weights and os.path.relpath(os.path.join(folder, info.sample_weights), out_dir)
+        relative.append(DatasetInfo(info.name, info.num_classes, info.num_images, info.class_offset, shards, weights))
     manifest = Manifest(os.path.abspath(out_dir), relative)
     _check_offsets(manifest, os.path.join(out_dir, MANIFEST_FILE))
     entries = combined_index(manifest.rec_paths(), manifest.shard_idx_paths())
     write_text_atomic(manifest.index_path(), format_index(entries))
     body = {"format": "fftrain-manifest", "version": 1, "num_classes": manifest.num_classes,
             "num_images": manifest.num_images, "index": manifest.index,
-            "datasets": [asdict(d) for d in relative]}
+            "datasets": [_info_body(d) for d in relative]}
     write_text_atomic(os.path.join(out_dir, MANIFEST_FILE), json.dumps(body, indent=1) + "\n")
     return manifest

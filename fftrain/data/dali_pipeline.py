@@ -134,7 +134,7 @@ class _Spec:
                 (images,) = _run(pipe, self.records, lambda: [k for plan, _ in feed.in_flight for k in plan.keys])
                 plan, source = feed.in_flight.popleft()
                 images = _to_torch(images, self.device_id, self.records, plan.keys)
-                yield RawBatch(images, source, plan.epoch, plan.step)
+                yield RawBatch(images, source, plan.epoch, plan.step, plan.keys)
         finally:
             del pipe
 

@@ -34,7 +34,8 @@ from recordio_tools.manifest import Manifest, load_manifest, training_view
 
 from ..config import ConfigError
 from .labels import LabelTables
-from .records import RecordSet
+from .records import DataError, RecordSet
+from .weights import load_sample_weights
 from .sharding import check_step, epoch_position, steps_per_epoch
 
 BACKENDS = ("dali", "torch")
@@ -50,6 +51,7 @@ class Batch:
     fused: torch.Tensor    # [B] int64 label_map[source], with the map current when yielded
     epoch: int
     step: int              # step inside the epoch, from 0; resume at (epoch, step + 1)
+    keys: np.ndarray | None = None  # [B] combined-index keys (global order), for per-sample weights
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RawBatch:
     source: np.ndarray     # [B] int64
     epoch: int
     step: int
+    keys: np.ndarray | None = None  # [B] combined-index keys; None where the reader does not know them
 
 
 StreamFactory = Callable[[int, int], Iterator[RawBatch]]
@@ -124,7 +127,7 @@ class BatchLoader:
             images = images.contiguous(memory_format=torch.channels_last)
         source = torch.from_numpy(raw.source).to(self.device, non_blocking=True)
         dataset, fused = self.labels.lookup(source)
-        return Batch(images, source, dataset, fused, raw.epoch, raw.step)
+        return Batch(images, source, dataset, fused, raw.epoch, raw.step, raw.keys)
 
     def close(self) -> None:
         self._drop_stream()
@@ -155,6 +158,7 @@ class Prepared:
     records: RecordSet
     labels: LabelTables
     steps: int
+    sample_weights: np.ndarray | None = None  # [N] per combined-index key (weights.py); None: all 1
 
 
 def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size: int, device: torch.device,
@@ -166,7 +170,7 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
         if label_map is not None:
             raise ValueError("a prepared training set shares its label tables: swap the map there, not per loader")
         return Prepared(manifest.manifest, manifest.records, manifest.labels,
-                        steps_per_epoch(len(manifest.records), num_shards, batch_size))
+                        steps_per_epoch(len(manifest.records), num_shards, batch_size), manifest.sample_weights)
     if not isinstance(manifest, Manifest):
         manifest = training_view(load_manifest(manifest))
     records = RecordSet(manifest, on_bad_record)
@@ -177,7 +181,7 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e} (the training set {manifest.root})") from None
     labels = LabelTables.from_manifest(manifest, device, label_map)
-    return Prepared(manifest, records, labels, steps)
+    return Prepared(manifest, records, labels, steps, load_sample_weights(manifest))
 
 
 def build_loader(manifest: str | Manifest | Prepared, *, backend: str = "dali", shard_id: int, num_shards: int,
@@ -247,7 +251,18 @@ class TrainingData:
         prepared = prepare(manifest if manifest is not None else cfg.data.manifest, num_shards=ctx.world_size,
                            batch_size=cfg.data.batch_size, device=ctx.device, label_map=label_map, seed=cfg.seed,
                            on_bad_record=cfg.data.bad_records)
+        if prepared.sample_weights is not None and cfg.data.order != "global":
+            raise DataError(f"{prepared.manifest.root}: the training set has per-sample weights, which need "
+                            f"data.order=global (got data.order={cfg.data.order})")
         return cls(cfg, ctx, prepared)
+
+    def sample_weight(self, batch: Batch) -> torch.Tensor | None:
+        """[B] float32 loss weight of each sample of `batch` on its device; None when the set has none."""
+        if self.prepared.sample_weights is None:
+            return None
+        if batch.keys is None:
+            raise DataError("per-sample weights need the batch's record keys (data.order=global)")
+        return torch.from_numpy(self.prepared.sample_weights[batch.keys]).to(batch.fused.device)
 
     @property
     def manifest(self) -> Manifest:

@@ -72,7 +72,8 @@ class PlanDataset(Dataset):
         mirror = plan.params.mirror.astype(bool)
         batch[mirror] = batch[mirror, :, ::-1]
         images = torch.from_numpy(batch)
-        return normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step
+        return (normalise(images) if self.normalised else images, torch.from_numpy(source), plan.epoch, plan.step,
+                torch.from_numpy(plan.keys))
 
 
     def _decode(self, jpegs, keys, source: np.ndarray) -> list[np.ndarray]:
@@ -136,10 +137,10 @@ def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, nu
         loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
                             pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
         try:
-            for images, source, epoch_, step in loader:
+            for images, source, epoch_, step, keys in loader:
                 if on_gpu:
                     images = normalise(images.to(device, non_blocking=True))
-                yield RawBatch(images, source.numpy(), int(epoch_), int(step))
+                yield RawBatch(images, source.numpy(), int(epoch_), int(step), keys.numpy())
         except DataError as error:
             raise type(error)(worker_message(error)) from None
 

@@ -24,8 +24,8 @@ import shutil
 import numpy as np
 
 from ..cli import UsageError
-from ..manifest import (DATASET_FILE, MANIFEST_FILE, DatasetInfo, Manifest, ManifestError, Shard, load_manifest,
-                        read_dataset_info, shard_name, write_dataset_info, write_manifest)
+from ..manifest import (DATASET_FILE, MANIFEST_FILE, SAMPLE_WEIGHTS_FILE, DatasetInfo, Manifest, ManifestError,
+                        Shard, load_manifest, read_dataset_info, shard_name, write_dataset_info, write_manifest)
 from ..recordio import (RecordIOError, RecordReader, RecordWriter, class_id_of, image_header, pack, read_index,
                         unpack)
 from ..scan import class_ids_at, progress
@@ -148,7 +148,11 @@ def relabel_copy(src_folder: str, info: DatasetInfo, dst_folder: str, new_offset
         count = _relabel_shard(os.path.join(src_folder, shard.rec), os.path.join(src_folder, shard.idx),
                                os.path.join(dst_folder, name + ".rec"), info, new_offset)
         shards.append(Shard(name + ".rec", name + ".idx", count))
-    copied = DatasetInfo(info.name, info.num_classes, sum(s.num_images for s in shards), new_offset, shards)
+    # same records in the same order: per-sample weights still apply
+    weights = SAMPLE_WEIGHTS_FILE if info.sample_weights else None
+    if weights:
+        shutil.copyfile(os.path.join(src_folder, info.sample_weights), os.path.join(dst_folder, weights))
+    copied = DatasetInfo(info.name, info.num_classes, sum(s.num_images for s in shards), new_offset, shards, weights)
     write_dataset_info(dst_folder, copied)
     for metadata in METADATA_FILES:
         if os.path.exists(os.path.join(src_folder, metadata)):

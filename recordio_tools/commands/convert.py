@@ -2,6 +2,7 @@
 
     recordio_tools convert data/raw/casia --out data/casia --shards 8 --workers 8
     recordio_tools convert data/raw/celeba --out data/celeba --landmarks celeba_5pt.txt --skip-bad
+    recordio_tools convert data/raw/unlabeled --out data/unlabeled --unlabeled   # no identities: for pseudo-label
 
 Identity folders sorted by name get local labels 0..n-1 (stored as class_offset + local label);
 every image file below an identity folder (recursively, sorted by path) is one sample. Each image
@@ -78,6 +79,9 @@ def add_parser(subparsers) -> None:
                              f"{UNALIGNED_FILE}) instead of failing")
     parser.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder even if it is not an earlier output of this command")
+    parser.add_argument("--unlabeled", action="store_true",
+                        help="IMAGE_ROOT is a folder of faces without identities (any layout, searched "
+                             "recursively): every image gets label 0 of one class, for `fftrain pseudo-label`")
     parser.set_defaults(run=run)
 
 
@@ -116,6 +120,16 @@ def list_identities(root: str) -> list[tuple[str, list[str]]]:
     if not identities:
         raise UsageError(f"{root}: no identity folders with images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return identities
+
+
+def unlabeled_images(root: str) -> list[tuple[str, list[str]]]:
+    """Every image below `root` (sorted by path) as the one 'identity' of an unlabeled collection."""
+    if not os.path.isdir(root):
+        raise UsageError(f"{root}: not a folder of images")
+    images = _images_below(root, root)
+    if not images:
+        raise UsageError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return [("unlabeled", images)]
 
 
 def _load_landmarks(path: str | None) -> dict[str, tuple[np.ndarray, str]]:
@@ -245,7 +259,7 @@ def run(args) -> int:
     _check_args(args)
     root = args.input
     check_out(args.out, [root] + ([args.landmarks] if args.landmarks else []), "convert", args.overwrite)
-    identities = list_identities(root)
+    identities = unlabeled_images(root) if args.unlabeled else list_identities(root)
     tasks = make_tasks(identities, _load_landmarks(args.landmarks))
     unaligned = _check_missing_landmarks(tasks, args.landmarks, args.allow_missing_landmarks)
     name = args.name or os.path.basename(os.path.abspath(args.out))

@@ -4,6 +4,7 @@
     recordio_tools synth --out /tmp/synth --tiny       # 6 x 30 identities, ~1.1K images (a few seconds)
     recordio_tools synth --out data/synth2 --ids 1200 --images-per-id 20 --seed 1
     recordio_tools synth --out data/noisy --noise-mislabel 0.02 --noise-duplicates 0.03 --noise-leaked-ids 15
+    recordio_tools synth --out data/synth --unlabeled 200 --unlabeled-overlap 0.25   # + data/synth/unlabeled/
 
 The output folder holds six dataset folders, manifest.json + train.idx (the training set; point
 the trainer at the folder), overlaps.json (ground truth), verification.bin and synth.json.
@@ -77,6 +78,14 @@ def add_parser(subparsers) -> None:
                         f"(default {d.image_drift:g})")
     p.add_argument("--workers", type=int, metavar="N",
                    help=f"rendering processes; the output does not depend on it (default {d.workers})")
+    p.add_argument("--unlabeled", type=int, metavar="N",
+                   help="also write <out>/unlabeled/: N identities without labels (one class, label 0), a fraction "
+                        "--unlabeled-overlap of them persons of the labeled datasets, with truth.json (person, "
+                        "overlap flag and labeled source class per record), for fftrain pseudo-label")
+    p.add_argument("--unlabeled-overlap", type=float, default=0.25, metavar="F",
+                   help="fraction of the unlabeled identities that are labeled persons (default 0.25)")
+    p.add_argument("--unlabeled-images-per-id", type=float, default=10.0, metavar="N",
+                   help="mean images per unlabeled identity (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder even if it is not an earlier output of this command")
@@ -113,6 +122,20 @@ def config_from_args(args):
         raise UsageError(f"bad options: {e}".replace("_", "-")) from None
 
 
+def _write_unlabeled(args, config) -> None:
+    import os
+
+    from ..synthetic import UNLABELED_DIR, generate_unlabeled
+
+    out = os.path.join(args.out, UNLABELED_DIR)
+    info = generate_unlabeled(config, out, num_ids=args.unlabeled, overlap=args.unlabeled_overlap,
+                              images_per_id=args.unlabeled_images_per_id, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {out}: {info['images']} unlabeled images of {info['identities']} identities, "
+              f"{info['overlapping_identities']} of them labeled persons ({info['overlapping_images']} images)",
+              file=sys.stderr)
+
+
 def run(args) -> int:
     from ..synthetic import generate
 
@@ -121,7 +144,16 @@ def run(args) -> int:
     config = config_from_args(args)
     check_out(args.out, [], "synth", args.overwrite)
     start = time.perf_counter()
+    if args.unlabeled is not None:
+        from ..synthetic import make_unlabeled_plan
+
+        try:  # checked before the labeled set is written
+            make_unlabeled_plan(config, args.unlabeled, args.unlabeled_overlap, args.unlabeled_images_per_id)
+        except ValueError as e:
+            raise UsageError(f"bad options: {e}") from None
     summary = generate(config, args.out, progress=not args.quiet)
+    if args.unlabeled is not None:
+        _write_unlabeled(args, config)
     if not args.quiet:
         print(f"wrote {args.out}: {summary['num_classes']} identities, {summary['num_images']} images in "
               f"{len(summary['datasets'])} datasets, {summary['overlap_groups']} planted overlaps, "

@@ -1,0 +1,327 @@
+"""`fftrain pseudo-label`: an unlabeled face collection -> a pseudo-labeled dataset folder.
+
+    fftrain pseudo-label --checkpoint runs/r50/checkpoints/step-00480000 --unlabeled data/unlabeled --out data/pseudo
+    # ranks share the embedding:
+    torchrun --nproc_per_node=8 -m fftrain.cli pseudo-label --checkpoint CKPT --unlabeled DIR --out DIR
+    recordio_tools build --out data/train data/{six datasets} data/pseudo     # one more dataset, like any other
+
+--unlabeled is a dataset folder (dataset.json + shards; its labels are ignored) or a folder of image
+files (any layout, searched recursively; `recordio_tools convert --unlabeled` makes the same into
+a dataset folder). Every image is embedded with the checkpoint's backbone (flip-summed), compared
+with the checkpoint's class proxies (max cosine), split into overlapping / disjoint identities
+(Otsu and a two-Weibull mixture; --separation picks which decides), the disjoint part is clustered
+on a faiss kNN graph (--backend), and each clustered image gets the loss weight (1 - p-(x))^gamma
+from its cluster margin. `--embeddings FILE.npy` skips the backbone (rows in image order).
+
+--out is written as a whole (built under a temporary name, renamed at the end) and holds: shards
+with the cluster labels, dataset.json naming sample_weights.npy (one weight per record, in record
+order), assignments.npz (per input image: score, nearest class, overlap/disjoint, label, weight,
+p-(x)), pseudo_label_report.json and three PNGs (see fftrain/pseudo_label/report.py). An existing
+--out is replaced only when an earlier pseudo-label run wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .pipeline import OVERLAP_MODES, OVERLAPPING, RULES, PseudoLabelError, PseudoLabelOptions
+
+ASSIGNMENTS_FILE = "assignments.npz"
+MARKER = "pseudo_label_report.json"
+EMBED_CHUNK = 512  # images decoded and embedded at a time
+
+
+def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
+    from .clustering import BACKENDS, DEFAULT_RESOLUTION, DEFAULT_THRESHOLDS, KNN_INDEXES
+
+    d = PseudoLabelOptions()
+    p = subparsers.add_parser("pseudo-label", help="cluster an unlabeled collection into a weighted dataset",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder (step-NNNNNNNN)")
+    p.add_argument("--unlabeled", required=True, metavar="DATASET", help="dataset folder or image folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the pseudo-labeled dataset folder to write")
+    p.add_argument("--name", default="pseudo", help="dataset name in dataset.json (default pseudo)")
+    p.add_argument("--embeddings", metavar="FILE.npy", help="precomputed [N, D] embeddings, one row per image")
+    p.add_argument("--overlapping", default=d.overlapping, choices=OVERLAPPING,
+                   help="overlapping images: discard (default) or assign to a class per nearest labeled class")
+    p.add_argument("--separation", default=d.rule, choices=RULES, help="rule that decides (default weibull)")
+    p.add_argument("--overlap", default=d.overlap, choices=OVERLAP_MODES,
+                   help="auto: separate (default); none: no image is of a labeled identity; all: every one is")
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS, help="graph clustering (default infomap)")
+    p.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours per image (default {d.knn_k})")
+    p.add_argument("--knn-index", default=d.knn_index, choices=KNN_INDEXES,
+                   help="faiss index: flat (exact), ivf, or auto (flat up to 20K images)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="kNN edges of cosine at or below this are dropped (default per backend: "
+                        + ", ".join(f"{b} {t}" for b, t in DEFAULT_THRESHOLDS.items()) + ")")
+    p.add_argument("--resolution", type=float, default=DEFAULT_RESOLUTION,
+                   help=f"leiden CPM resolution (default {DEFAULT_RESOLUTION})")
+    p.add_argument("--min-cluster-size", type=int, default=d.min_cluster_size,
+                   help=f"smaller clusters are not written (default {d.min_cluster_size})")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="weight = (1 - p-(x))^gamma (default 1)")
+    p.add_argument("--shards", type=int, default=1, help="output shards (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--truth", metavar="FILE.json", help="ground truth (recordio_tools synth --unlabeled) to score")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_pseudo_label)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+
+
+class UnlabeledImages:
+    """The JPEG bytes of every input image, in a fixed order, read in slices."""
+
+    def __init__(self, path: str):
+        from recordio_tools.manifest import DATASET_FILE
+
+        if not os.path.isdir(path):
+            raise PseudoLabelError(f"{path}: not a folder (expected a dataset folder or a folder of images)")
+        self.path = path
+        self.is_dataset = os.path.exists(os.path.join(path, DATASET_FILE))
+        self._items = self._dataset_items() if self.is_dataset else self._image_items()
+        if not self._items:
+            raise PseudoLabelError(f"{path}: no images to label")
+
+    def _dataset_items(self) -> list:
+        from recordio_tools.manifest import read_dataset_info
+        from recordio_tools.recordio import read_index
+
+        info = read_dataset_info(self.path)
+        return [(os.path.join(self.path, s.rec), offset) for s in info.shards
+                for _, offset in read_index(os.path.join(self.path, s.idx))]
+
+    def _image_items(self) -> list:
+        from recordio_tools.commands.convert import _images_below
+
+        return _images_below(self.path, self.path)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def describe(self, i: int) -> str:
+        item = self._items[i]
+        return f"{item[0]} byte {item[1]}" if self.is_dataset else os.path.join(self.path, item)
+
+    def jpegs(self, start: int, stop: int) -> list[bytes]:
+        from recordio_tools.images import ImageError, prepare_face
+        from recordio_tools.recordio import read_record_at, unpack
+
+        out, files = [], {}
+        try:
+            for i in range(start, stop):
+                try:
+                    if self.is_dataset:
+                        rec, offset = self._items[i]
+                        if rec not in files:
+                            files[rec] = open(rec, "rb")
+                        out.append(unpack(read_record_at(files[rec], offset, rec, f"byte {offset}")[0])[1])
+                    else:
+                        out.append(prepare_face(os.path.join(self.path, self._items[i])))
+                except (ImageError, OSError, ValueError) as e:
+                    raise PseudoLabelError(f"{self.describe(i)}: cannot read the image ({e})") from None
+        finally:
+            for f in files.values():
+                f.close()
+        return out
+
+
+def embed_share(images: UnlabeledImages, backbone, ctx, batch_size: int) -> np.ndarray:
+    """This rank's contiguous share of the embeddings, [n_r, D] float32."""
+    from fftrain.evaluation.verification import decode_face, embed_pairs, rank_range
+    from recordio_tools.images import ImageError
+
+    start, stop = rank_range(len(images), ctx.rank, ctx.world_size)
+    parts = []
+    for lo in range(start, stop, EMBED_CHUNK):
+        hi = min(stop, lo + EMBED_CHUNK)
+        decoded = []
+        for i, jpeg in zip(range(lo, hi), images.jpegs(lo, hi)):
+            try:
+                decoded.append(decode_face(jpeg))
+            except ImageError as e:
+                raise PseudoLabelError(f"{images.describe(i)}: cannot decode the image ({e})") from None
+        parts.append(embed_pairs(backbone, np.stack(decoded), device=ctx.device, batch_size=batch_size)
+                     .astype(np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def load_embeddings_file(path: str, count: int, dim: int, checkpoint: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PseudoLabelError(f"{path}: cannot read embeddings ({e})") from None
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise PseudoLabelError(f"{path}: expected a float [N, D] array, got {x.dtype} {x.shape}")
+    if x.shape[1] != dim:
+        raise PseudoLabelError(f"{path}: embeddings are {x.shape[1]}-d but checkpoint {checkpoint} has "
+                               f"embedding_size {dim}")
+    if x.shape[0] != count:
+        raise PseudoLabelError(f"{path}: {x.shape[0]} rows but the unlabeled set has {count} images")
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def check_out(out: str) -> None:
+    if os.path.exists(out) and (not os.path.isdir(out) or
+                                (os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)))):
+        raise PseudoLabelError(f"{out}: exists and was not written by fftrain pseudo-label; choose another --out")
+
+
+def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: dict, shards: int) -> None:
+    """Shards (round robin, as DatasetWriter does), sample_weights.npy in record order, assignments,
+    report; all or nothing."""
+    from recordio_tools.manifest import SAMPLE_WEIGHTS_FILE, read_dataset_info, write_dataset_info
+    from recordio_tools.shards import DatasetWriter, atomic_directory
+
+    from .report import write_report
+
+    written = np.flatnonzero(result.labels >= 0)
+    with atomic_directory(out) as tmp:
+        writer = DatasetWriter(tmp, name, shards)
+        try:
+            for lo in range(0, len(images), EMBED_CHUNK):
+                hi = min(len(images), lo + EMBED_CHUNK)
+                if (result.labels[lo:hi] >= 0).any():
+                    for i, jpeg in zip(range(lo, hi), images.jpegs(lo, hi)):
+                        if result.labels[i] >= 0:
+                            writer.add(int(result.labels[i]), jpeg)
+            writer.finish(result.num_classes)
+        except BaseException:
+            writer.abort()
+            raise
+        weights = result.weights[written]
+        record_order = np.concatenate([weights[s::shards] for s in range(shards)]).astype(np.float32)
+        np.save(os.path.join(tmp, SAMPLE_WEIGHTS_FILE), record_order, allow_pickle=False)
+        info = read_dataset_info(tmp)
+        info.sample_weights = SAMPLE_WEIGHTS_FILE
+        write_dataset_info(tmp, info)
+        np.savez(os.path.join(tmp, ASSIGNMENTS_FILE), score=result.scores, nearest_class=result.nearest_class,
+                 overlap=result.overlap, disjoint=result.disjoint, label=result.labels, weight=result.weights,
+                 p_wrong=result.p_wrong)
+        write_report(tmp, report, result)
+
+
+def score_against_truth(path: str, result) -> dict:
+    from .metrics import clustering_scores, singletons_for_dropped
+    from .separation import error_rates
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            truth = json.load(f)
+        identity, overlap = np.asarray(truth["identity"]), np.asarray(truth["overlap"], bool)
+    except (OSError, ValueError, KeyError) as e:
+        raise PseudoLabelError(f"{path}: not a ground-truth file of recordio_tools synth --unlabeled ({e})") from None
+    if len(identity) != len(result.scores):
+        raise PseudoLabelError(f"{path}: {len(identity)} images in the truth, {len(result.scores)} in the set")
+    out = {}
+    if result.separation is not None:
+        sep = result.separation
+        out["otsu"] = error_rates(sep.otsu_overlap, overlap)
+        out["weibull"] = error_rates(sep.weibull_overlap, overlap, sep.weibull_rejected)
+    d = result.disjoint & ~overlap  # truly disjoint among those clustered
+    if d.any():
+        out["clustering"] = clustering_scores(singletons_for_dropped(result.clusters[d]), identity[d])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _options(args) -> PseudoLabelOptions:
+    try:
+        return PseudoLabelOptions(rule=args.separation, overlap=args.overlap, overlapping=args.overlapping,
+                                  backend=args.backend, knn_k=args.knn_k, knn_index=args.knn_index,
+                                  threshold=args.threshold, resolution=args.resolution,
+                                  min_cluster_size=args.min_cluster_size, gamma=args.gamma, seed=args.seed)
+    except ValueError as e:
+        raise PseudoLabelError(f"bad option: {e}") from None
+
+
+def _fail(e: Exception) -> int:
+    print(f"fftrain pseudo-label: error: {e}", file=sys.stderr)
+    return 2
+
+
+def run_pseudo_label(args) -> int:
+    from fftrain.checkpoint import CheckpointError, load_proxies_from_checkpoint, read_meta
+    from recordio_tools.manifest import ManifestError
+    from recordio_tools.recordio import RecordIOError
+
+    try:
+        options = _options(args)
+        if args.shards < 1 or args.batch_size < 1:
+            raise PseudoLabelError(f"--shards {args.shards} and --batch-size {args.batch_size} must be >= 1")
+        check_out(args.out)
+        meta = read_meta(args.checkpoint)
+        images = UnlabeledImages(args.unlabeled)
+        embeddings = None
+        if args.embeddings:
+            embeddings = load_embeddings_file(args.embeddings, len(images), meta["embedding_size"], args.checkpoint)
+    except (PseudoLabelError, CheckpointError, ManifestError, RecordIOError) as e:
+        return _fail(e)
+    if embeddings is None:
+        embeddings = _embed_all(args, images)
+        if embeddings is None:
+            return 0  # not rank 0: rank 0 goes on alone
+        if isinstance(embeddings, Exception):
+            return _fail(embeddings)
+    try:
+        return _label_and_write(args, options, images, embeddings, load_proxies_from_checkpoint(args.checkpoint))
+    except (PseudoLabelError, ManifestError, RecordIOError) as e:
+        return _fail(e)
+
+
+def _embed_all(args, images):
+    """All embeddings on rank 0 (None on the others), or the user error that stopped the embedding."""
+    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.distributed import all_gather_object, destroy_distributed, init_distributed
+
+    ctx = init_distributed(args.device)
+    try:
+        backbone = load_backbone_from_checkpoint(args.checkpoint).to(ctx.device)
+        try:
+            share, error = embed_share(images, backbone, ctx, args.batch_size), None
+        except PseudoLabelError as e:
+            share, error = None, str(e)
+        parts = all_gather_object((share, error), ctx.group)
+    finally:
+        destroy_distributed(ctx)
+    errors = [e for _, e in parts if e]
+    if errors:
+        return PseudoLabelError(errors[0]) if ctx.is_main else None
+    if not ctx.is_main:
+        return None
+    return np.concatenate([s for s, _ in parts if s is not None and len(s)])
+
+
+def _label_and_write(args, options, images, embeddings, proxies) -> int:
+    from .pipeline import pseudo_label
+    from .report import build_report
+
+    proxies = proxies.numpy() if hasattr(proxies, "numpy") else np.asarray(proxies)
+    result = pseudo_label(embeddings, proxies, options)
+    extra = {"checkpoint": os.path.abspath(args.checkpoint), "unlabeled": os.path.abspath(args.unlabeled)}
+    if args.truth:
+        extra["truth"] = score_against_truth(args.truth, result)
+    report = build_report(result, options, extra)
+    write_dataset(args.out, args.name, images, result, report, args.shards)
+    sep = report["separation"]
+    print(f"pseudo-label: {report['num_samples']} images: {report['overlapping']} overlapping "
+          f"({options.overlapping}), {report['disjoint']} disjoint, {report['rejected']} rejected; "
+          f"{result.num_clusters} clusters; wrote {report['written']} images in {result.num_classes} classes to "
+          f"{args.out}" + (f" (Otsu {sep['otsu_threshold']:.3f}, Weibull bounds {sep['t_disjoint']:.3f} / "
+                           f"{sep['t_overlap']:.3f})" if sep else ""))
+    return 0
