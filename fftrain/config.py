@@ -201,7 +201,8 @@ class TrainConfig:
     stop_at_step: int = 0
     """Save a checkpoint and exit once this global step is reached (for time-limited jobs); 0: run to the end."""
     dtype: str = "auto"
-    """Compute dtype of the backbone and logits: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16', 'fp32'."""
+    """Compute dtype of the backbone and of the head's cosine matmul: 'auto' (bf16 on CUDA, fp32 on CPU),
+    'bf16' or 'fp32' (fp32 keeps the head's matmul in fp32 too). 'fp16' is refused: it needs loss scaling."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     head: PartialFCConfig = field(default_factory=PartialFCConfig)
@@ -216,6 +217,9 @@ class TrainConfig:
         _check(self.stop_at_step >= 0, "stop_at_step", f"must be >= 0, got {self.stop_at_step}")
         _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
                f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+        _check(self.dtype != "fp16", "dtype",
+               "'fp16' is not supported: it needs loss scaling (a GradScaler), which the Partial-FC head's own "
+               "optimizer step does not do; use 'bf16' (same speed on Ampere and later, no scaling needed)")
 
     @property
     def fusion_step(self) -> int | None:

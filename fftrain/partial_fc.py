@@ -32,7 +32,11 @@ Conventions:
   (4 * D * S bytes, freed by step()), about four float32 [W*B, S] tensors (cosines, logits,
   probabilities, their gradient) and, with sample_rate < 1, 4 bytes per local class of scores.
 - Bad labels or dataset ids raise ValueError on every rank alike: they are checked after the
-  labels are gathered (one host sync per step).
+  labels are gathered (one host sync per step). With `defer_checks = True` (the trainer) the
+  check stays on the device: the step computes with clamped labels, the first bad step's figures
+  are kept, and `raise_deferred_errors()` (called at log steps, before checkpoints and fusion)
+  raises the same error naming that step. No other host sync runs per step when
+  round(sample_rate * local classes) >= the global batch (the positives then always fit).
 - Sampling is a function of (seed, rank, step counter): heads built with the same seed pick the
   same rows at the same step. The counter advances on each training-mode forward and is saved in
   the state dict. Eval mode uses every class and does not advance it.
@@ -205,7 +209,8 @@ class PartialFCHead(nn.Module):
         self.register_buffer("momentum_buffer", None)
         self._install(num_classes, weight, None)
         self._generator: torch.Generator | None = None
-
+        self.defer_checks = False
+        self._deferred: torch.Tensor | None = None
 
     def _range_for(self, num_classes: int) -> tuple[int, int]:
         if num_classes < self.world_size:
@@ -295,6 +300,8 @@ class PartialFCHead(nn.Module):
         ids = all_gather_rows(ids, self.group)
         labels_all, datasets_all = (ids[:, 0], ids[:, 1]) if ids.dim() == 2 else (ids, None)
         self._check_global(labels_all, datasets_all, class_dataset)
+        if self.defer_checks:  # bad labels are recorded, not raised: compute on in-range ones
+            labels_all = labels_all.clamp(0, self.num_classes - 1)
         if aware and datasets_all is None:
             datasets_all = class_dataset[labels_all]
         return labels_all, datasets_all
@@ -320,6 +327,9 @@ class PartialFCHead(nn.Module):
 
     def _check_global(self, labels_all, datasets_all, class_dataset) -> None:
         """One host sync; runs on the gathered batch, so every rank raises the same error."""
+        if self.defer_checks:
+            self._note_bad_labels(labels_all, datasets_all, class_dataset)
+            return
         stats = [labels_all.min(), labels_all.max()]
         mismatch = None
         if class_dataset is not None and datasets_all is not None:
@@ -337,21 +347,54 @@ class PartialFCHead(nn.Module):
             raise ValueError(f"sample {i} of the global batch has dataset id {sample_ds} but its label "
                              f"{label} is a class of dataset {int(class_dataset[label])}")
 
+    def _note_bad_labels(self, labels_all, datasets_all, class_dataset) -> None:
+        """Device-side record of the first bad step: [step, kind, sample, label, dataset, -], kind 1 =
+        label out of range, 2 = dataset mismatch; kind 0 = nothing bad so far."""
+        in_range = (labels_all >= 0) & (labels_all < self.num_classes)
+        bad = ~in_range
+        if class_dataset is not None and datasets_all is not None:
+            bad = bad | (class_dataset[labels_all.clamp(0, self.num_classes - 1)] != datasets_all)
+        i = bad.to(torch.uint8).argmax()
+        kind = torch.where(in_range[i], 2, 1) * bad.any()
+        dataset = datasets_all[i] if datasets_all is not None else torch.zeros_like(i)
+        row = torch.stack([torch.full_like(i, self.sample_step), kind, i, labels_all[i], dataset, torch.zeros_like(i)])
+        if self._deferred is None or self._deferred.device != labels_all.device:
+            self._deferred = torch.zeros(6, dtype=torch.long, device=labels_all.device)
+        self._deferred = torch.where(self._deferred[1] == 0, row, self._deferred)
+
+    def raise_deferred_errors(self, class_dataset: torch.Tensor | None = None) -> None:
+        """Raise the error of the first bad batch since the last call (one host sync); see the module doc."""
+        if self._deferred is None:
+            return
+        step, kind, i, label, dataset, _ = self._deferred.tolist()
+        self._deferred = None
+        where = f"training-mode forward {step} (sample counter)"
+        if kind == 1:
+            raise ValueError(f"label {label} out of range [0, {self.num_classes}) at {where}")
+        if kind == 2:
+            owner = f"a class of dataset {int(class_dataset[label])}" if class_dataset is not None else "another dataset's"
+            raise ValueError(f"sample {i} of the global batch has dataset id {dataset} but its label {label} is "
+                             f"{owner} at {where}")
+
     def _sample(self, labels_all: torch.Tensor) -> torch.Tensor | None:
         """Sorted local row indices to use this step, or None for all rows."""
         if self.sample_rate >= 1.0:
             return None
         n_local = self.local_classes
         local = labels_all - self.start
-        positives = local[(local >= 0) & (local < n_local)]
+        inside = (local >= 0) & (local < n_local)
         device = self.weight.device
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed(_mix(_SALT_SAMPLE, self.seed, self.rank, self.sample_step))
         score = torch.rand(n_local, generator=self._generator, device=device)
-        score[positives] = 2.0
-        num_positive = int((score > 1.0).sum())
-        k = min(n_local, max(num_positive, round(self.sample_rate * n_local), 1))
+        # positives get 2.0 (above every uniform draw) without a boolean-mask sync; amax is order-free
+        score.scatter_reduce_(0, local.clamp(0, n_local - 1), torch.where(inside, 2.0, 0.0).to(score.dtype),
+                              reduce="amax")
+        k = max(round(self.sample_rate * n_local), 1)
+        if k < labels_all.shape[0]:  # the positives might not fit in k: count them (a host sync)
+            k = max(int((score > 1.0).sum()), k)
+        k = min(n_local, k)
         if k == n_local:
             return None
         return score.topk(k, sorted=False).indices.sort().values

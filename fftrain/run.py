@@ -76,5 +76,13 @@ def run_training(cfg: TrainConfig) -> int:
         log.error(f"fftrain: error on rank {ctx.rank}: {e}")
         print(f"fftrain: error on rank {ctx.rank}: {e}", file=sys.stderr)
         return 1
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            log_file = os.path.join(cfg.output_dir, "logs", f"rank{ctx.rank}.log")
+            log.exception(f"unexpected error on rank {ctx.rank}")  # into the rank log, whatever torchrun shows
+            print(f"fftrain: unexpected error on rank {ctx.rank} ({type(e).__name__}: {e}); its traceback is in "
+                  f"{log_file}. torchrun --local-ranks-filter shows rank 0 only: read every "
+                  f"{os.path.join(cfg.output_dir, 'logs', 'rank*.log')}", file=sys.stderr)
+        raise
     finally:
         destroy_distributed(ctx)

@@ -29,7 +29,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from fftrain.distributed import rank_of, world_size_of
+from fftrain.distributed import all_gather_list, broadcast_, comm_device, rank_of, world_size_of
 
 BACKENDS = ("auto", "faiss", "torch")
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
@@ -39,9 +39,8 @@ def gather_sizes(n_local: int, group: dist.ProcessGroup | None, device: torch.de
     """Every rank's row count, in rank order."""
     if group is None or world_size_of(group) == 1:
         return [int(n_local)]
-    t = torch.tensor([int(n_local)], dtype=torch.int64, device=device)
-    parts = [torch.empty_like(t) for _ in range(world_size_of(group))]
-    dist.all_gather(parts, t, group=group)
+    t = torch.tensor([int(n_local)], dtype=torch.int64, device=comm_device(group, device or "cpu"))
+    parts = all_gather_list(t, group)
     return [int(p.item()) for p in parts]
 
 
@@ -201,8 +200,8 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGrou
     device = x.device
     world, rank = world_size_of(group), rank_of(group)
     kind = resolve_backend(backend, device)
-    comm_device = device if group is None or dist.get_backend(group) == dist.Backend.NCCL else torch.device("cpu")
-    sizes = gather_sizes(x.shape[0], group, comm_device)
+    cdev = comm_device(group, device)
+    sizes = gather_sizes(x.shape[0], group, cdev)
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)
@@ -236,8 +235,8 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGrou
             else:
                 keys = x.new_empty((sizes[src], x.shape[1]))
             if world > 1:
-                buf = keys if keys.device == comm_device else keys.to(comm_device)
-                dist.broadcast(buf, src=src, group=group)
+                buf = keys if keys.device == cdev else keys.to(cdev)
+                broadcast_(buf, src, group)
                 keys = buf.to(device)
             k_groups = groups[offsets[src]:offsets[src + 1]] if groups is not None else None
             if kind == "torch":
