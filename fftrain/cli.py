@@ -4,6 +4,7 @@
     fftrain fuse --checkpoint DIR --t1 0.7 --dry-run     # what fusion would merge at this T1
     fftrain eval --checkpoint DIR lfw.bin cfp_fp.bin     # verification table + JSON
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
+    fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --max-classes   # per-GPU memory, fits?
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli_commands import add_eval_parser, add_export_parser
     from .fusion_cli import add_fuse_parser
+    from .plan import add_plan_parser
 
     parser = argparse.ArgumentParser(prog="fftrain", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuse_parser(subparsers)
     add_eval_parser(subparsers)
     add_export_parser(subparsers)
+    add_plan_parser(subparsers)
     return parser
 
 
