@@ -25,6 +25,7 @@ similarities, the smaller id comes first (within what the backend returned).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -69,6 +70,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type == "cuda":
         if _faiss_gpu_ok(faiss):
             return "faiss-gpu"
+        if faiss is not None:
+            warnings.warn("faiss has no GPU support here (faiss-cpu and faiss-gpu install into one `faiss` "
+                          "package: with both installed the GPU classes vanish); pip uninstall faiss-cpu, then "
+                          "reinstall faiss-gpu-cu12. Using " + ("faiss-cpu" if backend == "faiss" else "torch"),
+                          stacklevel=2)
         return "faiss-cpu" if backend == "faiss" else "torch"
     return "faiss-cpu" if faiss is not None else "torch"
 
