@@ -16,7 +16,8 @@ searches one sub-index per group of the shard in hand; torch masks the score blo
 
 Backends: 'faiss' (IndexFlatIP; GpuIndexFlatIP when the rows are on CUDA and faiss-gpu is
 installed, otherwise faiss-cpu on a host copy), 'torch' (matmul + topk, chunked over the queries
-so a score block stays under `max_block_elems`), 'auto' (CUDA: faiss-gpu if installed, else
+so a score block stays under `max_block_elems`; None: a quarter of the free memory, CUDA's
+cudaMemGetInfo or the CPU's MemAvailable, see `block_elems_for`), 'auto' (CUDA: faiss-gpu if installed, else
 torch; CPU: faiss if importable, else torch). All backends give the same neighbours up to ties.
 Where fewer than k neighbours exist, the tail is id -1 with similarity -inf. Among equal
 similarities, the smaller id comes first (within what the backend returned).
@@ -34,6 +35,29 @@ from fftrain.distributed import all_gather_list, broadcast_, comm_device, rank_o
 
 BACKENDS = ("auto", "faiss", "torch")
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
+BLOCK_MEMORY_FRACTION = 0.25       # of the free memory, for one score block and its top-k temporaries
+_BYTES_PER_SCORE = 12              # the fp32 score, the mask/where copy, topk's workspace
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory where the scores are computed: cudaMemGetInfo on CUDA, MemAvailable on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(DEFAULT_MAX_BLOCK_ELEMS * _BYTES_PER_SCORE / BLOCK_MEMORY_FRACTION)  # unknown: the fixed default
+
+
+def block_elems_for(free_bytes: int, n_keys: int) -> int:
+    """Scores per block: a fixed share of the free memory, at least one query row against all keys,
+    at most 2^31 (topk's index limit)."""
+    elems = int(free_bytes * BLOCK_MEMORY_FRACTION) // _BYTES_PER_SCORE
+    return max(max(1, n_keys), min(elems, 1 << 31))
 
 
 def gather_sizes(n_local: int, group: dist.ProcessGroup | None, device: torch.device | None = None) -> list[int]:
@@ -184,7 +208,7 @@ def _search_faiss_shard(faiss, res, queries, q_global, q_groups, keys, key_offse
 
 def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGroup | None, *,
                     backend: str = "auto", groups: torch.Tensor | None = None,
-                    max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k inner-product neighbours of this rank's rows among all ranks' rows.
 
     local_proxies: [n_local, D] float32, this rank's rows (L2-normalised for cosine), in the
@@ -246,7 +270,8 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGrou
                 keys = buf.to(device)
             k_groups = groups[offsets[src]:offsets[src + 1]] if groups is not None else None
             if kind == "torch":
-                s, i = _search_torch(x, q_groups, keys, offsets[src], k_groups, k, max_block_elems, src == rank)
+                block = max_block_elems or block_elems_for(free_memory_bytes(device), keys.shape[0])
+                s, i = _search_torch(x, q_groups, keys, offsets[src], k_groups, k, block, src == rank)
             else:
                 s, i = _search_faiss_shard(faiss, res, x, q_global, q_groups, keys, offsets[src], k_groups, k,
                                            src == rank)
