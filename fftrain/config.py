@@ -93,8 +93,13 @@ class PartialFCConfig:
     m3: float = 0.0
     sample_rate: float = 1.0
     """Fraction of each rank's negative classes sampled per step (1.0 = all, Partial FC)."""
+    fc_storage: str = "fp32"
+    """FC weight + momentum storage: 'fp32' (8·D bytes per class) or 'bf16' (4·D: 2 KB at D=512; updated in
+    fp32 and stochastically rounded back, so steps below bf16's resolution are kept on average)."""
 
     def __post_init__(self):
+        _check(self.fc_storage in ("fp32", "bf16"), "head.fc_storage",
+               f"must be 'fp32' or 'bf16', got {self.fc_storage!r}")
         _check(self.margin in ("arcface", "cosface", "combined"), "head.margin",
                f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
         _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")

@@ -27,6 +27,10 @@ Conventions:
   buf[r] = momentum * buf[r] + (grad[r] + weight_decay * w[r]); w[r] -= lr * buf[r]. Rows not
   sampled this step are untouched (no decay, no momentum drift), as in insightface's Partial FC.
   One forward/backward per step(); no gradient accumulation across forwards.
+- Storage `dtype=torch.bfloat16` (config head.fc_storage: bf16) halves that (2048 B at D=512): step()
+  updates the rows in float32 and writes them back with stochastic rounding (unbiased: a step smaller
+  than bf16's spacing still moves the row on average, where round-to-nearest would drop it), drawn
+  from a generator seeded by (seed, rank, step counter), so runs repeat exactly.
 - Memory held per class: weight + momentum = 2 * D * itemsize bytes (fp32, D=512: 4096 B);
   D * itemsize with momentum=0 (no buffer). Per step, on top: the gradient of the S rows used
   (4 * D * S bytes, freed by step()), about four float32 [W*B, S] tensors (cosines, logits,
@@ -59,7 +63,7 @@ from fftrain.margins import Margin
 
 _MASK64 = (1 << 64) - 1
 _INIT_BLOCK = 8192
-_SALT_INIT, _SALT_SAMPLE = 1, 2
+_SALT_INIT, _SALT_SAMPLE, _SALT_ROUND = 1, 2, 3
 
 
 def _mix(*values: int) -> int:
@@ -283,6 +287,8 @@ class PartialFCHead(nn.Module):
         if self.training:
             self.sample_step += 1
         active = self.weight.detach() if index is None else self.weight.detach()[index]
+        if active.dtype == torch.bfloat16:  # bf16 storage: the rows used are computed on (and graded) in fp32
+            active = active.float()
         active.requires_grad_(torch.is_grad_enabled())
         target = self._target_columns(labels_all, index)
         logits = self.margin(self._cosine(x_all, active), target)
@@ -432,6 +438,10 @@ class PartialFCHead(nn.Module):
         active, index = self._active, self._index
         if active is None or active.grad is None:
             raise RuntimeError("PartialFCHead.step() needs a training-mode forward and backward() first")
+        if self.weight.dtype == torch.bfloat16:
+            self._step_stochastic_bf16(lr, active.grad, index)
+            self._active = self._index = None
+            return
         grad = active.grad.to(self.weight.dtype)
         if self.weight_decay:
             grad.add_(self.weight if index is None else self.weight[index], alpha=self.weight_decay)
@@ -446,3 +456,29 @@ class PartialFCHead(nn.Module):
         else:
             self.weight.index_add_(0, index, grad, alpha=-lr)
         self._active = self._index = None
+
+    def _step_stochastic_bf16(self, lr: float, grad: torch.Tensor, index: torch.Tensor | None) -> None:
+        """The same SGD as step(), computed in float32 on the used rows and stochastically rounded into
+        the bf16 weight and momentum."""
+        rows = slice(None) if index is None else index
+        w = self.weight[rows].float()
+        update = grad.float()
+        if self.weight_decay:
+            update.add_(w, alpha=self.weight_decay)
+        gen = torch.Generator(device=w.device)
+        gen.manual_seed(_mix(_SALT_ROUND, self.seed, self.rank, self.sample_step))
+        if self.momentum_buffer is not None:
+            update = self.momentum_buffer[rows].float().mul_(self.momentum).add_(update)
+            self.momentum_buffer[rows] = stochastic_round_bf16(update, gen)
+        self.weight[rows] = stochastic_round_bf16(w.sub_(update, alpha=lr), gen)
+
+
+def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 -> bfloat16, rounding up with probability equal to the dropped fraction (unbiased).
+
+    bf16 is the top 16 bits of float32: add uniform noise below them, then truncate (exact)."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, generator=generator, device=x.device, dtype=torch.int32)
+    rounded = (bits + noise) & -65536  # clear the low 16 bits; the float is now exactly a bf16
+    finite = torch.isfinite(x)
+    return torch.where(finite, rounded.view(torch.float32), x).to(torch.bfloat16)

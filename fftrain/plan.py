@@ -262,7 +262,7 @@ def add_plan_parser(subparsers) -> None:
     p.add_argument("--sample-rate", type=float, default=0.1)
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--fc-storage", choices=("fp32", "bf16"), default="fp32",
-                   help="FC weight + momentum storage; bf16 (half the bytes) is a what-if: the head stores fp32 today")
+                   help="FC weight + momentum storage (config head.fc_storage); bf16 halves it")
     p.add_argument("--overhead-gib", type=float, default=2.0, help="CUDA context + NCCL per GPU (assumed)")
     p.add_argument("--max-classes", action="store_true", help="also print the largest class count that fits")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -87,7 +87,8 @@ class Trainer:
                                          weight_decay=cfg.optim.weight_decay)
         self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
                                   sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
-                                  weight_decay=cfg.optim.weight_decay, device=ctx.device, compute_dtype=self.dtype)
+                                  weight_decay=cfg.optim.weight_decay, device=ctx.device, compute_dtype=self.dtype,
+                                  dtype=torch.bfloat16 if cfg.head.fc_storage == "bf16" else torch.float32)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
