@@ -215,16 +215,21 @@ def plan(inp: PlanInput, classes: int | None = None) -> Plan:
     return result
 
 
-def max_classes(inp: PlanInput) -> int:
-    """The largest class count that fits (binary search over the class count; 0 if none fits)."""
+def max_classes(inp: PlanInput, *, with_fusion: bool = True) -> int:
+    """The largest class count that fits (binary search over the class count; 0 if none fits).
+    with_fusion=False: the training step alone (a run with fusion off, t2 >= 1)."""
+    def fits(classes: int) -> bool:
+        p = plan(inp, classes)
+        return p.fits if with_fusion else p.train_peak <= p.usable
+
     lo, hi = 0, inp.gpus
-    while plan(inp, hi).fits:
+    while fits(hi):
         lo, hi = hi, hi * 2
         if hi > 1 << 40:
             return lo
     while hi - lo > max(1, lo // 10000):
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if plan(inp, mid).fits else (lo, mid)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
@@ -288,11 +293,13 @@ def run_plan(args) -> int:
     except ValueError as e:
         print(f"fftrain plan: --backbone: {e}" if "backbone" in str(e) else f"fftrain plan: {e}", file=sys.stderr)
         return 2
-    best = max_classes(inp) if args.max_classes else None
+    best = {"with_fusion": max_classes(inp), "training_only": max_classes(inp, with_fusion=False)} \
+        if args.max_classes else None
     if args.json:
         print(json.dumps({**as_dict(p), **({"max_classes": best} if best is not None else {})}, indent=1))
     else:
         print(format_plan(p))
         if best is not None:
-            print(f"largest class count that fits: {best:,} ({local_classes(inp, best):,} per GPU)")
+            print(f"largest class count that fits: {best['with_fusion']:,} ({local_classes(inp, best['with_fusion']):,} "
+                  f"per GPU); without fusion (t2 >= 1), the training step alone: {best['training_only']:,}")
     return 0
