@@ -210,3 +210,38 @@ def test_bf16_storage_holds_two_bytes_per_value_and_steps_are_repeatable():
         head(x, labels).backward()
         head.step(0.1)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.momentum_buffer, b.momentum_buffer)
+
+
+# ---- errors and packaging --------------------------------------------------------------------------
+
+def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(tmp_path, monkeypatch, capsys):
+    from fftrain import trainer as trainer_module
+    from fftrain.run import run_training
+    from recordio_tools.synthetic import generate_synthetic_set
+
+    synth = tmp_path / "synth"
+    generate_synthetic_set(str(synth), preset="tiny", seed=0)
+
+    def broken(self):
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train", broken)
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"data.synth_dir={synth}", "data.synth_preset=tiny",
+                             "data.batch_size=8", "data.reader=torch", "data.num_workers=1", "device=cpu",
+                             f"data.verification=[{synth}/verification.bin]", "log.tensorboard=false"])
+    with pytest.raises(RuntimeError, match="a bug, not a user error"):
+        run_training(cfg)
+    log = (tmp_path / "run" / "logs" / "rank0.log").read_text()
+    assert "unexpected error on rank 0" in log and "Traceback" in log and "a bug, not a user error" in log
+    err = capsys.readouterr().err
+    assert "its traceback is in" in err and "rank0.log" in err and "--local-ranks-filter" in err
+
+
+def test_faiss_cpu_is_an_extra_that_the_launch_scripts_install():
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    setup = (repo / "setup.py").read_text()
+    assert '"cpu": ["faiss-cpu' in setup and '"gpu": ["faiss-gpu' in setup
+    assert "faiss-cpu>=1.8\",\n" not in setup.split("extras_require")[0]   # not a hard requirement
+    assert ".[cpu,test,export]" in (repo / "launch" / "bootstrap.sh").read_text()
