@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fftrain.config import ConfigError, GRLConfig, ModelConfig, load_config
-from fftrain.data.augment import _YIQ_TO_RGB, color_matrices, color_matrix, step_params  # noqa: F401
+from fftrain.data.augment import color_matrix, step_params
 from fftrain.fusion.knn import block_elems_for, distributed_knn
 from fftrain.fusion.reshard import _segment_sum
 from fftrain.margins import build_margin
