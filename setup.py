@@ -1,4 +1,8 @@
-"""Install: `pip install torch==2.13.0 -e '.[test]'` (pin torch first: an unpinned torch pulls CUDA)."""
+"""Install: `pip install torch==2.13.0 -e '.[cpu,test]'` (pin torch first: an unpinned torch pulls CUDA).
+
+faiss comes as an extra: `cpu` (faiss-cpu, what the launch scripts install) or `gpu` (faiss-gpu-cu12), never
+both: the two wheels install into one `faiss` package, and with both present the GPU classes vanish and
+`fusion.backend: auto` quietly runs the torch kNN (fusion logs which backend it used)."""
 
 from setuptools import find_packages, setup
 
@@ -13,7 +17,6 @@ setup(
         "torch>=2.4",
         "numpy>=1.24",
         "nvidia-dali-cuda120>=1.40",
-        "faiss-cpu>=1.8",
         "tqdm>=4.60",
         "PyYAML>=6.0",
         "matplotlib>=3.7",
@@ -27,6 +30,7 @@ setup(
         "scikit-learn>=1.5",   # ... clustering metrics: pair confusion, contingency, NMI (tested with 1.9.1)
     ],
     extras_require={
+        "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
         "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],

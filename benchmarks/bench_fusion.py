@@ -3,6 +3,7 @@
     python benchmarks/bench_fusion.py                                  # 10K..50K, world sizes 1 and 2
     python benchmarks/bench_fusion.py --sizes 10000 100000 --worlds 1 2 4 --backends faiss torch
     python benchmarks/bench_fusion.py --out benchmarks/out/my.json
+    python benchmarks/bench_fusion.py --device cuda --sizes 390000 4000000 --worlds 1 --backends torch
 
 For each proxy count N (D=512 by default, three equal "datasets", 1% of the classes planted as
 cross-dataset duplicates so the component and reshard phases have work):
@@ -10,7 +11,9 @@ cross-dataset duplicates so the component and reshard phases have work):
   every core of the host (the lower bound a fusion kNN is held to);
 - fusion: `fftrain.fusion.run_fusion` (no report) on W gloo ranks on this host, each rank with
   (cores / W) threads; the phase times are the max over ranks.
-ratio = fusion total / raw. Prints a table and writes JSON (default
+`--device cuda` (world 1 only: several GPUs need NCCL, not this host's gloo): the proxies and the
+momentum sit on cuda:0 and the phases are timed with CUDA synchronised; the raw faiss baseline
+stays on the CPU (skipped above 1M proxies: `--raw-max`). ratio = fusion total / raw. Prints a table and writes JSON (default
 benchmarks/out/fusion_<host>_<yyyymmdd>.json). Times are seconds, one run each (the first
 fusion on a fresh process includes faiss's import).
 """
@@ -61,18 +64,21 @@ def raw_faiss(x: np.ndarray, k: int, threads: int) -> float:
     return time.perf_counter() - t
 
 
-def _fusion(group, rank, world, path, k, t1, backend):
+def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
     from fftrain.class_sharding import shard_range
     from fftrain.fusion import run_fusion
 
     data = np.load(path, mmap_mode="r")
     cd = np.load(path.replace(".npy", "_cd.npy"))
     a, b = shard_range(data.shape[0], rank, world)
-    w = torch.from_numpy(np.array(data[a:b]))
+    w = torch.from_numpy(np.array(data[a:b])).to(device)
     mom = torch.zeros_like(w)
+    sync = torch.cuda.synchronize if w.is_cuda else (lambda: None)
+    sync()
     t = time.perf_counter()
     res = run_fusion(w, [mom], class_dataset=torch.from_numpy(cd), label_map=None, source_info=None, t1=t1,
                      knn_k=k, max_component=6, group=group, backend=backend, report_dir=None)
+    sync()
     total = time.perf_counter() - t
     s = res.stats
     return {"knn_s": s["knn_s"], "components_s": s["components_s"], "reshard_s": s["reshard_s"], "total_s": total,
@@ -92,10 +98,11 @@ def _worker(rank, world, init_file, threads, args, result_dir):
         dist.destroy_process_group()
 
 
-def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, backend: str) -> dict:
+def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, backend: str,
+                     device: str = "cpu") -> dict:
     if world == 1:
         torch.set_num_threads(threads)
-        return _fusion(None, 0, 1, path, k, t1, backend)
+        return _fusion(None, 0, 1, path, k, t1, backend, device)
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +126,12 @@ def main(argv=None) -> int:
     p.add_argument("--t1", type=float, default=0.7, help="merge threshold (cosine)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="cores to use in all (raw and fusion)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the proxies sit (cuda: world 1)")
+    p.add_argument("--raw-max", type=int, default=1_000_000, help="skip the raw faiss baseline above this N")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/fusion_<host>_<date>.json)")
     a = p.parse_args(argv)
+    if a.device == "cuda" and a.worlds != [1]:
+        p.error("--device cuda runs world size 1 only (--worlds 1)")
 
     host = socket.gethostname()
     date = datetime.date.today().strftime("%Y%m%d")
@@ -135,12 +146,13 @@ def main(argv=None) -> int:
             path = os.path.join(tmp, f"proxies_{n}.npy")
             np.save(path, x)
             np.save(path.replace(".npy", "_cd.npy"), cd)
-            raw = raw_faiss(x, a.k, a.threads)
+            raw = raw_faiss(x, a.k, a.threads) if n <= a.raw_max else float("nan")
             del x
             for backend in a.backends:
                 for world in a.worlds:
-                    r = run_fusion_world(world, a.threads, path, a.k, a.t1, backend)
-                    row = dict(n=n, dim=a.dim, world=world, backend=backend, threads=a.threads, raw_faiss_s=raw,
+                    r = run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device)
+                    row = dict(n=n, dim=a.dim, world=world, backend=backend, device=a.device, threads=a.threads,
+                               raw_faiss_s=raw,
                                ratio=r["total_s"] / raw, **r)
                     rows.append(row)
                     print(f"{n:>8} {world:>2} {backend:>7} {r['knn_s']:>8.2f} {r['components_s']:>8.3f} "

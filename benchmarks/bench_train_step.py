@@ -26,7 +26,9 @@ head, backward, optimizer step and head.step. Two parts:
 Every configuration runs in a fresh subprocess, so its peak memory is its own. CPU: peak RSS
 (VmHWM) minus the RSS after imports, before the Trainer is built; CUDA:
 torch.cuda.max_memory_allocated (and max_memory_reserved). A timed step is fetching the batch
-plus train_step (CUDA synchronised); images/s = timed images / timed wall seconds, after
+plus train_step, with no synchronisation between steps (as in the real loop: CUDA is
+synchronised once before and once after the timed window, so ms/step is the window over the
+steps, not a median of synchronised steps); images/s = timed images / timed wall seconds, after
 `--warmup` steps, over `--steps` steps at most or `--max-seconds`. CPU ms/image counts all
 threads of the process and its DataLoader workers: on a shared machine it is the figure that
 the other load inflates least, provided the process does not oversubscribe the cores (OpenMP
@@ -35,7 +37,8 @@ machine). A fixed in-memory batch is learnt within a few steps (the ArcFace loss
 in insightface's synthetic-data speed test); that does not change the work per step.
 Throughput modes are run `--rounds` times in turn; each mode is compared with the memory
 run of its own round (the same minute of load), and the summary takes the median over rounds.
-A configuration estimated above `--max-gb` is skipped. Prints two tables; writes JSON (default
+A configuration estimated above `--max-gb` (default: the GPU's memory on CUDA, 12 GiB on the CPU)
+is skipped. Prints two tables; writes JSON (default
 benchmarks/out/train_step_<host>_<date>.json).
 """
 
@@ -90,10 +93,19 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps at most")
     p.add_argument("--max-seconds", type=float, default=25.0,
                    help="stop timing a configuration after this many seconds (2 timed steps at least)")
-    p.add_argument("--max-gb", type=float, default=12.0, help="skip configurations estimated above this (GiB)")
+    p.add_argument("--max-gb", type=float, default=None,
+                   help="skip configurations estimated above this (GiB); default: the GPU's memory on CUDA, else 12")
     p.add_argument("--out", default=None, help="JSON path; default benchmarks/out/train_step_<host>_<date>.json")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _default_max_gb(device: str) -> float:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+    return 12.0
 
 
 def estimate_bytes(classes: int, sample_rate: float, dim: int, batch: int, backbone: str) -> int:
@@ -228,10 +240,10 @@ def run_one(cfg_in: dict) -> dict:
             batch = next(batches)
             t1 = time.perf_counter()
             values = trainer.train_step(batch)
-            sync()
             walls.append(time.perf_counter() - t0)
             datas.append(t1 - t0)
             images += batch.images.shape[0]
+        sync()
         elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
         loss = float(values["loss_cls"])
         close = getattr(trainer.loader, "close", None)
@@ -239,7 +251,8 @@ def run_one(cfg_in: dict) -> dict:
             close()
     median = lambda v: sorted(v)[len(v) // 2]
     row = {**cfg_in, "classes_head": trainer.head.num_classes, "steps_timed": len(walls),
-           "images_per_s": images / elapsed, "ms_per_step": 1000 * median(walls),
+           "images_per_s": images / elapsed,
+           "ms_per_step": 1000 * (elapsed / len(walls) if cuda else median(walls)),
            "data_ms_per_step": 1000 * sum(datas) / len(datas), "cpu_ms_per_step": 1000 * cpu / len(walls),
            "cpu_ms_per_image": 1000 * cpu / images, "build_s": build_s, "loss_cls": loss,
            "head_held_bytes": trainer.head.weight.numel() * trainer.head.weight.element_size()
@@ -372,6 +385,9 @@ def main(argv=None) -> dict:
               "channels_last": args.channels_last, "batch": args.batch, "embedding_size": args.embedding_size,
               "workers": args.workers, "threads": args.threads, "warmup": args.warmup, "steps": args.steps,
               "max_seconds": args.max_seconds}
+
+    if args.max_gb is None:
+        args.max_gb = _default_max_gb(args.device)
 
     def guarded(cfg: dict) -> dict:
         est = estimate_bytes(cfg["classes"], cfg["sample_rate"], args.embedding_size, args.batch, args.backbone)

@@ -6,6 +6,7 @@
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
     fftrain audit --checkpoint DIR --data MANIFEST --out DIR   # label noise, duplicates, test-set leakage
     fftrain pseudo-label --checkpoint DIR --unlabeled DATASET --out DIR   # cluster an unlabeled set into a dataset
+    fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --max-classes   # per-GPU memory, fits?
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli_commands import add_eval_parser, add_export_parser
     from .fusion_cli import add_fuse_parser
     from .pseudo_label.cli import add_pseudo_label_parser
+    from .plan import add_plan_parser
 
     parser = argparse.ArgumentParser(prog="fftrain", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_audit_parser(subparsers)
     add_pseudo_label_parser(subparsers)
+    add_plan_parser(subparsers)
     return parser
 
 

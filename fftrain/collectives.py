@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from fftrain.distributed import rank_of, world_size_of
+from fftrain.distributed import check_comm_tensor, is_nccl, rank_of, world_size_of
 
 
 def _is_single(group: dist.ProcessGroup | None) -> bool:
@@ -22,9 +22,9 @@ def _is_single(group: dist.ProcessGroup | None) -> bool:
 
 
 def _gather(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    x = x.contiguous()
+    x = check_comm_tensor(x.contiguous(), group, "all_gather_rows")
     world = world_size_of(group)
-    if dist.get_backend(group) == dist.Backend.NCCL:
+    if is_nccl(group):
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
         dist.all_gather_into_tensor(out, x, group=group)
         return out
@@ -34,9 +34,9 @@ def _gather(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _reduce_scatter(grad: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    grad = grad.contiguous()
+    grad = check_comm_tensor(grad.contiguous(), group, "reduce_scatter_rows")
     world = world_size_of(group)
-    if dist.get_backend(group) == dist.Backend.NCCL:
+    if is_nccl(group):
         out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
         dist.reduce_scatter_tensor(out, grad, group=group)
         return out

@@ -113,8 +113,13 @@ class PartialFCConfig:
     """'combined' margin: subtracted from the cosine."""
     sample_rate: float = 1.0
     """Fraction of each rank's negative classes sampled per step (1.0 = all, Partial FC)."""
+    fc_storage: str = "fp32"
+    """FC weight + momentum storage: 'fp32' (8·D bytes per class) or 'bf16' (4·D: 2 KB at D=512; updated in
+    fp32 and stochastically rounded back, so steps below bf16's resolution are kept on average)."""
 
     def __post_init__(self):
+        _check(self.fc_storage in ("fp32", "bf16"), "head.fc_storage",
+               f"must be 'fp32' or 'bf16', got {self.fc_storage!r}")
         _check(self.margin in ("arcface", "cosface", "combined"), "head.margin",
                f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
         _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")
@@ -246,7 +251,8 @@ class TrainConfig:
     stop_at_step: int = 0
     """Save a checkpoint and exit once this global step is reached (for time-limited jobs); 0: run to the end."""
     dtype: str = "auto"
-    """Compute dtype of the backbone and logits: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16', 'fp32'."""
+    """Compute dtype of the backbone and of the head's cosine matmul: 'auto' (bf16 on CUDA, fp32 on CPU),
+    'bf16' or 'fp32' (fp32 keeps the head's matmul in fp32 too). 'fp16' is refused: it needs loss scaling."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     head: PartialFCConfig = field(default_factory=PartialFCConfig)
@@ -263,6 +269,9 @@ class TrainConfig:
         _check(bool(self.output_dir), "output_dir", "must name a folder")
         _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
                f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+        _check(self.dtype != "fp16", "dtype",
+               "'fp16' is not supported: it needs loss scaling (a GradScaler), which the Partial-FC head's own "
+               "optimizer step does not do; use 'bf16' (same speed on Ampere and later, no scaling needed)")
 
     @property
     def fusion_step(self) -> int | None:

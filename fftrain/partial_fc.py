@@ -28,12 +28,20 @@ Conventions:
   buf[r] = momentum * buf[r] + (grad[r] + weight_decay * w[r]); w[r] -= lr * buf[r]. Rows not
   sampled this step are untouched (no decay, no momentum drift), as in insightface's Partial FC.
   One forward/backward per step(); no gradient accumulation across forwards.
+- Storage `dtype=torch.bfloat16` (config head.fc_storage: bf16) halves that (2048 B at D=512): step()
+  updates the rows in float32 and writes them back with stochastic rounding (unbiased: a step smaller
+  than bf16's spacing still moves the row on average, where round-to-nearest would drop it), drawn
+  from a generator seeded by (seed, rank, step counter), so runs repeat exactly.
 - Memory held per class: weight + momentum = 2 * D * itemsize bytes (fp32, D=512: 4096 B);
   D * itemsize with momentum=0 (no buffer). Per step, on top: the gradient of the S rows used
   (4 * D * S bytes, freed by step()), about four float32 [W*B, S] tensors (cosines, logits,
   probabilities, their gradient) and, with sample_rate < 1, 4 bytes per local class of scores.
 - Bad labels or dataset ids raise ValueError on every rank alike: they are checked after the
-  labels are gathered (one host sync per step).
+  labels are gathered (one host sync per step). With `defer_checks = True` (the trainer) the
+  check stays on the device: the step computes with clamped labels, the first bad step's figures
+  are kept, and `raise_deferred_errors()` (called at log steps, before checkpoints and fusion)
+  raises the same error naming that step. No other host sync runs per step when
+  round(sample_rate * local classes) >= the global batch (the positives then always fit).
 - Sampling is a function of (seed, rank, step counter): heads built with the same seed pick the
   same rows at the same step. The counter advances on each training-mode forward and is saved in
   the state dict. Eval mode uses every class and does not advance it.
@@ -56,7 +64,7 @@ from fftrain.margins import Margin
 
 _MASK64 = (1 << 64) - 1
 _INIT_BLOCK = 8192
-_SALT_INIT, _SALT_SAMPLE = 1, 2
+_SALT_INIT, _SALT_SAMPLE, _SALT_ROUND = 1, 2, 3
 
 
 def _mix(*values: int) -> int:
@@ -211,7 +219,8 @@ class PartialFCHead(nn.Module):
         self.register_buffer("momentum_buffer", None)
         self._install(num_classes, weight, None)
         self._generator: torch.Generator | None = None
-
+        self.defer_checks = False
+        self._deferred: torch.Tensor | None = None
 
     def _range_for(self, num_classes: int) -> tuple[int, int]:
         if num_classes < self.world_size:
@@ -288,6 +297,8 @@ class PartialFCHead(nn.Module):
         if self.training:
             self.sample_step += 1
         active = self.weight.detach() if index is None else self.weight.detach()[index]
+        if active.dtype == torch.bfloat16:  # bf16 storage: the rows used are computed on (and graded) in fp32
+            active = active.float()
         active.requires_grad_(torch.is_grad_enabled())
         target = self._target_columns(labels_all, index)
         logits = self.margin(self._cosine(x_all, active), target)
@@ -311,6 +322,8 @@ class PartialFCHead(nn.Module):
         ids = all_gather_rows(ids, self.group)
         labels_all, datasets_all = (ids[:, 0], ids[:, 1]) if ids.dim() == 2 else (ids, None)
         self._check_global(labels_all, datasets_all, class_dataset)
+        if self.defer_checks:  # bad labels are recorded, not raised: compute on in-range ones
+            labels_all = labels_all.clamp(0, self.num_classes - 1)
         if aware and datasets_all is None:
             datasets_all = class_dataset[labels_all]
         return labels_all, datasets_all
@@ -336,6 +349,9 @@ class PartialFCHead(nn.Module):
 
     def _check_global(self, labels_all, datasets_all, class_dataset) -> None:
         """One host sync; runs on the gathered batch, so every rank raises the same error."""
+        if self.defer_checks:
+            self._note_bad_labels(labels_all, datasets_all, class_dataset)
+            return
         stats = [labels_all.min(), labels_all.max()]
         mismatch = None
         if class_dataset is not None and datasets_all is not None:
@@ -353,21 +369,54 @@ class PartialFCHead(nn.Module):
             raise ValueError(f"sample {i} of the global batch has dataset id {sample_ds} but its label "
                              f"{label} is a class of dataset {int(class_dataset[label])}")
 
+    def _note_bad_labels(self, labels_all, datasets_all, class_dataset) -> None:
+        """Device-side record of the first bad step: [step, kind, sample, label, dataset, -], kind 1 =
+        label out of range, 2 = dataset mismatch; kind 0 = nothing bad so far."""
+        in_range = (labels_all >= 0) & (labels_all < self.num_classes)
+        bad = ~in_range
+        if class_dataset is not None and datasets_all is not None:
+            bad = bad | (class_dataset[labels_all.clamp(0, self.num_classes - 1)] != datasets_all)
+        i = bad.to(torch.uint8).argmax()
+        kind = torch.where(in_range[i], 2, 1) * bad.any()
+        dataset = datasets_all[i] if datasets_all is not None else torch.zeros_like(i)
+        row = torch.stack([torch.full_like(i, self.sample_step), kind, i, labels_all[i], dataset, torch.zeros_like(i)])
+        if self._deferred is None or self._deferred.device != labels_all.device:
+            self._deferred = torch.zeros(6, dtype=torch.long, device=labels_all.device)
+        self._deferred = torch.where(self._deferred[1] == 0, row, self._deferred)
+
+    def raise_deferred_errors(self, class_dataset: torch.Tensor | None = None) -> None:
+        """Raise the error of the first bad batch since the last call (one host sync); see the module doc."""
+        if self._deferred is None:
+            return
+        step, kind, i, label, dataset, _ = self._deferred.tolist()
+        self._deferred = None
+        where = f"training-mode forward {step} (sample counter)"
+        if kind == 1:
+            raise ValueError(f"label {label} out of range [0, {self.num_classes}) at {where}")
+        if kind == 2:
+            owner = f"a class of dataset {int(class_dataset[label])}" if class_dataset is not None else "another dataset's"
+            raise ValueError(f"sample {i} of the global batch has dataset id {dataset} but its label {label} is "
+                             f"{owner} at {where}")
+
     def _sample(self, labels_all: torch.Tensor) -> torch.Tensor | None:
         """Sorted local row indices to use this step, or None for all rows."""
         if self.sample_rate >= 1.0:
             return None
         n_local = self.local_classes
         local = labels_all - self.start
-        positives = local[(local >= 0) & (local < n_local)]
+        inside = (local >= 0) & (local < n_local)
         device = self.weight.device
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed(_mix(_SALT_SAMPLE, self.seed, self.rank, self.sample_step))
         score = torch.rand(n_local, generator=self._generator, device=device)
-        score[positives] = 2.0
-        num_positive = int((score > 1.0).sum())
-        k = min(n_local, max(num_positive, round(self.sample_rate * n_local), 1))
+        # positives get 2.0 (above every uniform draw) without a boolean-mask sync; amax is order-free
+        score.scatter_reduce_(0, local.clamp(0, n_local - 1), torch.where(inside, 2.0, 0.0).to(score.dtype),
+                              reduce="amax")
+        k = max(round(self.sample_rate * n_local), 1)
+        if k < labels_all.shape[0]:  # the positives might not fit in k: count them (a host sync)
+            k = max(int((score > 1.0).sum()), k)
+        k = min(n_local, k)
         if k == n_local:
             return None
         return score.topk(k, sorted=False).indices.sort().values
@@ -405,6 +454,10 @@ class PartialFCHead(nn.Module):
         active, index = self._active, self._index
         if active is None or active.grad is None:
             raise RuntimeError("PartialFCHead.step() needs a training-mode forward and backward() first")
+        if self.weight.dtype == torch.bfloat16:
+            self._step_stochastic_bf16(lr, active.grad, index)
+            self._active = self._index = None
+            return
         grad = active.grad.to(self.weight.dtype)
         if self.weight_decay:
             grad.add_(self.weight if index is None else self.weight[index], alpha=self.weight_decay)
@@ -419,3 +472,29 @@ class PartialFCHead(nn.Module):
         else:
             self.weight.index_add_(0, index, grad, alpha=-lr)
         self._active = self._index = None
+
+    def _step_stochastic_bf16(self, lr: float, grad: torch.Tensor, index: torch.Tensor | None) -> None:
+        """The same SGD as step(), computed in float32 on the used rows and stochastically rounded into
+        the bf16 weight and momentum."""
+        rows = slice(None) if index is None else index
+        w = self.weight[rows].float()
+        update = grad.float()
+        if self.weight_decay:
+            update.add_(w, alpha=self.weight_decay)
+        gen = torch.Generator(device=w.device)
+        gen.manual_seed(_mix(_SALT_ROUND, self.seed, self.rank, self.sample_step))
+        if self.momentum_buffer is not None:
+            update = self.momentum_buffer[rows].float().mul_(self.momentum).add_(update)
+            self.momentum_buffer[rows] = stochastic_round_bf16(update, gen)
+        self.weight[rows] = stochastic_round_bf16(w.sub_(update, alpha=lr), gen)
+
+
+def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 -> bfloat16, rounding up with probability equal to the dropped fraction (unbiased).
+
+    bf16 is the top 16 bits of float32: add uniform noise below them, then truncate (exact)."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, generator=generator, device=x.device, dtype=torch.int32)
+    rounded = (bits + noise) & -65536  # clear the low 16 bits; the float is now exactly a bf16
+    finite = torch.isfinite(x)
+    return torch.where(finite, rounded.view(torch.float32), x).to(torch.bfloat16)

@@ -154,6 +154,14 @@ def run_training(cfg: TrainConfig) -> int:
         return 0
     except UserError as e:
         return report(e, ctx, log)
+    except BaseException as e:
+        if log is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            log_file = os.path.join(cfg.output_dir, "logs", f"rank{ctx.rank}.log")
+            log.exception(f"unexpected error on rank {ctx.rank}")  # into the rank log, whatever torchrun shows
+            print(f"fftrain: unexpected error on rank {ctx.rank} ({type(e).__name__}: {e}); its traceback is in "
+                  f"{log_file}. torchrun --local-ranks-filter shows rank 0 only: read every "
+                  f"{os.path.join(cfg.output_dir, 'logs', 'rank*.log')}", file=sys.stderr)
+        raise
     finally:
         if lock is not None:
             lock.release()

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .distributed import DistContext, all_reduce_
+from .distributed import DistContext, all_reduce_, broadcast_, comm_device
 from .errors import UserError
 from .faults import fault_point
 from .lr_schedule import lr_at
@@ -47,7 +47,7 @@ class TrainState:
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]  # fp16 is refused by the config
 
 
 def build_margin_from(cfg: TrainConfig):
@@ -68,6 +68,9 @@ class Trainer:
         self.dtype = compute_dtype(cfg, ctx.device)
         self.state = TrainState()
         torch.manual_seed(cfg.seed + ctx.rank)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
+        self._bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=ctx.device)
 
         resume_path = resolve_resume(cfg.checkpoint.resume, self.checkpoint_root, ctx)
         resume_meta = read_meta(resume_path) if resume_path else None
@@ -87,7 +90,9 @@ class Trainer:
                                          weight_decay=cfg.optim.weight_decay)
         self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
                                   sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
-                                  weight_decay=cfg.optim.weight_decay, device=ctx.device)
+                                  weight_decay=cfg.optim.weight_decay, device=ctx.device, compute_dtype=self.dtype,
+                                  dtype=torch.bfloat16 if cfg.head.fc_storage == "bf16" else torch.float32)
+        self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
             self._restore(resume_path, resume_meta)
@@ -136,7 +141,7 @@ class Trainer:
                              sample_weight=self.data.sample_weight(batch))
         dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
         loss_dom = F.cross_entropy(dataset_logits.float(), batch.dataset)
-        self._check_finite(loss_cls, loss_dom)
+        self._note_finite(loss_cls, loss_dom)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_cls + dom_weight * loss_dom).backward()
         if cfg.optim.grad_clip > 0:
@@ -146,15 +151,37 @@ class Trainer:
         self.state.step += 1
         return {"loss_cls": loss_cls.detach(), "loss_dom": loss_dom.detach(), "lr": lr}
 
-    def _check_finite(self, loss_cls: torch.Tensor, loss_dom: torch.Tensor) -> None:
-        if not (torch.isfinite(loss_cls) and torch.isfinite(loss_dom)):
+    def _note_finite(self, loss_cls: torch.Tensor, loss_dom: torch.Tensor) -> None:
+        """Remember the first non-finite step on the device (no host sync; see check_deferred)."""
+        bad = ~(torch.isfinite(loss_cls) & torch.isfinite(loss_dom))
+        self._bad_step = torch.where(bad, torch.minimum(self._bad_step, torch.full_like(self._bad_step,
+                                                                                         self.state.step)),
+                                     self._bad_step)
+
+    def check_deferred(self) -> None:
+        """The per-step checks kept on the device, raised here (one host sync, collective): a bad label
+        (ValueError from the head) or a non-finite loss (TrainingDiverged). Called at log steps and
+        before every checkpoint, fusion and evaluation, so nothing written ever holds a diverged state."""
+        self.head.raise_deferred_errors(self.class_dataset_fused)
+        first_bad = self._bad_step.clone()
+        all_reduce_(first_bad, self.ctx.group, op=torch.distributed.ReduceOp.MIN)
+        bad_step = int(first_bad)
+        if bad_step != _NO_BAD_STEP:
             raise TrainingDiverged(
-                f"non-finite loss at step {self.state.step} (cls {loss_cls.item()}, dom {loss_dom.item()}); "
-                f"nothing was updated; last good checkpoint: {self.last_checkpoint or 'none'}")
+                f"non-finite loss at step {bad_step}; the weights after it are discarded (detected at step "
+                f"{self.state.step}, nothing was saved since); last good checkpoint: {self.last_checkpoint or 'none'}")
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def train(self) -> dict:
+        """The whole run; the loader (DALI pipeline) is closed here, while the process group still exists,
+        not at interpreter exit, where a crash in its teardown would make torchrun restart a finished job."""
+        try:
+            return self._train()
+        finally:
+            self.loader.close()
+
+    def _train(self) -> dict:
         cfg = self.cfg
         total = cfg.optim.total_steps
         global_batch = cfg.data.batch_size * self.ctx.world_size
@@ -167,6 +194,7 @@ class Trainer:
         stop = min(total, cfg.stop_at_step or total)
         while self.state.step < stop:
             if self.fusion_due:
+                self.check_deferred()
                 self.on_phase_boundary()
             fault_point("step", self.state.step + 1, self.ctx.rank)
             started = time.perf_counter()
@@ -175,10 +203,12 @@ class Trainer:
             values = self.train_step(batch)
             step = self.state.step
             if step % cfg.log.every == 0 or step == total:
+                self.check_deferred()
                 data_wait = self._log_step(values, throughput, global_batch, data_wait)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < stop:
                 self.save(reason="periodic")
             if cfg.log.eval_every and step % cfg.log.eval_every == 0 and step < total:
+                self.check_deferred()
                 self.evaluate()
         if self.state.step < total:
             self.save(reason="stop_at_step")
@@ -196,7 +226,8 @@ class Trainer:
         summary = torch.stack([values["loss_cls"], values["loss_dom"]]).float()
         all_reduce_(summary, self.ctx.group)
         summary /= self.ctx.world_size
-        wait = torch.tensor([data_wait / max(self.cfg.log.every, 1) * 1000.0])
+        wait = torch.tensor([data_wait / max(self.cfg.log.every, 1) * 1000.0],
+                            device=comm_device(self.ctx.group, self.ctx.device))
         all_reduce_(wait, self.ctx.group, op=torch.distributed.ReduceOp.MAX)
         images_per_s, eta = throughput.report(step, global_batch)
         mem = (torch.cuda.max_memory_allocated(self.ctx.device) / 2**30 if self.ctx.device.type == "cuda"
@@ -220,6 +251,7 @@ class Trainer:
         from .evaluation.verification import evaluate_bin
 
         fault_point("eval", self.state.step, self.ctx.rank)
+        self._sync_buffers()
         self.model.eval()
         results = {}
         for path in self.cfg.data.verification:
@@ -231,6 +263,12 @@ class Trainer:
             self.metrics.write(self.state.step, {f"verification/{r['name']}/accuracy": r["accuracy"]})
         self.model.train()
         return results
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere: each rank's last training forward updated its own,
+        so without this the ranks would evaluate (and export) slightly different networks."""
+        for buffer in self.model.buffers():
+            broadcast_(buffer.data, 0, self.ctx.group)
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
@@ -250,6 +288,7 @@ class Trainer:
         return replicated, sharded
 
     def save(self, reason: str) -> str:
+        self.check_deferred()
         replicated, sharded = self._state_templates()
         meta = {**self._shape_meta(), "num_classes_fused": self.head.num_classes, "fused": self.state.fused,
                 "phase": self.phase, "sample_step": self.head.sample_step, "reason": reason,
@@ -283,6 +322,9 @@ class Trainer:
             torch.cuda.set_rng_state(rank_state["cuda_rng"], self.ctx.device)
         self.log.info(f"resumed from {path}: step {self.state.step}, phase {self.phase}, "
                       f"{meta['num_classes_fused']} classes, saved on {meta['world_size']} rank(s)")
+
+
+_NO_BAD_STEP = 2**62
 
 
 def _process_rss_gib() -> float:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv and install fftrain with its test and export extras. Safe to rerun: it reinstalls only when
+# Create ./.venv and install fftrain with its cpu (faiss-cpu), test and export extras. Safe to rerun: it reinstalls only when
 # setup.py changed. torch is pinned first so pip never resolves an unpinned, CUDA-sized torch.
 #
 #   bash launch/bootstrap.sh            # then .venv/bin/fftrain ..., .venv/bin/python -m pytest
@@ -18,5 +18,5 @@ fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
-"$VENV/bin/python" -m pip install --quiet -e '.[test,export]'
+"$VENV/bin/python" -m pip install --quiet -e '.[cpu,test,export]'
 echo "$want" > "$stamp"

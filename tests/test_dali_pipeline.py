@@ -334,3 +334,20 @@ def test_mixed_gpu_decode_matches_the_cpu_pipeline(tset, order):
         assert torch.equal(a.source, b.source.cpu()) and torch.equal(a.dataset, b.dataset.cpu())
         diff = (a.images - b.images.cpu()).abs()
         assert diff.mean() < 1.5 / 127.5 and diff.max() < 32 / 127.5
+
+
+def test_global_order_reads_records_ahead_off_the_training_thread(tset, monkeypatch):
+    import threading
+
+    readers = []
+    original = RecordSet.read_batch
+
+    def recording(self, keys):
+        readers.append(threading.current_thread().name)
+        return original(self, keys)
+
+    monkeypatch.setattr(RecordSet, "read_batch", recording)
+    with loader(tset.manifest) as ld:
+        batches = list(ld)
+    assert batches and readers and all(name.startswith("fftrain-records") for name in readers)
+    assert not any(t.name.startswith("fftrain-records") for t in threading.enumerate())  # closed with the loader

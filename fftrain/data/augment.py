@@ -58,9 +58,20 @@ def color_matrix(hue_deg: float, saturation: float, value: float) -> np.ndarray:
     return (value * _YIQ_TO_RGB @ yiq @ _RGB_TO_YIQ).astype(np.float32)
 
 
+def color_matrices(hue_deg: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """[m, 3, 3] float32: `color_matrix` of every sample at once (the same bits: the same float64
+    operations in the same order, batched)."""
+    angle = np.deg2rad(np.asarray(hue_deg, dtype=np.float64))
+    c, s = np.cos(angle) * saturation, np.sin(angle) * saturation
+    yiq = np.zeros((len(angle), 3, 3))
+    yiq[:, 0, 0], yiq[:, 1, 1], yiq[:, 1, 2], yiq[:, 2, 1], yiq[:, 2, 2] = 1.0, c, -s, s, c
+    return ((np.asarray(value, dtype=np.float64)[:, None, None] * _YIQ_TO_RGB) @ yiq @ _RGB_TO_YIQ).astype(np.float32)
+
+
 def step_params(seed: int, epoch: int, step: int, *, shard_id: int, num_shards: int, batch_size: int,
                 image_size: int, flip: bool = True, strong: bool = False) -> StepParams:
-    """Parameters of rank `shard_id`'s batch at (epoch, step); drawn for the global batch."""
+    """Parameters of rank `shard_id`'s batch at (epoch, step); drawn for the global batch (so every
+    rank's slice is the same whatever W), but the colour matrices are built for this rank's slice only."""
     rng = step_rng(seed, epoch, step)
     n = num_shards * batch_size
     mine = slice(shard_id * batch_size, (shard_id + 1) * batch_size)
@@ -75,8 +86,8 @@ def step_params(seed: int, epoch: int, step: int, *, shard_id: int, num_shards: 
         recolor, grey = rng.random(n) < COLOR_P, rng.random(n) < GREY_P
         hue, sat, val = np.where(recolor, hue, 0.0), np.where(recolor, sat, 1.0), np.where(recolor, val, 1.0)
         sat = np.where(grey, 0.0, sat)
-        for i in np.flatnonzero(recolor | grey):
-            colors[i] = color_matrix(hue[i], sat[i], val[i])
+        changed = np.flatnonzero(recolor[mine] | grey[mine]) + mine.start
+        colors[changed] = color_matrices(hue[changed], sat[changed], val[changed])
     return StepParams(mirror[mine].astype(np.int32), sizes[mine], colors[mine])
 
 

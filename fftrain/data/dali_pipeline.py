@@ -12,8 +12,9 @@ NCHW float32. Labels are the exact source class ids (two-float flag-2 labels or 
 Two orders (`order=`):
 
 - "global" (default). Rank r reads `sharding.rank_batches` of a permutation of all records of
-  all datasets that depends only on (seed, epoch); Python reads the records by key (one pread
-  each, `records.RecordSet`) and feeds the JPEG bytes to DALI with `fn.external_source`. Every
+  all datasets that depends only on (seed, epoch); a background thread reads the records by key a
+  few batches ahead (one pread each, `records.RecordSet`), and `fn.external_source` takes the
+  JPEG bytes from it. Every
   batch mixes the datasets in proportion to their size; the order is deterministic for
   (seed, epoch) whatever the number of DALI threads; resume at (epoch, step) costs nothing (no
   batch is decoded to skip); the DataLoader fallback reproduces it exactly. One pipeline serves
@@ -137,6 +138,7 @@ class _Spec:
                 yield RawBatch(images, source, plan.epoch, plan.step, plan.keys)
         finally:
             del pipe
+            feed.close()
 
     # -- fn.readers.mxnet order -----------------------------------------------------------------
 
@@ -173,11 +175,30 @@ class _Spec:
 
 class _GlobalFeed:
     """external_source callback for the global order: the next plan's JPEG bytes and parameters;
-    remembers the plans in flight (DALI returns batches in the order they were fed)."""
+    remembers the plans in flight (DALI returns batches in the order they were fed).
 
-    def __init__(self, spec: _Spec, plans):
+    The records are read `read_ahead` batches ahead on one background thread (pread releases the
+    GIL), so the training thread, which runs this callback inside pipe.run(), only takes a batch
+    that is already in memory. One thread keeps the order and the file handles simple."""
+
+    def __init__(self, spec: _Spec, plans, read_ahead: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.spec, self.plans = spec, plans
         self.in_flight: deque = deque()
+        self._ahead: deque = deque()
+        self._read_ahead = read_ahead
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fftrain-records")
+
+    def _submit(self) -> bool:
+        plan = next(self.plans, None)
+        if plan is None:
+            return False
+        self._ahead.append((plan, self._pool.submit(self.spec.records.read_batch, plan.keys)))
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def outputs(self) -> list:
         from nvidia.dali import fn, types
@@ -186,8 +207,12 @@ class _GlobalFeed:
         return list(fn.external_source(source=self, num_outputs=len(kinds), batch=True, dtype=kinds))
 
     def __call__(self) -> list:
-        plan = next(self.plans)
-        jpegs, source = self.spec.records.read_batch(plan.keys)
+        while len(self._ahead) <= self._read_ahead and self._submit():
+            pass
+        if not self._ahead:
+            raise StopIteration
+        plan, reading = self._ahead.popleft()
+        jpegs, source = reading.result()
         self.in_flight.append((plan, source))
         return [jpegs] + self.spec.param_arrays(plan.params)
 

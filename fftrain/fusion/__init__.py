@@ -30,7 +30,7 @@ from fftrain.class_sharding import shard_range
 from fftrain.distributed import broadcast_object, rank_of, world_size_of
 from fftrain.fusion.components import (POLICIES, Component, FusionPlan, Rejected, build_plan, candidate_pairs,
                                       gather_pairs)
-from fftrain.fusion.knn import distributed_knn
+from fftrain.fusion.knn import distributed_knn, resolve_backend
 from fftrain.fusion.report import SourceInfo, build_report, top1_other_dataset, write_report
 from fftrain.fusion.reshard import reshard_merge
 
@@ -64,7 +64,15 @@ class FusionResult:
         secs = sum(s.get(k, 0.0) for k in ("knn_s", "components_s", "reshard_s", "report_s"))
         return (f"{s['num_classes_old']} -> {self.num_classes_new} classes: {s['num_components_merged']} components "
                 f"merged ({s['num_classes_merged']} classes, largest {s['largest_component']}), "
-                f"{s['num_rejected']} left unmerged, {s['num_candidate_pairs']} candidate pairs, {secs:.1f} s")
+                f"{s['num_rejected']} left unmerged, {s['num_candidate_pairs']} candidate pairs, {secs:.1f} s"
+                f" (kNN: {s.get('knn_backend', '?')} on {s.get('knn_device', '?')})")
+
+
+def _elapsed(started: float, device: torch.device) -> float:
+    """Seconds since `started`, with CUDA work finished (phase times would otherwise leak into the next)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 def _gather_to_main(obj, group):
@@ -115,7 +123,8 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
     proxies = F.normalize(local_weight.detach().float(), dim=1)
     sims, ids = distributed_knn(proxies, knn_k, group, backend=backend,
                                 groups=None if allow_same_dataset else table.to(device))
-    timings["knn_s"] = time.perf_counter() - t
+    timings["knn_s"] = _elapsed(t, device)
+    timings["knn_backend"], timings["knn_device"] = resolve_backend(backend, device), str(device)
 
     t = time.perf_counter()
     pairs, cos = candidate_pairs(sims, ids, start, table.numpy(), t1, allow_same_dataset)
@@ -125,11 +134,11 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
                       allow_same_dataset=allow_same_dataset)
     old_to_new = torch.from_numpy(plan.old_to_new)
     new_label_map = old_to_new[lm]
-    timings["components_s"] = time.perf_counter() - t
+    timings["components_s"] = _elapsed(t, device)
 
     t = time.perf_counter()
     new_w, new_states = reshard_merge(local_weight, list(optimizer_states), old_to_new, plan.num_classes_new, group)
-    timings["reshard_s"] = time.perf_counter() - t
+    timings["reshard_s"] = _elapsed(t, device)
 
     t = time.perf_counter()
     paths = {}

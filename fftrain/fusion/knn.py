@@ -16,7 +16,8 @@ searches one sub-index per group of the shard in hand; torch masks the score blo
 
 Backends: 'faiss' (IndexFlatIP; GpuIndexFlatIP when the rows are on CUDA and faiss-gpu is
 installed, otherwise faiss-cpu on a host copy), 'torch' (matmul + topk, chunked over the queries
-so a score block stays under `max_block_elems`), 'auto' (CUDA: faiss-gpu if installed, else
+so a score block stays under `max_block_elems`; None: a quarter of the free memory, CUDA's
+cudaMemGetInfo or the CPU's MemAvailable, see `block_elems_for`), 'auto' (CUDA: faiss-gpu if installed, else
 torch; CPU: faiss if importable, else torch). All backends give the same neighbours up to ties.
 Where fewer than k neighbours exist, the tail is id -1 with similarity -inf. Among equal
 similarities, the smaller id comes first (within what the backend returned).
@@ -25,23 +26,46 @@ similarities, the smaller id comes first (within what the backend returned).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.distributed as dist
 
-from fftrain.distributed import rank_of, world_size_of
+from fftrain.distributed import all_gather_list, broadcast_, comm_device, rank_of, world_size_of
 
 BACKENDS = ("auto", "faiss", "torch")
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
+BLOCK_MEMORY_FRACTION = 0.25       # of the free memory, for one score block and its top-k temporaries
+_BYTES_PER_SCORE = 12              # the fp32 score, the mask/where copy, topk's workspace
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory where the scores are computed: cudaMemGetInfo on CUDA, MemAvailable on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(DEFAULT_MAX_BLOCK_ELEMS * _BYTES_PER_SCORE / BLOCK_MEMORY_FRACTION)  # unknown: the fixed default
+
+
+def block_elems_for(free_bytes: int, n_keys: int) -> int:
+    """Scores per block: a fixed share of the free memory, at least one query row against all keys,
+    at most 2^31 (topk's index limit)."""
+    elems = int(free_bytes * BLOCK_MEMORY_FRACTION) // _BYTES_PER_SCORE
+    return max(max(1, n_keys), min(elems, 1 << 31))
 
 
 def gather_sizes(n_local: int, group: dist.ProcessGroup | None, device: torch.device | None = None) -> list[int]:
     """Every rank's row count, in rank order."""
     if group is None or world_size_of(group) == 1:
         return [int(n_local)]
-    t = torch.tensor([int(n_local)], dtype=torch.int64, device=device)
-    parts = [torch.empty_like(t) for _ in range(world_size_of(group))]
-    dist.all_gather(parts, t, group=group)
+    t = torch.tensor([int(n_local)], dtype=torch.int64, device=comm_device(group, device or "cpu"))
+    parts = all_gather_list(t, group)
     return [int(p.item()) for p in parts]
 
 
@@ -70,6 +94,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type == "cuda":
         if _faiss_gpu_ok(faiss):
             return "faiss-gpu"
+        if faiss is not None:
+            warnings.warn("faiss has no GPU support here (faiss-cpu and faiss-gpu install into one `faiss` "
+                          "package: with both installed the GPU classes vanish); pip uninstall faiss-cpu, then "
+                          "reinstall faiss-gpu-cu12. Using " + ("faiss-cpu" if backend == "faiss" else "torch"),
+                          stacklevel=2)
         return "faiss-cpu" if backend == "faiss" else "torch"
     return "faiss-cpu" if faiss is not None else "torch"
 
@@ -179,7 +208,7 @@ def _search_faiss_shard(faiss, res, queries, q_global, q_groups, keys, key_offse
 
 def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGroup | None, *,
                     backend: str = "auto", groups: torch.Tensor | None = None,
-                    max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k inner-product neighbours of this rank's rows among all ranks' rows.
 
     local_proxies: [n_local, D] float32, this rank's rows (L2-normalised for cosine), in the
@@ -201,8 +230,8 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGrou
     device = x.device
     world, rank = world_size_of(group), rank_of(group)
     kind = resolve_backend(backend, device)
-    comm_device = device if group is None or dist.get_backend(group) == dist.Backend.NCCL else torch.device("cpu")
-    sizes = gather_sizes(x.shape[0], group, comm_device)
+    cdev = comm_device(group, device)
+    sizes = gather_sizes(x.shape[0], group, cdev)
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)
@@ -236,12 +265,13 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGrou
             else:
                 keys = x.new_empty((sizes[src], x.shape[1]))
             if world > 1:
-                buf = keys if keys.device == comm_device else keys.to(comm_device)
-                dist.broadcast(buf, src=src, group=group)
+                buf = keys if keys.device == cdev else keys.to(cdev)
+                broadcast_(buf, src, group)
                 keys = buf.to(device)
             k_groups = groups[offsets[src]:offsets[src + 1]] if groups is not None else None
             if kind == "torch":
-                s, i = _search_torch(x, q_groups, keys, offsets[src], k_groups, k, max_block_elems, src == rank)
+                block = max_block_elems or block_elems_for(free_memory_bytes(device), keys.shape[0])
+                s, i = _search_torch(x, q_groups, keys, offsets[src], k_groups, k, block, src == rank)
             else:
                 s, i = _search_faiss_shard(faiss, res, x, q_global, q_groups, keys, offsets[src], k_groups, k,
                                            src == rank)

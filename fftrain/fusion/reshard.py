@@ -27,15 +27,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from fftrain.class_sharding import owner_of, shard_range
-from fftrain.distributed import rank_of, world_size_of
+from fftrain.distributed import all_to_all_single_, comm_device, rank_of, world_size_of
 
 _EPS = 1e-12
-
-
-def _comm_device(group, device: torch.device) -> torch.device:
-    if group is not None and dist.get_backend(group) == dist.Backend.NCCL:
-        return device
-    return torch.device("cpu")
 
 
 def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: dist.ProcessGroup | None
@@ -48,18 +42,17 @@ def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: dist.P
     if world == 1:
         return list(tensors)
     device = tensors[0].device
-    cdev = _comm_device(group, device)
+    cdev = comm_device(group, device)
     order = torch.argsort(dest, stable=True)
     send_counts = torch.bincount(dest, minlength=world).to(torch.int64).to(cdev)
     recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    all_to_all_single_(recv_counts, send_counts, group)
     in_splits, out_splits = send_counts.tolist(), recv_counts.tolist()
     out = []
     for t in tensors:
         send = t[order].to(cdev).contiguous()
         recv = send.new_empty((sum(out_splits), *send.shape[1:]))
-        dist.all_to_all_single(recv, send, output_split_sizes=out_splits, input_split_sizes=in_splits,
-                               group=group)
+        all_to_all_single_(recv, send, group, output_split_sizes=out_splits, input_split_sizes=in_splits)
         out.append(recv.to(device))
     return out
 
@@ -90,14 +83,31 @@ def merge_rows(weight_rows: torch.Tensor, state_rows: list[torch.Tensor], new_lo
 
     w = weight_rows[multi_rows].to(torch.float32)
     norms = w.norm(dim=1, keepdim=True)
-    sum_dir = w.new_zeros((targets.numel(), w.shape[1])).index_add_(0, slot, w / norms.clamp(min=_EPS))
-    sum_norm = w.new_zeros((targets.numel(), 1)).index_add_(0, slot, norms)
+    sum_dir = _segment_sum(w / norms.clamp(min=_EPS), slot, targets.numel())
+    sum_norm = _segment_sum(norms, slot, targets.numel())
     new_w = fold(weight_rows, F.normalize(sum_dir, dim=1, eps=_EPS) * (sum_norm / cnt))
     new_states = []
     for s in state_rows:
         sf = s[multi_rows].to(torch.float32)
-        new_states.append(fold(s, sf.new_zeros((targets.numel(), sf.shape[1])).index_add_(0, slot, sf) / cnt))
+        new_states.append(fold(s, _segment_sum(sf, slot, targets.numel()) / cnt))
     return new_w, new_states
+
+
+def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tensor:
+    """out[t] = sum of values[i] with slot[i] == t, added in row order. Unlike index_add_ (atomics on
+    CUDA, so the rounding depends on thread timing) this gives the same bits on every run and device:
+    round j adds the j-th member of every segment, and no index repeats within a round."""
+    out = values.new_zeros((n, *values.shape[1:]))
+    if slot.numel() == 0:
+        return out
+    order = torch.argsort(slot, stable=True)
+    sorted_slot = slot[order]
+    first = torch.searchsorted(sorted_slot, sorted_slot)  # where each row's segment begins
+    member = torch.arange(slot.numel(), device=slot.device) - first
+    for j in range(int(member.max()) + 1):
+        rows = order[member == j]
+        out[slot[rows]] += values[rows]
+    return out
 
 
 def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to_new: torch.Tensor,

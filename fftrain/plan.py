@@ -1,0 +1,305 @@
+"""Capacity planner: per-GPU memory of every part of a run, and whether it fits.
+
+    fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --backbone iresnet50 --batch 128 \
+        --embedding 512 --sample-rate 0.1 --dtype bf16 [--fc-storage bf16] [--max-classes]
+
+Two phases peak separately: a training step (backbone parameters, gradients, momentum and
+activations; the FC shard; the sampled rows and logits; the gathered batch; DALI buffers) and the
+fusion step at T2 (between steps: activations are free, the FC shard stays, the kNN works on two
+shards and a score block, then the reshard holds send and receive copies of the shard).
+
+Where the numbers come from:
+- backbone activations: measured, not guessed. The backbone runs forward on fake tensors (torch's FakeTensorMode: no
+  memory, no compute) at a small batch with autograd's saved-tensor hooks counting the bytes every
+  op keeps for the backward; that count scales linearly with the batch. Peak during backward adds
+  the largest transient (one layer's output gradient), also from the same trace.
+- the head's per-step tensors follow PartialFCHead's code (see `head_parts`); its constants were
+  checked against the CPU peaks in benchmarks/RESULTS.md (tests/test_plan.py, within 10%).
+- CUDA context, NCCL buffers and the allocator's fragmentation are not measurable without a GPU:
+  a fixed `--overhead-gib` (default 2.0) and a 5 % reserve, stated in the output.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+GIB = 2**30
+_BYTES = {"fp32": 4, "bf16": 2}
+IMAGE_SHAPE = (3, 112, 112)
+#: float32 [global batch, sampled classes] tensors alive at the head's peak (cosines saved for the
+#: backward, the margin logits, the softmax probabilities, their gradient, the scaled gradient in
+#: the backward; some are freed before others are made): 3.5 fits the measured CPU peaks.
+LOGIT_TENSORS = 3.5
+RESERVE = 0.05
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    classes: int
+    gpus: int = 8
+    gpu_memory_gib: float = 80.0
+    backbone: str = "iresnet50"
+    batch: int = 128
+    """Images per GPU per step."""
+    embedding: int = 512
+    sample_rate: float = 0.1
+    dtype: str = "bf16"
+    """Compute dtype of the backbone ('bf16' or 'fp32'); the head's cosine matmul follows it."""
+    fc_storage: str = "fp32"
+    """FC weight and momentum storage: 'fp32' (8·D B/class) or 'bf16' (4·D B/class)."""
+    momentum: bool = True
+    knn_k: int = 10
+    knn_block_elems: int = 1 << 25
+    dali_prefetch: int = 2
+    overhead_gib: float = 2.0
+    """CUDA context + NCCL communicators + cuDNN workspace: not measured here (no GPU)."""
+    device: str = "cuda"
+    """'cuda' adds the overhead, DALI's device buffers and DDP's gradient buckets; 'cpu' models the
+    CPU benchmark runs (one process, no DDP, no DALI)."""
+
+
+@dataclass
+class Plan:
+    inp: PlanInput
+    train: dict[str, int] = field(default_factory=dict)
+    fusion: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def train_peak(self) -> int:
+        return sum(self.train.values())
+
+    @property
+    def fusion_peak(self) -> int:
+        return sum(self.fusion.values())
+
+    @property
+    def peak(self) -> int:
+        return max(self.train_peak, self.fusion_peak)
+
+    @property
+    def usable(self) -> int:
+        return int(self.inp.gpu_memory_gib * GIB * (1 - RESERVE))
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.usable
+
+
+# ---- the backbone, measured on fake tensors ---------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def backbone_trace(name: str, embedding: int, dtype: str) -> dict[str, int]:
+    """{'params', 'saved_per_image', 'saved_fixed', 'transient_per_image'}: two traces (2 and 4 images)
+    split what scales with the batch from what does not (autocast's low-precision weight copies)."""
+    small, large = _trace(name, embedding, dtype, 2), _trace(name, embedding, dtype, 4)
+    per_image = (large["saved"] - small["saved"]) // 2
+    return {"params": small["params"], "saved_per_image": per_image,
+            "saved_fixed": max(0, small["saved"] - 2 * per_image),
+            "transient_per_image": (large["transient"] - small["transient"]) // 2}
+
+
+def _trace(name: str, embedding: int, dtype: str, batch: int) -> dict[str, int]:
+    """{'params': count, 'saved_per_image': bytes, 'transient_per_image': bytes} from a fake-tensor
+    forward of `name` at `batch` images (CPU autocast for bf16) with saved-tensor hooks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fftrain.backbones import build_backbone
+
+    seen: dict[int, int] = {}
+    keep = []
+    largest = 0
+
+    def pack(t: torch.Tensor):
+        if not isinstance(t, torch.nn.Parameter) and id(t) not in seen:
+            seen[id(t)] = t.numel() * t.element_size()
+            keep.append(t)  # keeps ids unique while tracing
+        return t
+
+    def watch(_module, _inputs, output):
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel() * output.element_size())
+
+    # fake tensors: shapes, dtypes and autocast behave as on the CPU, but nothing is allocated or computed
+    with FakeTensorMode():
+        model = build_backbone(name, embedding_size=embedding).train()
+        params = sum(p.numel() for p in model.parameters())
+        hooks = [m.register_forward_hook(watch) for m in model.modules()]
+        x = torch.empty(batch, *IMAGE_SHAPE)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        for h in hooks:
+            h.remove()
+    # backward: an op's output gradient and its input gradient exist together (2 x the largest)
+    return {"params": params, "saved": sum(seen.values()), "transient": 2 * largest}
+
+
+# ---- the parts ----------------------------------------------------------------------------------------
+
+def local_classes(inp: PlanInput, classes: int | None = None) -> int:
+    return -(-(classes if classes is not None else inp.classes) // inp.gpus)
+
+
+def sampled_rows(inp: PlanInput, n_local: int) -> int:
+    """PartialFCHead keeps max(round(rate * local), positives); positives <= the global batch."""
+    if inp.sample_rate >= 1.0:
+        return n_local
+    return min(n_local, max(round(inp.sample_rate * n_local), inp.batch * inp.gpus))
+
+
+def head_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
+    n_local = local_classes(inp, classes)
+    d, store = inp.embedding, _BYTES[inp.fc_storage]
+    s = sampled_rows(inp, n_local)
+    global_batch = inp.batch * inp.gpus
+    sampled = s < n_local
+    parts = {
+        "fc weight (shard)": n_local * d * store,
+        "fc momentum (shard)": n_local * d * store if inp.momentum else 0,
+        # the [S, D] rows used: their fp32 gradient, plus (when sampled) the gathered copy and the
+        # optimizer's gathered weight and momentum rows
+        "fc sampled rows + grad": s * d * 4 + (s * d * (store + 2 * 4) if sampled else 0),
+        "logits + softmax (N x S)": int(LOGIT_TENSORS * global_batch * s * 4),
+        "sampling scores": (n_local * 4 + s * 16) if sampled else 0,
+        "gathered batch (+grad)": 3 * global_batch * d * 4,
+    }
+    if inp.fc_storage == "bf16":
+        parts["fc sampled rows + grad"] += s * d * 4  # the fp32 working copy of the bf16 rows
+    return parts
+
+
+def backbone_parts(inp: PlanInput) -> dict[str, int]:
+    trace = backbone_trace(inp.backbone, inp.embedding, inp.dtype)
+    p = trace["params"]
+    ddp = inp.device == "cuda" and inp.gpus > 1
+    return {
+        "backbone params + grads + momentum": 12 * p,
+        "DDP gradient buckets": 4 * p if ddp else 0,
+        "backbone activations (measured)": trace["saved_per_image"] * inp.batch + trace["saved_fixed"],
+        "backward transient": trace["transient_per_image"] * inp.batch,
+        "input batch": inp.batch * math.prod(IMAGE_SHAPE) * 4 * 2,  # the batch + its channels-last copy
+    }
+
+
+def dali_parts(inp: PlanInput) -> dict[str, int]:
+    if inp.device != "cuda":
+        return {}
+    image = math.prod(IMAGE_SHAPE)
+    # decoded uint8 + normalised float output per queued batch; nvJPEG scratch not measured (assumed)
+    return {"DALI buffers": (inp.dali_prefetch + 1) * inp.batch * image * (1 + 4) + 64 * 2**20}
+
+
+def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
+    n_local = local_classes(inp, classes)
+    d, store = inp.embedding, _BYTES[inp.fc_storage]
+    shard = n_local * d * store * (2 if inp.momentum else 1)
+    knn = (2 * n_local * d * 4                       # the normalised local rows and one remote shard
+           + inp.knn_block_elems * 4                 # the score block
+           + 2 * n_local * inp.knn_k * 12)           # running top-k + the merge
+    reshard = 2 * shard                              # send and receive copies of weight + momentum
+    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
+
+
+def plan(inp: PlanInput, classes: int | None = None) -> Plan:
+    result = Plan(inp)
+    fixed = {"CUDA context + NCCL (assumed)": int(inp.overhead_gib * GIB)} if inp.device == "cuda" else {}
+    backbone = backbone_parts(inp)
+    state = {k: v for k, v in backbone.items() if k in ("backbone params + grads + momentum", "DDP gradient buckets")}
+    result.train = {**fixed, **backbone, **head_parts(inp, classes), **dali_parts(inp)}
+    result.fusion = {**fixed, **state, **fusion_parts(inp, classes)}
+    return result
+
+
+def max_classes(inp: PlanInput, *, with_fusion: bool = True) -> int:
+    """The largest class count that fits (binary search over the class count; 0 if none fits).
+    with_fusion=False: the training step alone (a run with fusion off, t2 >= 1)."""
+    def fits(classes: int) -> bool:
+        p = plan(inp, classes)
+        return p.fits if with_fusion else p.train_peak <= p.usable
+
+    lo, hi = 0, inp.gpus
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 40:
+            return lo
+    while hi - lo > max(1, lo // 10000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def format_plan(p: Plan) -> str:
+    inp = p.inp
+    lines = [f"{inp.classes:,} classes on {inp.gpus} x {inp.gpu_memory_gib:g} GiB, {inp.backbone} batch "
+             f"{inp.batch}/GPU, D={inp.embedding}, sample rate {inp.sample_rate:g}, {inp.dtype}, FC storage "
+             f"{inp.fc_storage}; {local_classes(inp):,} classes per GPU", ""]
+    for title, parts, total in (("training step", p.train, p.train_peak), ("fusion step (T2)", p.fusion, p.fusion_peak)):
+        lines.append(f"{title}:")
+        lines += [f"  {name:<38s} {value / GIB:9.2f} GiB" for name, value in parts.items() if value]
+        lines.append(f"  {'total':<38s} {total / GIB:9.2f} GiB")
+    verdict = "fits" if p.fits else "does NOT fit"
+    lines.append(f"peak {p.peak / GIB:.2f} GiB of {p.usable / GIB:.2f} GiB usable ({inp.gpu_memory_gib:g} GiB less a "
+                 f"{RESERVE:.0%} fragmentation reserve): {verdict}")
+    return "\n".join(lines)
+
+
+def as_dict(p: Plan) -> dict:
+    return {"input": p.inp.__dict__, "train_bytes": p.train, "fusion_bytes": p.fusion, "train_peak": p.train_peak,
+            "fusion_peak": p.fusion_peak, "peak": p.peak, "usable": p.usable, "fits": p.fits}
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------
+
+def add_plan_parser(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="per-GPU memory of a run and whether it fits",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", type=int, required=True, help="fused classes of the run (identities)")
+    p.add_argument("--gpus", type=int, default=8, help="ranks the classes are split over (default 8)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="memory per GPU in GiB (default 80)")
+    p.add_argument("--backbone", default="iresnet50")
+    p.add_argument("--batch", type=int, default=128, help="images per GPU per step (default 128)")
+    p.add_argument("--embedding", type=int, default=512)
+    p.add_argument("--sample-rate", type=float, default=0.1)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--fc-storage", choices=("fp32", "bf16"), default="fp32",
+                   help="FC weight + momentum storage (config head.fc_storage); bf16 halves it")
+    p.add_argument("--overhead-gib", type=float, default=2.0, help="CUDA context + NCCL per GPU (assumed)")
+    p.add_argument("--max-classes", action="store_true", help="also print the largest class count that fits")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(run=run_plan)
+
+
+def run_plan(args) -> int:
+    import json
+    import sys
+
+    problems = [f"--{name} must be > 0" for name, v in (("classes", args.classes), ("gpus", args.gpus),
+                ("gpu-memory", args.gpu_memory), ("batch", args.batch), ("embedding", args.embedding)) if v <= 0]
+    if not 0 < args.sample_rate <= 1:
+        problems.append("--sample-rate must be in (0, 1]")
+    if problems:
+        print(f"fftrain plan: {problems[0]}", file=sys.stderr)
+        return 2
+    try:
+        inp = PlanInput(classes=args.classes, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, backbone=args.backbone,
+                        batch=args.batch, embedding=args.embedding, sample_rate=args.sample_rate, dtype=args.dtype,
+                        fc_storage=args.fc_storage, overhead_gib=args.overhead_gib)
+        p = plan(inp)
+    except ValueError as e:
+        print(f"fftrain plan: --backbone: {e}" if "backbone" in str(e) else f"fftrain plan: {e}", file=sys.stderr)
+        return 2
+    best = {"with_fusion": max_classes(inp), "training_only": max_classes(inp, with_fusion=False)} \
+        if args.max_classes else None
+    if args.json:
+        print(json.dumps({**as_dict(p), **({"max_classes": best} if best is not None else {})}, indent=1))
+    else:
+        print(format_plan(p))
+        if best is not None:
+            print(f"largest class count that fits: {best['with_fusion']:,} ({local_classes(inp, best['with_fusion']):,} "
+                  f"per GPU); without fusion (t2 >= 1), the training step alone: {best['training_only']:,}")
+    return 0
