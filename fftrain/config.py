@@ -93,12 +93,17 @@ class PartialFCConfig:
     m3: float = 0.0
     sample_rate: float = 1.0
     """Fraction of each rank's negative classes sampled per step (1.0 = all, Partial FC)."""
+    interclass_threshold: float = 0.0
+    """Inter-class filtering (arcface_torch): negatives whose cosine exceeds this are dropped from the
+    softmax; 0 keeps all. The 'interclass' method needs it > 0."""
 
     def __post_init__(self):
         _check(self.margin in ("arcface", "cosface", "combined"), "head.margin",
                f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
         _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         _check(self.scale > 0, "head.scale", f"must be > 0, got {self.scale}")
+        _check(0.0 <= self.interclass_threshold <= 1.0, "head.interclass_threshold",
+               f"must be in [0, 1] (0: off), got {self.interclass_threshold}")
 
 
 @dataclass
@@ -129,7 +134,9 @@ class FusionConfig:
     """Components chaining two classes of one dataset: 'skip' (don't merge the component), 'split' (drop
     the weakest edges until no dataset repeats), 'keep' (merge anyway)."""
     allow_same_dataset: bool = False
-    """Also merge pairs inside one dataset (in-dataset duplicate cleaning)."""
+    """Fusion scope: False merges only pairs of different datasets; True searches all pairs, so
+    duplicates inside one dataset merge too (the paper's Eq. 4 compares any two proxies, and its
+    Tables 4-5 merge classes at r = 0, i.e. prior label noise inside one dataset)."""
     backend: str = "auto"
     """kNN backend: 'auto', 'faiss' or 'torch'."""
 
@@ -191,6 +198,9 @@ class LogConfig:
     tensorboard: bool = True
 
 
+METHODS = ("facefusion", "naive", "naive0", "dail", "interclass")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/demo"
@@ -202,6 +212,12 @@ class TrainConfig:
     """Save a checkpoint and exit once this global step is reached (for time-limited jobs); 0: run to the end."""
     dtype: str = "auto"
     """Compute dtype of the backbone and logits: 'auto' (bf16 on CUDA, fp32 on CPU), 'bf16', 'fp16', 'fp32'."""
+    method: str = "facefusion"
+    """How the datasets are combined (the paper's definitions, §4.5): 'facefusion' (dataset-aware until
+    fusion.t2, merge at fusion.t1, then agnostic); 'naive' (the paper's naive concatenation = FaceFusion
+    with T1 > 1: dataset-aware until t2, then agnostic over every source class, nothing merged);
+    'naive0' (agnostic from step 0); 'dail' (dataset-aware throughout); 'interclass' (agnostic from
+    step 0 with head.interclass_threshold > 0). The GRL is grl.weight / grl.start_step for every method."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     head: PartialFCConfig = field(default_factory=PartialFCConfig)
@@ -216,10 +232,26 @@ class TrainConfig:
         _check(self.stop_at_step >= 0, "stop_at_step", f"must be >= 0, got {self.stop_at_step}")
         _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
                f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.dtype!r}")
+        _check(self.method in METHODS, "method", f"unknown method {self.method!r}; available: {list(METHODS)}")
+        _check(self.method != "interclass" or self.head.interclass_threshold > 0, "head.interclass_threshold",
+               "method 'interclass' needs a threshold in (0, 1]")
+
+    @property
+    def agnostic_from_start(self) -> bool:
+        """The softmax is dataset-agnostic from step 0 (no dataset-aware phase, no fusion)."""
+        return self.method in ("naive0", "interclass")
+
+    @property
+    def merges(self) -> bool:
+        """The phase boundary merges proxies (False for 'naive': it only switches to agnostic)."""
+        return self.method == "facefusion"
 
     @property
     def fusion_step(self) -> int | None:
-        """The step at which fusion runs, or None when T2 lies at or beyond the end."""
+        """The step of the phase boundary (fusion, or naive's switch to agnostic), or None when there is
+        none: T2 at or beyond the end, method 'dail', or a method agnostic from the start."""
+        if self.method == "dail" or self.agnostic_from_start:
+            return None
         step = round(self.fusion.t2 * self.optim.total_steps)
         return step if step < self.optim.total_steps else None
 

@@ -63,7 +63,7 @@ class Trainer:
         self.log = get_logger()
         self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
         self.dtype = compute_dtype(cfg, ctx.device)
-        self.state = TrainState()
+        self.state = TrainState(fused=cfg.agnostic_from_start)
         torch.manual_seed(cfg.seed + ctx.rank)
 
         resume_path = resolve_resume(cfg.checkpoint.resume, self.checkpoint_root, ctx)
@@ -84,7 +84,8 @@ class Trainer:
                                          weight_decay=cfg.optim.weight_decay)
         self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
                                   sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
-                                  weight_decay=cfg.optim.weight_decay, device=ctx.device)
+                                  weight_decay=cfg.optim.weight_decay, device=ctx.device,
+                                  interclass_threshold=cfg.head.interclass_threshold)
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
             self._restore(resume_path, resume_meta)
@@ -106,6 +107,10 @@ class Trainer:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
         from .fusion_step import fuse_running_head
 
+        if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
+            self.state.fused = True
+            self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
+            return
         result = fuse_running_head(self)
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
