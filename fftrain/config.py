@@ -96,12 +96,17 @@ class PartialFCConfig:
     interclass_threshold: float = 0.0
     """Inter-class filtering (arcface_torch): negatives whose cosine exceeds this are dropped from the
     softmax; 0 keeps all. The 'interclass' method needs it > 0."""
+    proxy_norm: float = 0.0
+    """> 0: proxies start at this norm and every updated row is renormalised to it after each step, so
+    they keep turning under momentum (their angular step is lr * grad / proxy_norm^2); 0: plain SGD
+    from N(0, 0.01^2). See benchmarks/RESULTS.md, "Replication", for the measurement."""
 
     def __post_init__(self):
         _check(self.margin in ("arcface", "cosface", "combined"), "head.margin",
                f"unknown margin {self.margin!r}; available: ['arcface', 'cosface', 'combined']")
         _check(0.0 < self.sample_rate <= 1.0, "head.sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         _check(self.scale > 0, "head.scale", f"must be > 0, got {self.scale}")
+        _check(self.proxy_norm >= 0, "head.proxy_norm", f"must be >= 0 (0: off), got {self.proxy_norm}")
         _check(0.0 <= self.interclass_threshold <= 1.0, "head.interclass_threshold",
                f"must be in [0, 1] (0: off), got {self.interclass_threshold}")
 

@@ -179,14 +179,23 @@ class PartialFCHead(nn.Module):
             (-inf), never the positive. 0 (default) keeps every negative. arcface_torch zeroes
             such cosines instead (they still count e^0 in the sum); dropping is what the
             method's description says and leaves them no gradient.
+        proxy_norm: > 0 renormalises each updated row to this norm after every `step()` (and the
+            init to the same norm), so a proxy's angular step stays lr * grad / proxy_norm^2 instead
+            of shrinking as |w| grows; 0 (default): plain SGD, init N(0, init_std^2).
     """
 
     def __init__(self, num_classes: int, embedding_size: int, *, margin: Margin,
                  group: dist.ProcessGroup | None = None, sample_rate: float = 1.0, seed: int = 0,
                  momentum: float = 0.9, weight_decay: float = 5e-4, init_std: float = 0.01,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 compute_dtype: torch.dtype | None = None, interclass_threshold: float = 0.0):
+                 compute_dtype: torch.dtype | None = None, interclass_threshold: float = 0.0,
+                 proxy_norm: float = 0.0):
         super().__init__()
+        if proxy_norm < 0:
+            raise ValueError(f"proxy_norm must be >= 0 (0: off), got {proxy_norm}")
+        self.proxy_norm = proxy_norm
+        if proxy_norm > 0:
+            init_std = proxy_norm / embedding_size ** 0.5
         if not 0.0 <= interclass_threshold <= 1.0:
             raise ValueError(f"interclass_threshold must be in [0, 1] (0: off), got {interclass_threshold}")
         self.interclass_threshold = interclass_threshold
@@ -420,4 +429,12 @@ class PartialFCHead(nn.Module):
             self.weight.sub_(grad, alpha=lr)
         else:
             self.weight.index_add_(0, index, grad, alpha=-lr)
+        if self.proxy_norm > 0:
+            self._renormalise(index)
         self._active = self._index = None
+
+    def _renormalise(self, index: torch.Tensor | None) -> None:
+        if index is None:
+            self.weight.copy_(F.normalize(self.weight, dim=1) * self.proxy_norm)
+        else:
+            self.weight.index_copy_(0, index, F.normalize(self.weight[index], dim=1) * self.proxy_norm)

@@ -85,7 +85,8 @@ class Trainer:
         self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
                                   sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
                                   weight_decay=cfg.optim.weight_decay, device=ctx.device,
-                                  interclass_threshold=cfg.head.interclass_threshold)
+                                  interclass_threshold=cfg.head.interclass_threshold,
+                                  proxy_norm=cfg.head.proxy_norm)
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
             self._restore(resume_path, resume_meta)

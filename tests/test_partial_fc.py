@@ -337,6 +337,29 @@ def test_step_updates_only_sampled_rows_with_momentum_and_decay():
         head.step(lr)
 
 
+@pytest.mark.parametrize("sample_rate", [1.0, 0.25])
+def test_proxy_norm_renormalises_updated_rows_only(sample_rate):
+    lr, mu, wd, rho = 0.5, 0.9, 0.01, 2.0
+    head = _single(C=40, sample_rate=sample_rate, momentum=mu, weight_decay=wd, proxy_norm=rho)
+    norms = torch.linalg.vector_norm(head.weight.detach(), dim=1)
+    assert abs(norms.mean().item() - rho) < 0.5  # init N(0, rho^2 / D): norm about rho
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, D, generator=g, dtype=torch.float64)
+    labels = torch.tensor([1, 7, 7, 30, 39])
+    buf = torch.zeros(40, D, dtype=torch.float64)
+    for _ in range(3):
+        w0 = head.weight.detach().clone()
+        head(x, labels).backward()
+        rows = head.sampled_classes()
+        buf[rows] = mu * buf[rows] + head.active_weight.grad + wd * w0[rows]
+        expected = w0.clone()
+        expected[rows] = torch.nn.functional.normalize(w0[rows] - lr * buf[rows], dim=1) * rho
+        head.step(lr)
+        torch.testing.assert_close(head.weight.detach(), expected, atol=1e-13, rtol=0)
+    with pytest.raises(ValueError, match="proxy_norm must be >= 0"):
+        _single(proxy_norm=-1.0)
+
+
 def test_no_dense_gradient_of_the_shard():
     head = _single(C=40, sample_rate=0.1)
     head(torch.randn(2, D, dtype=torch.float64), torch.tensor([3, 4])).backward()
