@@ -1,9 +1,9 @@
 """A powered replication of FaceFusion's controlled experiment (§4.5-4.6, Eq. 5, Table 4, Figures 3-4) in a
 feature-level world, trained with the project's own head, fusion and training-loop pieces.
 
-    python benchmarks/experiment_replication.py                      # the default run (~15 min on 2 idle cores)
-    python benchmarks/experiment_replication.py --quick --out /tmp/q # the test's preset (~20 s)
-    python benchmarks/experiment_replication.py --ids 4000 --seeds 5 --ratios 0,0.6 --methods naive,facefusion
+    python benchmarks/experiment_replication.py                      # the default: 48 runs, ~15 CPU-min (~8 min on 2 idle cores)
+    python benchmarks/experiment_replication.py --quick --out /tmp/q # the test's preset (~1 min on a shared machine)
+    python benchmarks/experiment_replication.py --ids 2000 --seeds 5 --ratios 0,0.6 --methods naive,naive0,facefusion
     python benchmarks/experiment_replication.py --share-images       # the paper's Table 5 variant (images copied)
 
 The world (`make_world`): identities are unit latent vectors in `--latent` dimensions, drawn in look-alike families
@@ -57,10 +57,10 @@ for _path in (REPO, os.path.join(REPO, "benchmarks")):
 METHODS = ("naive", "naive0", "dail", "facefusion", "interclass")
 T1_SWEEP = (0.5, 0.6, 0.7, 0.8)
 PRESETS = {
-    "default": dict(ids=2000, k=8, ratios="0,0.2,0.4,0.6", seeds=3, steps=1200, batch=256, images_per_id=16,
-                    heldout_ids=400, heldout_images=8, methods=",".join(METHODS)),
-    "quick": dict(ids=240, k=4, ratios="0,0.4", seeds=2, steps=150, batch=128, images_per_id=8,
-                  heldout_ids=120, heldout_images=6, methods="naive,dail,facefusion"),
+    "default": dict(ids=1000, k=8, ratios="0,0.2,0.4,0.6", seeds=3, steps=800, batch=256, images_per_id=10,
+                    heldout_ids=400, heldout_images=8, methods="naive,dail,facefusion,interclass"),
+    "quick": dict(ids=160, k=4, ratios="0,0.4", seeds=2, steps=100, batch=128, images_per_id=8,
+                  heldout_ids=100, heldout_images=6, methods="naive,dail,facefusion"),
 }
 
 
@@ -70,7 +70,7 @@ PRESETS = {
 
 def make_world(seed: int, *, ids: int, images_per_id: int, heldout_ids: int, heldout_images: int, latent: int,
                nuisance: int, input_dim: int, family_size: int, family_sim: float, sigma: float, pixel_noise: float,
-               nuisance_scale: float) -> dict:
+               nuisance_scale: float, render_gain: float) -> dict:
     """Training renderings [ids * images_per_id, input_dim] with identity labels, and held-out ones."""
     rng = np.random.default_rng([seed, 0xFACE])
 
@@ -85,7 +85,7 @@ def make_world(seed: int, *, ids: int, images_per_id: int, heldout_ids: int, hel
         return z / np.linalg.norm(z, axis=1, keepdims=True)
 
     hidden = 4 * input_dim
-    a1 = rng.standard_normal((latent + nuisance, hidden)) * 1.2  # pre-activations ~ 1.5 std: tanh saturates some
+    a1 = rng.standard_normal((latent + nuisance, hidden)) * render_gain / math.sqrt(1 + nuisance_scale ** 2)
     a2 = rng.standard_normal((hidden, input_dim)) / math.sqrt(hidden)
 
     def render(z, per_id):
@@ -211,7 +211,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
 
     cfg = method_config(method, args)
     torch.manual_seed(seed)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     backbone = build_backbone(world["x"].shape[1], args.dim, args.width)
     classifier = DatasetClassifier(args.dim, args.k, hidden=64, lam=args.grl_weight)
     params = list(backbone.parameters()) + list(classifier.parameters())
@@ -261,6 +261,8 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
         head.step(lr)
     if dynamics_only:
         out["t2"] = _at_boundary(head, split, label_map, table, args)
+        out["t2"]["alignment"] = proxy_alignment(backbone, head, x_all, images, labels)
+        out["cpu_seconds"] = time.process_time() - cpu_started
         return out
     out.update(evaluate(backbone, world))
     groups = {}
@@ -272,7 +274,22 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     out["classes_in_softmax"] = (int(np.bincount(split["class_dataset"]).max()) if method == "dail"
                                  else head.num_classes)
     out["seconds"] = time.perf_counter() - started
+    out["cpu_seconds"] = time.process_time() - cpu_started
     return out
+
+
+def proxy_alignment(backbone, head, x_all, images, labels) -> dict:
+    """Quantiles of each proxy's cosine to its class's mean embedding: whether the proxies have reached their
+    classes, the precondition for Figure 3's two clusters."""
+    import torch
+
+    backbone.eval()
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(backbone(x_all[images]), dim=1)
+    backbone.train()
+    means = torch.zeros(head.num_classes, emb.shape[1]).index_add_(0, labels, emb)
+    cos = torch.nn.functional.cosine_similarity(means, head.weight.detach(), dim=1)
+    return quantiles(cos.numpy())
 
 
 def _at_boundary(head, split, label_map, table, args) -> dict:
@@ -447,7 +464,9 @@ def t1_disagreement(merges_by_t1: dict) -> float:
 
 def write_markdown(path: str, summary: dict, criteria: list[dict], t2_summary: list[dict], meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, {meta['date']}, "
-             f"{meta['seconds'] / 60:.1f} min wall; {meta['seeds']} seeds; TAR over {meta['negatives']} negative pairs",
+             f"{meta['seconds'] / 60:.1f} min wall, {meta['cpu_seconds'] / 60:.1f} CPU-min in the runs; "
+             f"{meta['seeds']} seeds; TAR over {meta['negatives']} negative pairs; FaceFusion components left "
+             f"unmerged by the guards (max_component, same-dataset policy): {meta['rejected']}",
              "", "| r | method | TAR@1e-3 | TAR@1e-4 | rank-1 | merge P | merge R | classes in softmax | Table 4 "
              "(naive / DAIL / true) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in summary["table"]:
@@ -471,6 +490,17 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], t2_summary: l
             dup = f"{dq['q05']:.3f} / {dq['q50']:.3f}" if dq else "-"
             lines.append(f"| {t['ratio']} | {t['seed']} | {dup} | {nq['q50']:.3f} / {nq['q95']:.3f} / "
                          f"{nq['q99']:.3f} | {t['t1_max_disagreement']:.4f} |")
+    if meta.get("dynamics"):
+        lines += ["", "Proxy dynamics at T2 (FaceFusion, seed 0, to T2 only): cosines", "",
+                  "| proxies | median norm | proxy vs class mean q05 / q50 | duplicates q50 | top-1 non-duplicate "
+                  "q50 / q99 | T1 sweep 1-Jaccard |", "|---|---|---|---|---|---|"]
+        for d in meta["dynamics"]:
+            q = d["t2_quantiles"]
+            dup = q["duplicate"].get("q50")
+            lines.append(f"| {d['label']} | {q['proxy_norm_median']:.3f} | {q['alignment']['q05']:.3f} / "
+                         f"{q['alignment']['q50']:.3f} | {'-' if dup is None else f'{dup:.3f}'} | "
+                         f"{q['top1_non_duplicate']['q50']:.3f} / {q['top1_non_duplicate']['q99']:.3f} | "
+                         f"{q['t1_max_disagreement']:.4f} |")
     lines += ["", "Criteria (fixed before the run):", ""]
     for c in criteria:
         lines.append(f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}")
@@ -508,7 +538,7 @@ def plot(out_dir: str, summary: dict, ratios, methods, t2_runs, dynamics) -> Non
     fig.savefig(os.path.join(out_dir, "tar_vs_r.png"), dpi=100)
     plt.close(fig)
     panels = [(f"r={t['ratio']} seed {t['seed']} (proxies renormalised)", t) for t in t2_runs[:1]]
-    panels += [(f"r={d['ratio']} seed {d['seed']} ({d['label']})", d["t2"]) for d in dynamics]
+    panels += [(f"r={d['ratio']} seed {d['seed']} ({d['label']})", d["t2"]) for d in dynamics[:3]]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
@@ -551,18 +581,19 @@ def world_kwargs(args) -> dict:
     return dict(ids=args.ids, images_per_id=args.images_per_id, heldout_ids=args.heldout_ids,
                 heldout_images=args.heldout_images, latent=args.latent, nuisance=args.nuisance,
                 input_dim=args.input_dim, family_size=args.family_size, family_sim=args.family_sim,
-                sigma=args.sigma, pixel_noise=args.pixel_noise, nuisance_scale=args.nuisance_scale)
+                sigma=args.sigma, pixel_noise=args.pixel_noise, nuisance_scale=args.nuisance_scale,
+                render_gain=args.render_gain)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the test's small preset (~20 s)")
-    p.add_argument("--ids", type=int, help="training identities N (default 2000; quick 240)")
+    p.add_argument("--ids", type=int, help="training identities N (default 1000; quick 160)")
     p.add_argument("--k", type=int, help="subsets (default 8; quick 4)")
     p.add_argument("--ratios", help="comma-separated overlap ratios r, fractions of N (default 0,0.2,0.4,0.6)")
     p.add_argument("--seeds", type=int, help="seeds; each is its own world, split and init (default 3)")
-    p.add_argument("--steps", type=int, help="training steps per run (default 1200)")
-    p.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default all)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 800; quick 100)")
+    p.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default: all but naive0)")
     p.add_argument("--t1", type=float, default=0.7, help="FaceFusion's merge threshold (default 0.7, the paper's)")
     p.add_argument("--t2", type=float, default=0.21, help="fraction of steps before fusion (default 0.21)")
     p.add_argument("--share-images", action="store_true",
@@ -573,17 +604,19 @@ def parse_args(argv=None):
                    help="output folder for result.json, table.md and the PNGs")
     p.add_argument("--workers", type=int, default=2, help="parallel runs, one torch thread each (default 2)")
     p.add_argument("--batch", type=int, help="images per step (default 256; quick 128)")
-    p.add_argument("--images-per-id", type=int, help="training images per identity (default 16)")
+    p.add_argument("--images-per-id", type=int, help="training images per identity (default 10)")
     p.add_argument("--heldout-ids", type=int, help="held-out identities for verification (default 400)")
     p.add_argument("--heldout-images", type=int, help="images per held-out identity (default 8)")
     p.add_argument("--latent", type=int, default=32, help="identity latent dimensions (default 32)")
     p.add_argument("--nuisance", type=int, default=8, help="per-image nuisance dimensions (default 8)")
-    p.add_argument("--input-dim", type=int, default=64, help="rendering dimensions (default 64)")
+    p.add_argument("--input-dim", type=int, default=128, help="rendering dimensions (default 128)")
     p.add_argument("--nuisance-scale", type=float, default=0.5, help="norm of the per-image nuisance (default 0.5)")
+    p.add_argument("--render-gain", type=float, default=2.0,
+                   help="std of the rendering's pre-activations (default 2: tanh often saturated)")
     p.add_argument("--family-size", type=int, default=4, help="identities per look-alike family (default 4)")
     p.add_argument("--family-sim", type=float, default=0.5, help="latent cosine of look-alikes (default 0.5)")
     p.add_argument("--sigma", type=float, default=0.6, help="per-image latent noise (default 0.6)")
-    p.add_argument("--pixel-noise", type=float, default=0.3, help="rendering noise (default 0.3)")
+    p.add_argument("--pixel-noise", type=float, default=0.1, help="rendering noise (default 0.1)")
     p.add_argument("--dim", type=int, default=64, help="embedding dimensions (default 64)")
     p.add_argument("--width", type=int, default=256, help="MLP width (default 256)")
     p.add_argument("--lr", type=float, default=0.1, help="backbone and head lr before the milestones (default 0.1)")
@@ -596,6 +629,8 @@ def parse_args(argv=None):
                    help="the 'interclass' method's cosine threshold (default 0.4)")
     p.add_argument("--grl-weight", type=float, default=0.0,
                    help="gradient-reversal weight for every method (default 0: the paper's §4.5 setting)")
+    p.add_argument("--dynamics-norms", default="0.25,0.5,1", metavar="LIST",
+                   help="further proxy-dynamics arms: FaceFusion to T2 at each of these proxy norms (e.g. 0.25,0.5,1)")
     p.add_argument("--no-dynamics", action="store_true",
                    help="skip the proxy-dynamics arms (FaceFusion to T2 with plain SGD from N(0, 0.01^2))")
     args = p.parse_args(argv)
@@ -604,6 +639,7 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.ratios = [float(r) for r in str(args.ratios).split(",")]
+    args.dynamics_norms = [float(r) for r in args.dynamics_norms.split(",") if r.strip()]
     args.methods = [m.strip() for m in str(args.methods).split(",")]
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
@@ -631,6 +667,9 @@ def main(argv=None) -> int:
         mid = args.ratios[len(args.ratios) // 2]
         plain = argparse.Namespace(**{**vars(args), "proxy_norm": 0.0, "init_std": 0.01})
         jobs.append((plain, 0, mid, "facefusion", "plain SGD, init N(0, 0.01^2)"))
+        for rho in args.dynamics_norms:
+            other = argparse.Namespace(**{**vars(args), "proxy_norm": rho})
+            jobs.append((other, 0, mid, "facefusion", f"proxy_norm {rho:g}"))
     started = time.perf_counter()
     print(f"{len(jobs)} runs on {args.workers} worker(s): ids {args.ids}, k {args.k}, ratios {args.ratios}, "
           f"seeds {args.seeds}, steps {args.steps}, methods {args.methods}", flush=True)
@@ -663,20 +702,25 @@ def main(argv=None) -> int:
     criteria = check_criteria(summary, runs, args.ratios, args.methods, t2_runs)
     meta = {"command": " ".join(["python benchmarks/experiment_replication.py"] + (argv or sys.argv[1:])),
 "machine": _machine_line(machine_info()), "date": datetime.date.today().isoformat(), "seconds": seconds,
-            "seeds": args.seeds, "negatives": runs[0]["num_negative_pairs"]}
-    text = write_markdown(os.path.join(args.out, "table.md"), summary, criteria, t2_runs, meta)
-    shown = dynamics[0]["ratio"] if dynamics else args.ratios[-1]
-    plot(args.out, summary, args.ratios, args.methods,
-         [t for t in t2_runs if t["ratio"] == shown and t["seed"] == 0], dynamics)
+            "seeds": args.seeds, "negatives": runs[0]["num_negative_pairs"],
+            "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
+            "rejected": sum(r.get("rejected", 0) for r in runs)}
     for d in dynamics:
         d["t2_quantiles"] = {"duplicate": quantiles(d["t2"]["duplicate"]),
                              "top1_non_duplicate": quantiles(d["t2"]["top1_non_duplicate"]),
                              "proxy_norm_median": d["t2"]["proxy_norm_median"],
+                             "alignment": d["t2"]["alignment"],
                              "t1_max_disagreement": t1_disagreement(d["t2"]["merges_by_t1"])}
+    dynamics.sort(key=lambda d: d["label"])
+    meta["dynamics"] = [{k: v for k, v in d.items() if k != "t2"} for d in dynamics]
+    text = write_markdown(os.path.join(args.out, "table.md"), summary, criteria, t2_runs, meta)
+    shown = dynamics[0]["ratio"] if dynamics else args.ratios[-1]
+    plot(args.out, summary, args.ratios, args.methods,
+         [t for t in t2_runs if t["ratio"] == shown and t["seed"] == 0], dynamics)
     slim = [{k: v for k, v in r.items() if k != "t2"} for r in runs]
     report = {"meta": meta, "args": {k: v for k, v in vars(args).items()}, "summary": summary, "criteria": criteria,
               "t2": [{k: v for k, v in t.items() if k not in ("duplicate", "top1_non_duplicate")} for t in t2_runs],
-              "dynamics": [{k: v for k, v in d.items() if k != "t2"} for d in dynamics], "runs": slim}
+              "runs": slim}
     from recordio_tools.recordio import write_text_atomic
 
     write_text_atomic(os.path.join(args.out, "result.json"), json.dumps(report, indent=1) + "\n")

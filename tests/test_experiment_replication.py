@@ -70,6 +70,6 @@ def test_quick_preset_end_to_end(tmp_path):
     diff = report["summary"]["diffs"]["tar@0.001"][f"facefusion-dail@r={args['ratios'][-1]}"]
     assert diff["n"] == args["seeds"] and diff["lo"] <= diff["mean"] <= diff["hi"]
     assert any(c["criterion"].startswith("naive falls with r") for c in report["criteria"])
-    (dyn,) = report["dynamics"]  # the plain-SGD arm measured at T2 beside the renormalised runs
-    assert dyn["t2_quantiles"]["top1_non_duplicate"]["q50"] is not None
+    (dyn,) = report["meta"]["dynamics"]  # the plain-SGD arm measured at T2 beside the renormalised runs
+    assert dyn["t2_quantiles"]["top1_non_duplicate"]["q50"] is not None and dyn["t2_quantiles"]["alignment"]["q50"] <= 1
     assert all(t["merged_pairs_by_t1"] for t in report["t2"])
