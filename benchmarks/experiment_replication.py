@@ -58,9 +58,11 @@ METHODS = ("naive", "naive0", "dail", "facefusion", "interclass")
 T1_SWEEP = (0.5, 0.6, 0.7, 0.8)
 PRESETS = {
     "default": dict(ids=1000, k=8, ratios="0,0.2,0.4,0.6", seeds=3, steps=800, batch=256, images_per_id=10,
-                    heldout_ids=400, heldout_images=8, methods="naive,dail,facefusion,interclass"),
+                    heldout_ids=400, heldout_images=8, methods="naive,dail,facefusion,interclass",
+                    dynamics_norms="0.25,0.5,1"),
     "quick": dict(ids=160, k=4, ratios="0,0.4", seeds=2, steps=100, batch=128, images_per_id=8,
-                  heldout_ids=100, heldout_images=6, methods="naive,dail,facefusion"),
+                  heldout_ids=100, heldout_images=6, methods="naive,dail,facefusion",
+                  dynamics_norms=""),
 }
 
 
@@ -629,8 +631,9 @@ def parse_args(argv=None):
                    help="the 'interclass' method's cosine threshold (default 0.4)")
     p.add_argument("--grl-weight", type=float, default=0.0,
                    help="gradient-reversal weight for every method (default 0: the paper's §4.5 setting)")
-    p.add_argument("--dynamics-norms", default="0.25,0.5,1", metavar="LIST",
-                   help="further proxy-dynamics arms: FaceFusion to T2 at each of these proxy norms (e.g. 0.25,0.5,1)")
+    p.add_argument("--dynamics-norms", metavar="LIST",
+                   help="further proxy-dynamics arms: FaceFusion to T2 at each of these proxy norms (default 0.25,0.5,1; "
+                        "quick none)")
     p.add_argument("--no-dynamics", action="store_true",
                    help="skip the proxy-dynamics arms (FaceFusion to T2 with plain SGD from N(0, 0.01^2))")
     args = p.parse_args(argv)
