@@ -3,7 +3,9 @@
 Phases (DESIGN.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
 `fusion_step` the fusion hook rewrites the label map and the FC shards, then 'agnostic'
 (softmax over all fused classes). With fusion off (t2 >= 1) the run stays 'dail'. The
-gradient-reversal dataset classifier is weighted in from `grl.start_step`.
+gradient-reversal dataset classifier is weighted in from `grl.start_step`. `method` changes the
+phases (config.py): 'naive' switches to 'agnostic' at the boundary without merging, 'naive0' and
+'interclass' are 'agnostic' from step 0, 'dail' never leaves 'dail'.
 """
 
 from __future__ import annotations
