@@ -116,6 +116,13 @@ class PartialFCConfig:
     fc_storage: str = "fp32"
     """FC weight + momentum storage: 'fp32' (8·D bytes per class) or 'bf16' (4·D: 2 KB at D=512; updated in
     fp32 and stochastically rounded back, so steps below bf16's resolution are kept on average)."""
+    interclass_threshold: float = 0.0
+    """Inter-class filtering (arcface_torch): negatives whose cosine exceeds this are dropped from the
+    softmax; 0 keeps all. The 'interclass' method needs it > 0."""
+    proxy_norm: float = 0.0
+    """> 0: proxies start at this norm and every updated row is renormalised to it after each step, so
+    they keep turning under momentum (their angular step is lr * grad / proxy_norm^2); 0: plain SGD
+    from N(0, 0.01^2). See benchmarks/RESULTS.md, "Replication", for the measurement."""
 
     def __post_init__(self):
         _check(self.fc_storage in ("fp32", "bf16"), "head.fc_storage",
@@ -128,6 +135,9 @@ class PartialFCConfig:
         _check(self.m1 > 0, "head.m1", f"must be > 0, got {self.m1}")
         _check(self.m2 >= 0, "head.m2", f"must be >= 0, got {self.m2}")
         _check(self.m3 >= 0, "head.m3", f"must be >= 0, got {self.m3}")
+        _check(self.proxy_norm >= 0, "head.proxy_norm", f"must be >= 0 (0: off), got {self.proxy_norm}")
+        _check(0.0 <= self.interclass_threshold <= 1.0, "head.interclass_threshold",
+               f"must be in [0, 1] (0: off), got {self.interclass_threshold}")
 
 
 @dataclass
@@ -159,7 +169,9 @@ class FusionConfig:
     """Components chaining two classes of one dataset: 'skip' (don't merge the component), 'split' (drop
     the weakest edges until no dataset repeats), 'keep' (merge anyway)."""
     allow_same_dataset: bool = False
-    """Also merge pairs inside one dataset (in-dataset duplicate cleaning)."""
+    """Fusion scope: False merges only pairs of different datasets; True searches all pairs, so
+    duplicates inside one dataset merge too (the paper's Eq. 4 compares any two proxies, and its
+    Tables 4-5 merge classes at r = 0, i.e. prior label noise inside one dataset)."""
     backend: str = "auto"
     """kNN backend: 'auto', 'faiss' or 'torch'."""
 
@@ -240,6 +252,9 @@ class LogConfig:
         _check(self.eval_every >= 0, "log.eval_every", f"must be >= 0 (0: only at the end), got {self.eval_every}")
 
 
+METHODS = ("facefusion", "naive", "naive0", "dail", "interclass")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/demo"
@@ -253,6 +268,12 @@ class TrainConfig:
     dtype: str = "auto"
     """Compute dtype of the backbone and of the head's cosine matmul: 'auto' (bf16 on CUDA, fp32 on CPU),
     'bf16' or 'fp32' (fp32 keeps the head's matmul in fp32 too). 'fp16' is refused: it needs loss scaling."""
+    method: str = "facefusion"
+    """How the datasets are combined (the paper's definitions, §4.5): 'facefusion' (dataset-aware until
+    fusion.t2, merge at fusion.t1, then agnostic); 'naive' (the paper's naive concatenation = FaceFusion
+    with T1 > 1: dataset-aware until t2, then agnostic over every source class, nothing merged);
+    'naive0' (agnostic from step 0); 'dail' (dataset-aware throughout); 'interclass' (agnostic from
+    step 0 with head.interclass_threshold > 0). The GRL is grl.weight / grl.start_step for every method."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     head: PartialFCConfig = field(default_factory=PartialFCConfig)
@@ -272,10 +293,26 @@ class TrainConfig:
         _check(self.dtype != "fp16", "dtype",
                "'fp16' is not supported: it needs loss scaling (a GradScaler), which the Partial-FC head's own "
                "optimizer step does not do; use 'bf16' (same speed on Ampere and later, no scaling needed)")
+        _check(self.method in METHODS, "method", f"unknown method {self.method!r}; available: {list(METHODS)}")
+        _check(self.method != "interclass" or self.head.interclass_threshold > 0, "head.interclass_threshold",
+               "method 'interclass' needs a threshold in (0, 1]")
+
+    @property
+    def agnostic_from_start(self) -> bool:
+        """The softmax is dataset-agnostic from step 0 (no dataset-aware phase, no fusion)."""
+        return self.method in ("naive0", "interclass")
+
+    @property
+    def merges(self) -> bool:
+        """The phase boundary merges proxies (False for 'naive': it only switches to agnostic)."""
+        return self.method == "facefusion"
 
     @property
     def fusion_step(self) -> int | None:
-        """The step at which fusion runs, or None when T2 lies at or beyond the end."""
+        """The step of the phase boundary (fusion, or naive's switch to agnostic), or None when there is
+        none: T2 at or beyond the end, method 'dail', or a method agnostic from the start."""
+        if self.method == "dail" or self.agnostic_from_start:
+            return None
         step = round(self.fusion.t2 * self.optim.total_steps)
         return step if step < self.optim.total_steps else None
 

@@ -188,14 +188,31 @@ class PartialFCHead(nn.Module):
         device, dtype: of the weight shard and the momentum buffer.
         compute_dtype: of the cosine matmul; None: bfloat16 on CUDA, `dtype` elsewhere. The margin
             and the softmax always run in float32 or wider.
+        interclass_threshold: inter-class filtering (arcface_torch's defence against duplicate
+            identities): negative logits whose cosine exceeds it are dropped from the softmax
+            (-inf), never the positive. 0 (default) keeps every negative. arcface_torch zeroes
+            such cosines instead (they still count e^0 in the sum); dropping is what the
+            method's description says and leaves them no gradient.
+        proxy_norm: > 0 renormalises each updated row to this norm after every `step()` (and the
+            init to the same norm), so a proxy's angular step stays lr * grad / proxy_norm^2 instead
+            of shrinking as |w| grows; 0 (default): plain SGD, init N(0, init_std^2).
     """
 
     def __init__(self, num_classes: int, embedding_size: int, *, margin: Margin,
                  group: dist.ProcessGroup | None = None, sample_rate: float = 1.0, seed: int = 0,
                  momentum: float = 0.9, weight_decay: float = 5e-4, init_std: float = 0.01,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, interclass_threshold: float = 0.0,
+                 proxy_norm: float = 0.0):
         super().__init__()
+        if proxy_norm < 0:
+            raise ValueError(f"proxy_norm must be >= 0 (0: off), got {proxy_norm}")
+        self.proxy_norm = proxy_norm
+        if proxy_norm > 0:
+            init_std = proxy_norm / embedding_size ** 0.5
+        if not 0.0 <= interclass_threshold <= 1.0:
+            raise ValueError(f"interclass_threshold must be in [0, 1] (0: off), got {interclass_threshold}")
+        self.interclass_threshold = interclass_threshold
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
         if not 0.0 < sample_rate <= 1.0:
@@ -301,7 +318,10 @@ class PartialFCHead(nn.Module):
             active = active.float()
         active.requires_grad_(torch.is_grad_enabled())
         target = self._target_columns(labels_all, index)
-        logits = self.margin(self._cosine(x_all, active), target)
+        cos = self._cosine(x_all, active)
+        logits = self.margin(cos, target)
+        if self.interclass_threshold > 0:
+            logits = self._filter_interclass(logits, cos, target)
         if aware:
             logits = self._mask_other_datasets(logits, datasets_all, class_dataset, index)
         weight_all = None
@@ -431,6 +451,13 @@ class PartialFCHead(nn.Module):
         dtype = self.compute_dtype or (torch.bfloat16 if x.device.type == "cuda" else w.dtype)
         return _Cosine.apply(F.normalize(x.to(w.dtype)), w, dtype)
 
+    def _filter_interclass(self, logits, cos, target) -> torch.Tensor:
+        """Drop negatives with cosine above the threshold (the positive column is kept)."""
+        dirty = cos.detach() > self.interclass_threshold
+        positive = torch.zeros_like(dirty).scatter_(1, target.clamp_min(0).unsqueeze(1), (target >= 0).unsqueeze(1))
+        dirty &= ~positive  # no host sync: rows without a local positive scatter False
+        return logits.masked_fill_(dirty, float("-inf"))
+
     def _mask_other_datasets(self, logits, datasets_all, class_dataset, index) -> torch.Tensor:
         local_table = class_dataset[self.start:self.end]
         class_ds = local_table if index is None else local_table[index]
@@ -471,7 +498,15 @@ class PartialFCHead(nn.Module):
             self.weight.sub_(grad, alpha=lr)
         else:
             self.weight.index_add_(0, index, grad, alpha=-lr)
+        if self.proxy_norm > 0:
+            self._renormalise(index)
         self._active = self._index = None
+
+    def _renormalise(self, index: torch.Tensor | None) -> None:
+        if index is None:
+            self.weight.copy_(F.normalize(self.weight, dim=1) * self.proxy_norm)
+        else:
+            self.weight.index_copy_(0, index, F.normalize(self.weight[index], dim=1) * self.proxy_norm)
 
     def _step_stochastic_bf16(self, lr: float, grad: torch.Tensor, index: torch.Tensor | None) -> None:
         """The same SGD as step(), computed in float32 on the used rows and stochastically rounded into

@@ -3,7 +3,9 @@
 Phases (DESIGN.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
 `fusion_step` the fusion hook rewrites the label map and the FC shards, then 'agnostic'
 (softmax over all fused classes). With fusion off (t2 >= 1) the run stays 'dail'. The
-gradient-reversal dataset classifier is weighted in from `grl.start_step`.
+gradient-reversal dataset classifier is weighted in from `grl.start_step`. `method` changes the
+phases (config.py): 'naive' switches to 'agnostic' at the boundary without merging, 'naive0' and
+'interclass' are 'agnostic' from step 0, 'dail' never leaves 'dail'.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Trainer:
         self.log = get_logger()
         self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
         self.dtype = compute_dtype(cfg, ctx.device)
-        self.state = TrainState()
+        self.state = TrainState(fused=cfg.agnostic_from_start)
         torch.manual_seed(cfg.seed + ctx.rank)
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
@@ -91,7 +93,9 @@ class Trainer:
         self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
                                   sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
                                   weight_decay=cfg.optim.weight_decay, device=ctx.device, compute_dtype=self.dtype,
-                                  dtype=torch.bfloat16 if cfg.head.fc_storage == "bf16" else torch.float32)
+                                  dtype=torch.bfloat16 if cfg.head.fc_storage == "bf16" else torch.float32,
+                                  interclass_threshold=cfg.head.interclass_threshold,
+                                  proxy_norm=cfg.head.proxy_norm)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
         self.class_dataset_fused = data.labels.class_dataset.clone()
         if resume_path:
@@ -117,6 +121,10 @@ class Trainer:
         from .fusion_step import fuse_running_head
 
         fault_point("fusion", self.state.step, self.ctx.rank)
+        if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
+            self.state.fused = True
+            self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
+            return
         result = fuse_running_head(self)
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")

@@ -1,23 +1,28 @@
-"""The paper's controlled experiment: one dataset split into k subsets whose neighbours share identities.
+"""The paper's controlled experiment (FaceFusion Eq. 5): one dataset split into k subsets in a cycle,
+subset i sharing a block of identities with subset i+1 (mod k).
 
-Identities are shuffled (seeded), then subset i takes the window [i * step, i * step + size) of the
-shuffled order, so subsets i and i+1 share exactly `shared = size - step` identities, and the ratio
-shared / size is the requested r up to rounding. `size` is the largest window for which the k
-windows fit in the N identities:
+Identities are shuffled (seeded) and dealt into k contiguous "own" ranges O_0..O_{k-1} of sizes
+floor(N/k) or ceil(N/k). With b = floor(N * r / k), the block B_i is the first b identities of
+O_{(i+1) mod k}, and subset i holds O_i + B_i. So consecutive subsets (cyclically, s_{k-1} with s_0)
+share b identities, the shared identities number k * b (= N * r up to the floor, Eq. 5's sum), no
+identity is in more than two subsets, and the planted counts are (`planted_counts`):
 
-    size + (k - 1) * (size - round(r * size)) <= N,   i.e. size ~= N / (k - (k - 1) r)
+    classes over all subsets (naive concatenation) = N + k * b      CASIA k=8 r=0.2/0.4/0.6: 12684/14796/16908
+    classes of the largest subset (DAIL's softmax)  = ceil(N/k) + b  CASIA: 1586/1850/2114 (paper Table 4)
+    conflicting identities                          = k * b          MS1M k=2 r=0.1: 8574 (paper Table 5)
+    classes after an ideal fusion                   = N
 
-(the identities past the last window, fewer than k, are left out). For r <= 0.5 an identity is in
-at most two subsets; above that, in up to ceil(1 / (1 - r)).
+r is a fraction of N (the paper's |shared| = N * r), in [0, 1]. For k = 2 the two blocks lie one in
+each subset's own range, so s_0 and s_1 share 2b identities.
 
-Images: with `share_images` every image of a shared identity is copied into each subset holding
-it (the same photos under two labels); without, the identity's images are dealt round-robin
-between those subsets (starting at a seeded subset), so no image is in two subsets. An identity
-with fewer images than subsets holding it cannot be dealt; that is an error (use share_images).
+Images: with `share_images` every image of a shared identity is copied into both subsets holding
+it (the paper's S'_ms1m, Table 5); without, the identity's images are dealt round-robin between
+the two (starting at a seeded one), so no image is in two subsets (Eq. 5). An identity with one
+image cannot be dealt; that is an error (use share_images).
 
 Output: one dataset folder per subset, `<name>_s<i>`, class offsets the running sum; overlaps.json
-(the same ground truth as `synth`); split.json with the layout and, for every subset class, the
-original local label; and, unless disabled, manifest.json + train.idx over the subsets.
+(the same ground truth as `synth`); split.json with the layout, the planted counts and, for every
+subset class, the original local label; and, unless disabled, manifest.json + train.idx.
 """
 
 from __future__ import annotations
@@ -43,40 +48,46 @@ class SplitError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class SplitLayout:
-    num_ids: int  # identities in the source dataset
+    """Eq. 5 over positions 0..N-1 of the shuffled identity order."""
+
+    num_ids: int  # N: identities in the source dataset
     k: int  # subsets
-    ratio: float  # requested overlap ratio r
-    size: int  # identities per subset
-    step: int  # offset between consecutive windows
-    windows: tuple[tuple[int, int], ...]  # [start, end) of each subset in the shuffled identity order
+    ratio: float  # r: shared identities as a fraction of N
+    block: int  # b = floor(N * r / k): identities subset i shares with subset i+1 (mod k)
+    owned: tuple[tuple[int, int], ...]  # [start, end) of each subset's own range
+
+    def members(self, i: int) -> list[int]:
+        """Positions held by subset i: its own range, then the first b of the next subset's range."""
+        a, e = self.owned[i]
+        na = self.owned[(i + 1) % self.k][0]
+        return list(range(a, e)) + list(range(na, na + self.block))
 
     @property
-    def shared(self) -> int:
-        """Identities shared by consecutive subsets."""
-        return self.size - self.step
-
-    @property
-    def used(self) -> int:
-        return self.windows[-1][1]
+    def subset_sizes(self) -> list[int]:
+        return [e - a + self.block for a, e in self.owned]
 
 
 def split_layout(num_ids: int, k: int, ratio: float) -> SplitLayout:
-    """Subset size and step for k windows over num_ids identities with neighbours sharing round(r * size)."""
+    """The cyclic Eq. 5 layout for N = num_ids identities, k subsets and overlap ratio r."""
     if k < 2:
         raise SplitError(f"k={k}: need at least 2 subsets")
-    if not 0.0 <= ratio < 1.0:
-        raise SplitError(f"r={ratio}: the overlap ratio must be in [0, 1)")
+    if not 0.0 <= ratio <= 1.0:
+        raise SplitError(f"r={ratio}: the overlap ratio must be in [0, 1]")
+    if num_ids < k:
+        raise SplitError(f"{num_ids} identities cannot make {k} subsets")
+    block = int(np.floor(num_ids * ratio / k + 1e-9))
+    sizes = [num_ids // k + (1 if i < num_ids % k else 0) for i in range(k)]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    owned = tuple((bounds[i], bounds[i + 1]) for i in range(k))
+    return SplitLayout(num_ids, k, ratio, block, owned)
 
-    def span(size: int) -> int:
-        return size + (k - 1) * (size - int(round(ratio * size)))
 
-    size = min(num_ids, int(num_ids / (k - (k - 1) * ratio)) + 2)
-    while size > 0 and (span(size) > num_ids or size - int(round(ratio * size)) < 1):
-        size -= 1
-    if size < 1:
-        raise SplitError(f"{num_ids} identities cannot make {k} subsets with overlap ratio {ratio}")
-    step = size - int(round(ratio * size))
-    return SplitLayout(num_ids, k, ratio, size, step, tuple((i * step, i * step + size) for i in range(k)))
+def planted_counts(num_ids: int, k: int, ratio: float) -> dict:
+    """The class counts an Eq. 5 split plants (pure arithmetic; see the module doc)."""
+    layout = split_layout(num_ids, k, ratio)
+    return {"block": layout.block, "conflicts": k * layout.block,
+            "classes_naive": num_ids + k * layout.block, "classes_dail": max(layout.subset_sizes),
+            "classes_true": num_ids, "subset_sizes": layout.subset_sizes}
 
 
 def split_dataset(src: str, out_dir: str, k: int, ratio: float, share_images: bool = False, seed: int = 0,
@@ -88,8 +99,8 @@ def split_dataset(src: str, out_dir: str, k: int, ratio: float, share_images: bo
     layout = split_layout(info.num_classes, k, ratio)
     rng = np.random.default_rng([seed, 0x5B117])
     order = rng.permutation(info.num_classes)  # shuffled position -> original local label
-    # subset members: original local labels of each window, in a shuffled local order
-    members = [rng.permutation(order[a:b]) for a, b in layout.windows]
+    # subset members: original local labels of each subset, in a shuffled local order
+    members = [rng.permutation(order[layout.members(i)]) for i in range(k)]
     holders: dict[int, list[tuple[int, int]]] = {}  # original label -> [(subset, local label in subset)]
     for s, labels in enumerate(members):
         for local, label in enumerate(labels):
@@ -99,7 +110,7 @@ def split_dataset(src: str, out_dir: str, k: int, ratio: float, share_images: bo
     got = {}  # (subset, local) -> images written
     base = name or info.name
     names = [f"{base}_s{i}" for i in range(k)]
-    offsets = np.concatenate([[0], np.cumsum([layout.size] * k)])[:-1].tolist()
+    offsets = np.concatenate([[0], np.cumsum(layout.subset_sizes)])[:-1].tolist()
 
     with atomic_directory(out_dir, "split-overlap") as tmp, \
             tqdm(total=info.num_images, unit="img", desc="split-overlap", disable=not progress, leave=False) as bar:
@@ -141,24 +152,21 @@ def split_dataset(src: str, out_dir: str, k: int, ratio: float, share_images: bo
             for w in writers:
                 w.abort()
             raise
-        infos = [w.finish(layout.size) for w in writers]
+        infos = [w.finish(size) for w, size in zip(writers, layout.subset_sizes)]
         table = [(i.name, i.class_offset, i.num_classes) for i in infos]
         groups = make_groups(table, [hs for hs in holders.values() if len(hs) > 1])
         write_overlaps(os.path.join(tmp, OVERLAPS_FILE), table, groups, source="recordio_tools split-overlap",
                        input=os.path.abspath(src), ratio=ratio, share_images=share_images)
         if manifest:
             write_manifest(tmp, infos, folders)
-        shared_sets = [set(map(int, members[i])) & set(map(int, members[i + 1])) for i in range(k - 1)]
         summary = {
             "format": "fftrain-split", "version": 1, "input": os.path.abspath(src), "input_name": info.name,
             "k": k, "ratio": ratio, "share_images": share_images, "seed": seed,
-            "identities_in": info.num_classes, "identities_used": layout.used,
-            "subset_size": layout.size, "shared_consecutive": layout.shared,
-            "achieved_ratio": layout.shared / layout.size,
+            "identities_in": info.num_classes, "block": layout.block,
+            "planted": {key: v for key, v in planted_counts(info.num_classes, k, ratio).items() if key != "block"},
             "images_in": int(seen.sum()), "images_out": sum(i.num_images for i in infos),
             "subsets": [{"name": i.name, "class_offset": i.class_offset, "num_classes": i.num_classes,
-                         "num_images": i.num_images,
-                         "shared_with_next": len(shared_sets[s]) if s < k - 1 else 0} for s, i in enumerate(infos)],
+                         "num_images": i.num_images} for i in infos],
             # origin[s][local] = the identity's local label in the input dataset
             "origin": [[int(x) for x in m] for m in members],
             "manifest": "manifest.json" if manifest else None, "overlaps": OVERLAPS_FILE,

@@ -28,6 +28,14 @@ def test_t2_at_or_past_the_end_never_fuses():
     assert config_from_dict({"fusion": {"t2": 1.0}}).fusion_step is None
 
 
+@pytest.mark.parametrize("method, boundary, agnostic_at_0, merges", [
+    ("facefusion", 100_800, False, True), ("naive", 100_800, False, False), ("naive0", None, True, False),
+    ("dail", None, False, False), ("interclass", None, True, False)])
+def test_methods_as_the_paper_defines_them(method, boundary, agnostic_at_0, merges):
+    cfg = config_from_dict({"method": method, "head": {"interclass_threshold": 0.4 if method == "interclass" else 0}})
+    assert (cfg.fusion_step, cfg.agnostic_from_start, cfg.merges) == (boundary, agnostic_at_0, merges)
+
+
 @pytest.mark.parametrize("values, message", [
     ({"optim": {"lrr": 1}}, r"unknown key 'optim\.lrr'; known keys: optim\.lr, "),
     ({"nope": 1}, r"unknown key 'nope'"),
@@ -55,6 +63,9 @@ def test_t2_at_or_past_the_end_never_fuses():
      r"^optim\.warmup_steps: 50 warm-up steps do not fit in optim\.total_steps=20 \(the lr would never reach "
      r"optim\.lr\); set optim\.warmup_steps below 20, e\.g\. --set optim\.warmup_steps=2$"),
     ({"data": {"bad_records": "ignore"}}, r"^data\.bad_records: must be 'stop' or 'skip', got 'ignore'$"),
+    ({"method": "concat"}, r"method: unknown method 'concat'; available: \['facefusion', 'naive', 'naive0'"),
+    ({"method": "interclass"}, r"head\.interclass_threshold: method 'interclass' needs a threshold in \(0, 1\]"),
+    ({"head": {"interclass_threshold": 1.2}}, r"head\.interclass_threshold: must be in \[0, 1\]"),
 ])
 def test_bad_keys_and_values_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message):

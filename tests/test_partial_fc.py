@@ -45,7 +45,7 @@ def make_problem(seed, num_classes, global_batch, *, num_datasets=3, label_pool=
     }
 
 
-def reference(problem, margin, *, aware=False, classes=None, W=None):
+def reference(problem, margin, *, aware=False, classes=None, W=None, interclass=0.0):
     """Loss and gradients (x, P, W) of the global-mean loss, from the formula."""
     P = problem["P"].clone().requires_grad_()
     W = (problem["W"] if W is None else W).clone().requires_grad_()
@@ -66,6 +66,8 @@ def reference(problem, margin, *, aware=False, classes=None, W=None):
         pos = torch.cos(margin.m1 * theta + margin.m2) - margin.m3
     onehot = F.one_hot(target, len(cols)).bool()
     logits = margin.scale * torch.where(onehot, pos, cos)
+    if interclass:
+        logits = logits.masked_fill((cos.detach() > interclass) & ~onehot, -math.inf)
     if aware:
         other = table[cols][None, :] != table[labels][:, None]
         logits = logits.masked_fill(other & ~onehot, -math.inf)
@@ -85,6 +87,9 @@ SCENARIOS = [
     dict(name="dail_two_datasets", seed=10, C=13, B=4, margin="arcface", aware=True, label_datasets=(0, 1)),
     dict(name="sampled", seed=7, C=40, B=3, margin="arcface", sample_rate=0.5),
     dict(name="sampled_dail", seed=8, C=40, B=3, margin="cosface", sample_rate=0.3, aware=True),
+    dict(name="interclass", seed=11, C=13, B=4, margin="arcface", interclass=0.3),
+    dict(name="interclass_dail", seed=12, C=13, B=4, margin="cosface", interclass=0.2, aware=True),
+    dict(name="interclass_sampled", seed=13, C=40, B=3, margin="arcface", sample_rate=0.5, interclass=0.25),
 ]
 _DAIL, _INTRUDER, _SAMPLED = ([s["name"] for s in SCENARIOS].index(n)
                                for n in ("dail", "dail_two_datasets", "sampled"))
@@ -95,9 +100,10 @@ def _local(problem, ctx, batch):
     return problem["inp"][rows], problem["labels"][rows]
 
 
-def _head(ctx, problem, margin, sample_rate=1.0, seed=0):
+def _head(ctx, problem, margin, sample_rate=1.0, seed=0, interclass=0.0):
     head = PartialFCHead(len(problem["W"]), D, margin=margin, group=ctx.group, sample_rate=sample_rate,
-                         seed=seed, dtype=torch.float64, momentum=0.0, weight_decay=0.0)
+                         seed=seed, dtype=torch.float64, momentum=0.0, weight_decay=0.0,
+                         interclass_threshold=interclass)
     head.weight.data.copy_(problem["W"][head.start:head.end])
     return head
 
@@ -120,7 +126,8 @@ def _step(ctx, head, problem, batch, aware, pass_ids=True):
 def _run_scenarios(ctx: DistContext, problems):
     out = {}
     for spec, problem in zip(SCENARIOS, problems):
-        head = _head(ctx, problem, MARGINS[spec["margin"]], spec.get("sample_rate", 1.0))
+        head = _head(ctx, problem, MARGINS[spec["margin"]], spec.get("sample_rate", 1.0),
+                     interclass=spec.get("interclass", 0.0))
         out[spec["name"]] = _step(ctx, head, problem, spec["B"], spec.get("aware", False),
                                   spec.get("pass_ids", True))
     out["mode_switch"] = _mode_switch(ctx, problems[_DAIL])
@@ -231,7 +238,8 @@ def test_full_softmax_matches_reference(world, spec):
     _, problems, results = world
     problem = problems[SCENARIOS.index(spec)]
     got = _assemble([r[spec["name"]] for r in results], len(problem["W"]))
-    ref = reference(problem, MARGINS[spec["margin"]], aware=spec.get("aware", False))
+    ref = reference(problem, MARGINS[spec["margin"]], aware=spec.get("aware", False),
+                    interclass=spec.get("interclass", 0.0))
     _assert_matches(got, ref, spec["name"])
 
 
@@ -249,7 +257,8 @@ def test_sampled_softmax_matches_reference_on_sampled_classes(world, spec):
     assert torch.equal(classes, classes.sort().values)
     assert len(classes) < C
     got = _assemble(per_rank, C)
-    ref = reference(problem, MARGINS[spec["margin"]], aware=spec.get("aware", False), classes=classes)
+    ref = reference(problem, MARGINS[spec["margin"]], aware=spec.get("aware", False), classes=classes,
+                    interclass=spec.get("interclass", 0.0))
     W_ref = torch.zeros(C, D, dtype=torch.float64)
     W_ref[classes] = ref["W"][classes]
     _assert_matches(got, dict(ref, W=W_ref), spec["name"])
@@ -326,6 +335,29 @@ def test_step_updates_only_sampled_rows_with_momentum_and_decay():
         torch.testing.assert_close(head.momentum_buffer, buf, atol=1e-14, rtol=0)
     with pytest.raises(RuntimeError, match=r"step\(\) needs a training-mode forward and backward"):
         head.step(lr)
+
+
+@pytest.mark.parametrize("sample_rate", [1.0, 0.25])
+def test_proxy_norm_renormalises_updated_rows_only(sample_rate):
+    lr, mu, wd, rho = 0.5, 0.9, 0.01, 2.0
+    head = _single(C=40, sample_rate=sample_rate, momentum=mu, weight_decay=wd, proxy_norm=rho)
+    norms = torch.linalg.vector_norm(head.weight.detach(), dim=1)
+    assert abs(norms.mean().item() - rho) < 0.5  # init N(0, rho^2 / D): norm about rho
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, D, generator=g, dtype=torch.float64)
+    labels = torch.tensor([1, 7, 7, 30, 39])
+    buf = torch.zeros(40, D, dtype=torch.float64)
+    for _ in range(3):
+        w0 = head.weight.detach().clone()
+        head(x, labels).backward()
+        rows = head.sampled_classes()
+        buf[rows] = mu * buf[rows] + head.active_weight.grad + wd * w0[rows]
+        expected = w0.clone()
+        expected[rows] = torch.nn.functional.normalize(w0[rows] - lr * buf[rows], dim=1) * rho
+        head.step(lr)
+        torch.testing.assert_close(head.weight.detach(), expected, atol=1e-13, rtol=0)
+    with pytest.raises(ValueError, match="proxy_norm must be >= 0"):
+        _single(proxy_norm=-1.0)
 
 
 def test_no_dense_gradient_of_the_shard():
@@ -434,3 +466,23 @@ def test_cuda_bf16_matches_fp32_reference():
     loss = head(x, problem["labels"].cuda())
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(reference(problem, MARGINS["arcface"])["loss"], rel=2e-2)
+
+
+def test_interclass_filtering_drops_only_close_negatives():
+    """The filter must matter in the scenarios above (else they test nothing), and a duplicate
+    identity's proxy placed on the sample stops receiving gradient while the positive keeps its own."""
+    spec = SCENARIOS[[s["name"] for s in SCENARIOS].index("interclass")]
+    problem = make_problem(spec["seed"], spec["C"], 4 * spec["B"])
+    margin = MARGINS[spec["margin"]]
+    plain, filtered = reference(problem, margin), reference(problem, margin, interclass=spec["interclass"])
+    assert filtered["loss"] < plain["loss"]
+    W = problem["W"].clone()
+    x0 = problem["inp"][0] @ problem["P"]
+    twin = (int(problem["labels"][0]) + 1) % spec["C"]
+    W[twin] = x0 / x0.norm()  # cosine 1 with sample 0: a second label of its identity
+    one = dict(problem, inp=problem["inp"][:1], labels=problem["labels"][:1])
+    got = reference(one, margin, W=W, interclass=0.9)
+    assert got["W"][twin].abs().max() == 0 and got["W"][int(problem["labels"][0])].abs().max() > 0
+    assert reference(one, margin, W=W)["W"][twin].abs().max() > 0
+    with pytest.raises(ValueError, match="interclass_threshold must be in \\[0, 1\\]"):
+        PartialFCHead(4, D, margin=margin, interclass_threshold=1.5)

@@ -80,6 +80,20 @@ def test_trains_through_both_phases_and_verifies(synth, tmp_path, nproc):
     assert final["fused"] and final["world_size"] == nproc and final["num_classes_source"] == 180
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method, phases", [("naive", ["dail", "agnostic"]), ("naive0", ["agnostic", "agnostic"]),
+                                            ("interclass", ["agnostic", "agnostic"])])
+def test_methods_switch_phases_without_merging(synth, tmp_path, method, phases):
+    """The paper's naive concatenation switches to agnostic at T2 over all 180 source classes; naive0 and
+    inter-class filtering are agnostic from step 1; none of them writes a fusion report."""
+    proc = train(synth, tmp_path, method=method, head__interclass_threshold=0.4 if method == "interclass" else 0)
+    steps = metrics(tmp_path)
+    assert [steps[s]["phase"] for s in (5, 6)] == phases and steps[1]["phase"] == phases[0]
+    assert {r["classes"] for r in steps.values()} == {180}
+    assert not (tmp_path / "fusion").exists()
+    assert ("no merge" in proc.stdout) == (method == "naive")
+
+
 def test_resume_gives_the_same_losses_as_not_stopping(synth, tmp_path):
     train(synth, tmp_path / "straight", nproc=2)
     train(synth, tmp_path / "stopped", nproc=2, stop_at_step=3)

@@ -1,14 +1,15 @@
-"""`recordio_tools split-overlap`: the paper's controlled experiment (its Eq. 5). One dataset is split
-into k subsets of identities whose consecutive subsets share a fraction r of their identities.
+"""`recordio_tools split-overlap`: the paper's controlled experiment (FaceFusion Eq. 5). One dataset of N
+identities is split into k subsets in a cycle: subset i shares a block of floor(N*r/k) identities with
+subset i+1 (mod k), so k*floor(N*r/k) identities (about N*r) are conflicts, each in two subsets.
 
-    recordio_tools split-overlap data/synth/ms1m --out data/ms1m_k3_r20 -k 3 -r 0.2
-    recordio_tools split-overlap data/casia --out data/casia_k2_r50 -k 2 -r 0.5 --share-images
+    recordio_tools split-overlap data/casia --out data/casia_k8_r20 -k 8 -r 0.2
+    recordio_tools split-overlap data/ms1m --out data/ms1m_k2_r10_dup -k 2 -r 0.1 --share-images
 
-Subset size: the largest s with s + (k-1)(s - round(r s)) <= N, about N / (k - (k-1) r); subset i
-holds positions [i(s - round(r s)), ... + s) of a seeded shuffle of the N identities. Without
---share-images a shared identity's images are dealt between its subsets (no image in two);
-with it, each subset gets all of them. Writes <name>_s0 .. <name>_s{k-1}, overlaps.json (ground
-truth, same format as synth), split.json and manifest.json + train.idx.
+Without --share-images a shared identity's images are dealt between its two subsets (no image in
+two, Eq. 5); with it, both get all of them (the paper's Table 5 S'_ms1m). Prints the planted counts
+(classes for naive concatenation, DAIL's largest softmax, conflicts; the paper's Tables 4-5) and
+writes <name>_s0 .. <name>_s{k-1}, overlaps.json (ground truth, same format as synth), split.json
+and manifest.json + train.idx.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def add_parser(subparsers) -> None:
                    help="output folder; replaced as a whole (atomically) when the split succeeds")
     p.add_argument("-k", "--subsets", type=int, default=2, metavar="K", help="number of subsets, >= 2 (default 2)")
     p.add_argument("-r", "--ratio", type=float, default=0.2, metavar="R",
-                   help="fraction of a subset's identities shared with the next subset, in [0, 1) (default 0.2)")
+                   help="shared identities as a fraction of the dataset's N, in [0, 1]; subset i shares "
+                        "floor(N*r/k) with subset i+1 mod k (default 0.2)")
     p.add_argument("--share-images", action="store_true",
                    help="copy every image of a shared identity into each of its subsets (default: deal the images "
                         "between them, so no image is in two subsets)")
@@ -58,8 +60,11 @@ def run(args) -> int:
     except SplitError as e:
         raise UsageError(str(e)) from None
     if not args.quiet:
-        print(f"wrote {args.out}: {summary['k']} subsets of {summary['subset_size']} identities, "
-              f"{summary['shared_consecutive']} shared by consecutive subsets (r = {summary['achieved_ratio']:.3f}), "
-              f"{summary['images_out']} images ({'shared' if summary['share_images'] else 'dealt'}); "
-              f"{summary['identities_in'] - summary['identities_used']} identities left out", file=sys.stderr)
+        planted = summary["planted"]
+        print(f"wrote {args.out}: {summary['k']} subsets of {min(planted['subset_sizes'])}-"
+              f"{max(planted['subset_sizes'])} identities, blocks of {summary['block']} shared cyclically, "
+              f"{summary['images_out']} images ({'copied' if summary['share_images'] else 'dealt'})\n"
+              f"planted: {planted['conflicts']} conflicting identities; classes: naive {planted['classes_naive']}, "
+              f"DAIL (largest subset) {planted['classes_dail']}, true identities {planted['classes_true']}",
+              file=sys.stderr)
     return 0

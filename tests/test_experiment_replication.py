@@ -1,0 +1,75 @@
+"""benchmarks/experiment_replication.py: the Eq. 5 split of its feature-level world, and the --quick preset end to
+end (JSON, markdown table, both PNGs, class counts against the planted Table 4 columns, paired statistics)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+import experiment_replication as ER
+from recordio_tools.overlap_split import planted_counts
+
+
+def _world(ids=96, per_id=6):
+    args = ER.parse_args(["--quick", "--ids", str(ids), "--images-per-id", str(per_id)])
+    return ER.make_world(0, **ER.world_kwargs(args))
+
+
+@pytest.mark.parametrize("share_images", [False, True])
+def test_split_of_the_world_follows_eq5(share_images):
+    world = _world()
+    split = ER.make_split(world, 4, 0.5, seed=3, share_images=share_images)
+    counts = planted_counts(96, 4, 0.5)
+    assert split["num_classes"] == counts["classes_naive"] == 96 + 4 * 12
+    assert len(split["truth"]) == counts["conflicts"] == 48
+    assert np.bincount(split["class_dataset"]).max() == counts["classes_dail"]
+    person_of = {}
+    for image, label in zip(split["image"], split["label"]):
+        person_of.setdefault(int(label), set()).add(int(world["y"][image]))
+    assert all(len(p) == 1 for p in person_of.values()) and len(person_of) == split["num_classes"]
+    for a, b in split["truth"]:  # the two classes of a conflict are one person, in neighbouring subsets
+        assert person_of[a] == person_of[b]
+        assert (split["class_dataset"][b] - split["class_dataset"][a]) % 4 in (1, 3)
+    # images dealt: each image once (a shared person's images split between its two classes); shared: twice
+    assert len(split["image"]) == len(world["y"]) + (48 * 6 if share_images else 0)
+    if not share_images:
+        assert len(set(split["image"].tolist())) == len(world["y"])
+
+
+def test_paired_interval():
+    d = ER.paired([0.5, 0.6, 0.7], [0.4, 0.5, 0.5])
+    assert d["mean"] == pytest.approx(2 / 15) and d["lo"] < d["mean"] < d["hi"] and d["n"] == 3
+    # t(0.975, 2) = 4.303: half width 4.303 * std / sqrt(3)
+    assert d["hi"] - d["mean"] == pytest.approx(4.3027 * np.std([0.1, 0.1, 0.2], ddof=1) / np.sqrt(3), rel=1e-3)
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "experiment_replication.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "result.json").read_text())
+    for png in ("tar_vs_r.png", "fig3_t2.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| r | method | TAR@1e-3 |" in (tmp_path / "table.md").read_text()
+    args = report["args"]
+    rows = {(row["ratio"], row["method"]): row for row in report["summary"]["table"]}
+    assert len(report["runs"]) == len(args["ratios"]) * len(args["methods"]) * args["seeds"]
+    for ratio in args["ratios"]:
+        counts = planted_counts(args["ids"], args["k"], ratio)
+        assert rows[ratio, "naive"]["classes"] == counts["classes_naive"]  # nothing merged
+        assert rows[ratio, "dail"]["classes"] == counts["classes_dail"]  # one subset's softmax
+        assert rows[ratio, "facefusion"]["classes"] <= counts["classes_naive"]
+        for method in args["methods"]:
+            assert 0.0 <= rows[ratio, method]["tar@0.001"] <= 1.0
+    diff = report["summary"]["diffs"]["tar@0.001"][f"facefusion-dail@r={args['ratios'][-1]}"]
+    assert diff["n"] == args["seeds"] and diff["lo"] <= diff["mean"] <= diff["hi"]
+    assert any(c["criterion"].startswith("naive falls with r") for c in report["criteria"])
+    (dyn,) = report["meta"]["dynamics"]  # the plain-SGD arm measured at T2 beside the renormalised runs
+    assert dyn["t2_quantiles"]["top1_non_duplicate"]["q50"] is not None and dyn["t2_quantiles"]["alignment"]["q50"] <= 1
+    assert all(t["merged_pairs_by_t1"] for t in report["t2"])
