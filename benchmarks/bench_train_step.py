@@ -161,7 +161,7 @@ class InMemoryData:
     def num_datasets(self) -> int:
         return self.labels.num_datasets
 
-    def make_loader(self, start_step: int = 0):
+    def make_loader(self, start_step: int = 0, position: tuple[int, int] | None = None):
         return self._repeat(self.batch)
 
 

@@ -30,7 +30,8 @@ def world(tmp_path_factory):
     generate(config, str(synth), progress=False)
     generate_unlabeled(config, str(synth / "unlabeled"), num_ids=30, overlap=0.5, images_per_id=6, progress=False)
     run = root / "run"
-    train(synth, run, nproc=1, optim__total_steps=8, fusion__t2=1.0, data__verification="[]")
+    train(synth, run, nproc=1, optim__total_steps=8, optim__lr_milestones="[6]", fusion__t2=1.0,
+          data__verification="[]")
     return synth, run / "checkpoints" / "step-00000008"
 
 
@@ -67,7 +68,7 @@ def test_pseudo_labels_images_and_trains_as_a_seventh_dataset(world, tmp_path, c
     assert manifest.datasets[-1].name == "pseudo" and manifest.datasets[-1].sample_weights
     run = tmp_path / "run"
     proc = train(synth, run, nproc=2, data__manifest=str(train_set), data__verification="[]", optim__total_steps=6,
-                 fusion__t2=0.5)
+                 optim__lr_milestones="[4]", fusion__t2=0.5)
     steps = metrics(run)
     assert [steps[s]["phase"] for s in (3, 4)] == ["dail", "agnostic"]
     assert all(np.isfinite(r["loss/cls"]) for r in steps.values())

@@ -158,6 +158,15 @@ def _rank_of(pid: int) -> int | None:
     return int(env[b"RANK"]) if b"RANK" in env else None
 
 
+def _checkpoints_since_last_resume(log, resumes_expected: int) -> int:
+    """Checkpoints the current restart round wrote; 0 until the round has resumed `resumes_expected` times, so a
+    second kill never lands in the round the first one already ended."""
+    text = log.read_text() if log.exists() else ""
+    if text.count("resumed from") < resumes_expected:
+        return 0
+    return text.rsplit("resumed from", 1)[-1].count("checkpoint (") if resumes_expected else text.count("checkpoint (")
+
+
 def test_sigkill_rank0_then_rank1_torchrun_restarts_from_the_last_checkpoint(synth, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=4",
            TRAIN, *_overrides(synth, tmp_path, checkpoint__every=1, **{"optim.total_steps": 14})]
@@ -170,9 +179,7 @@ def test_sigkill_rank0_then_rank1_torchrun_restarts_from_the_last_checkpoint(syn
         for victim_rank in (0, 1):  # rank 0 hosts the round's store: its death is the harder restart
             deadline = time.time() + 120
             while time.time() < deadline and proc.poll() is None:
-                log = tmp_path / "logs" / "rank0.log"
-                steps_done = log.read_text().count("checkpoint (") if log.exists() else 0
-                if steps_done >= 2 + 4 * len(kills):
+                if _checkpoints_since_last_resume(tmp_path / "logs" / "rank0.log", len(kills)) >= 2:
                     break
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.0, 1.5))  # lands in a step or in a save, at random
