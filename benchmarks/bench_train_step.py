@@ -164,6 +164,9 @@ class InMemoryData:
     def make_loader(self, start_step: int = 0, position: tuple[int, int] | None = None):
         return self._repeat(self.batch)
 
+    def sample_weight(self, batch):
+        return None  # every sample weighs 1, as in a set without per-sample weights
+
 
 def pipeline_data(cfg, ctx, manifest: str, classes: int):
     """The real `TrainingData` over `manifest`, its label tables padded to `classes` source
