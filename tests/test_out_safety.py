@@ -11,6 +11,7 @@ import pytest
 
 from cli_helpers import make_dataset, make_tree, run_cli
 from recordio_tools.shards import OUTPUT_MARKER
+from watchdog import children_of, is_alive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,22 +99,6 @@ def test_stale_temporaries_of_dead_processes_are_removed_by_the_next_run(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "imgs", "out"]
 
 
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_convert_workers_exit_when_the_parent_is_killed(tmp_path):
     make_tree(tmp_path / "imgs", {f"id{i}": 40 for i in range(20)}, size=(400, 400))
@@ -122,15 +107,15 @@ def test_convert_workers_exit_when_the_parent_is_killed(tmp_path):
                              str(tmp_path / "out"), "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while len(workers := _children(proc.pid)) < 2 and time.time() < deadline:
+    while len(workers := children_of(proc.pid)) < 2 and time.time() < deadline:
         time.sleep(0.05)
     assert len(workers) >= 2, "the workers never started"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while any(map(_alive, workers)) and time.time() < deadline:
+    while any(map(is_alive, workers)) and time.time() < deadline:
         time.sleep(0.05)
-    survivors = [pid for pid in workers if _alive(pid)]
+    survivors = [pid for pid in workers if is_alive(pid)]
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "a convert worker outlived its parent"

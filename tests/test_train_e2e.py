@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fftrain.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
-from watchdog import communicate_within, kill_session, run_watched
+from watchdog import children_of, communicate_within, kill_session, rank_of, run_watched
 
 pytestmark = pytest.mark.slow  # every test here runs torchrun end to end
 
@@ -136,28 +136,6 @@ def test_non_finite_loss_stops_naming_the_step(synth, tmp_path):
         assert torch.isfinite(weights).all(), path
 
 
-def _worker_pids(parent: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
-
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    except OSError:
-        return None
-    return int(env[b"RANK"]) if b"RANK" in env else None
-
-
 def _checkpoints_since_last_resume(log, resumes_expected: int) -> int:
     """Checkpoints the current restart round wrote; 0 until the round has resumed `resumes_expected` times, so a
     second kill never lands in the round the first one already ended."""
@@ -183,7 +161,7 @@ def test_sigkill_rank0_then_rank1_torchrun_restarts_from_the_last_checkpoint(syn
                     break
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.0, 1.5))  # lands in a step or in a save, at random
-            victims = [pid for pid in _worker_pids(proc.pid) if _rank_of(pid) == victim_rank]
+            victims = [pid for pid in children_of(proc.pid) if rank_of(pid) == victim_rank]
             if proc.poll() is not None or not victims:
                 return
             os.kill(victims[0], signal.SIGKILL)

@@ -18,20 +18,47 @@ import time
 STACK_SIGNAL = signal.SIGUSR1
 
 
-def session_pids(session_id: int) -> list[int]:
-    """Every live process of a session (the tree a test started with start_new_session=True)."""
+def proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...); [] where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _live_pids_where(field: int, value: int) -> list[int]:
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id and fields[0] != "Z":
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = proc_stat(int(entry))
+        if fields and fields[0] != "Z" and int(fields[field]) == value:
             pids.append(int(entry))
     return pids
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Every live process of a session (the tree a test started with start_new_session=True)."""
+    return _live_pids_where(3, session_id)
+
+
+def children_of(parent: int) -> list[int]:
+    """The live direct children of `parent` (torchrun's workers, a command's worker processes)."""
+    return _live_pids_where(1, parent)
+
+
+def is_alive(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def rank_of(pid: int) -> int | None:
+    """The RANK torchrun gave a worker, from its environment; None for another process."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return None
+    return int(env[b"RANK"]) if b"RANK" in env else None
 
 
 def request_stacks(pids: list[int], skip: int | None = None) -> None:
