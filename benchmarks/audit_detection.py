@@ -94,7 +94,7 @@ def accuracy_by_true_leakage(checkpoint: str, synth_dir: str) -> dict:
     """Verification accuracy on all pairs, on the pairs the ground truth says are not leaked, and on
     the leaked ones (what the audit's corrected figure estimates)."""
     from fftrain.audit.embed import embed_verification_bin
-    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.training.checkpoint import load_backbone_from_checkpoint
     from fftrain.distributed import single_process_context
     from fftrain.evaluation.metrics import verification_metrics
 
@@ -127,7 +127,7 @@ def threshold_diagnostics(audit_dir: str, synth_dir: str) -> dict:
     embeddings (is the miss the threshold's or the model's?)."""
     from fftrain.audit.embed import embed_verification_bin
     from fftrain.audit.intra import class_centres, intra_class
-    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.training.checkpoint import load_backbone_from_checkpoint
     from fftrain.data.records import RecordSet
     from fftrain.distributed import single_process_context
     from recordio_tools.manifest import load_manifest

@@ -65,7 +65,7 @@ def raw_faiss(x: np.ndarray, k: int, threads: int) -> float:
 
 
 def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
-    from fftrain.class_sharding import shard_range
+    from fftrain.distributed.class_sharding import shard_range
     from fftrain.fusion import run_fusion
 
     data = np.load(path, mmap_mode="r")

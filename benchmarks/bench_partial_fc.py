@@ -75,8 +75,8 @@ def run_one(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from fftrain.margins import ArcFace
-    from fftrain.partial_fc import PartialFCHead
+    from fftrain.head.margins import ArcFace
+    from fftrain.head.partial_fc import PartialFCHead
 
     device = torch.device(cfg["device"])
     cuda = device.type == "cuda"

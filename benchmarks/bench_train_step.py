@@ -6,7 +6,7 @@
         --classes 100000 --sweep-classes 1000000,2000000,4000000,8000000 --synth default
     python benchmarks/bench_train_step.py --modes memory --sweep-classes 1000 --steps 2 --out /tmp/t.json
 
-The step is `fftrain.trainer.Trainer.train_step` itself, on a Trainer built in the benchmark's
+The step is `fftrain.training.trainer.Trainer.train_step` itself, on a Trainer built in the benchmark's
 process (one rank, no process group): EmbeddingModel (backbone + GRL dataset classifier), the
 Partial-FC head (ArcFace s=64 m=0.5, dataset-aware softmax over 6 datasets), SGD momentum 0.9
 wd 5e-4, grad clip 5, autocast in `--dtype` ('auto': bf16 on CUDA, fp32 on the CPU) — forward,
@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: cuda:0")
-    p.add_argument("--backbone", default="iresnet_tiny", help="fftrain.backbones name (iresnet50, ...)")
+    p.add_argument("--backbone", default="iresnet_tiny", help="fftrain.model.backbones name (iresnet50, ...)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast dtype as in the trainer; auto = bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
@@ -138,10 +138,10 @@ class InMemoryData:
 
         import torch
 
-        from fftrain.data import Batch, LabelTables
+        from fftrain.data import Batch, LabelSpace
 
         gen = torch.Generator().manual_seed(seed)
-        self.labels = LabelTables(torch.arange(classes) * NUM_DATASETS // classes, device)
+        self.labels = LabelSpace(torch.arange(classes) * NUM_DATASETS // classes, device)
         images = torch.rand(batch_size, 3, 112, 112, generator=gen) * 2 - 1
         source = torch.randint(0, classes, (batch_size,), generator=gen).to(device)
         dataset, fused = self.labels.lookup(source)
@@ -173,8 +173,8 @@ def pipeline_data(cfg, ctx, manifest: str, classes: int):
     classes (the extra ones spread over the datasets, never drawn) so the head has that size."""
     import torch
 
-    from fftrain.data import LabelTables, TrainingData
-    from fftrain.data.loader import Prepared
+    from fftrain.data import LabelSpace, TrainingData
+    from fftrain.data.read_spec import Prepared
 
     data = TrainingData.from_config(cfg, ctx, manifest)
     table = data.labels.class_dataset.cpu()
@@ -182,7 +182,7 @@ def pipeline_data(cfg, ctx, manifest: str, classes: int):
         extra = torch.arange(classes - len(table)) % data.num_datasets
         table = torch.cat([table, extra])
     p = data.prepared
-    return TrainingData(cfg, ctx, Prepared(p.manifest, p.records, LabelTables(table, ctx.device), p.steps))
+    return TrainingData(cfg, ctx, Prepared(p.manifest, p.records, LabelSpace(table, ctx.device), p.steps))
 
 
 def build_trainer(cfg_in: dict, output_dir: str):
@@ -192,7 +192,7 @@ def build_trainer(cfg_in: dict, output_dir: str):
     from fftrain.config import (CheckpointConfig, DataConfig, FusionConfig, LogConfig, ModelConfig,
                                 PartialFCConfig, TrainConfig)
     from fftrain.distributed import single_process_context
-    from fftrain.trainer import Trainer
+    from fftrain.training.trainer import Trainer
 
     cuda = cfg_in["device"] == "cuda"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")

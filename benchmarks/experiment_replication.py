@@ -23,8 +23,8 @@ seed, data order and initialisation:
 - facefusion: dataset-aware until T2, `run_fusion` at T1 on the live head, then agnostic over the fused classes;
 - interclass: naive0 with the head's inter-class filtering (negatives with cosine > --interclass-threshold dropped).
 The GRL is off for every method (the paper's §4.5/4.6 setting; `--grl-weight` turns it on for all). The loop is the
-trainer's: fftrain.partial_fc.PartialFCHead (ArcFace s=64 m=0.5, momentum 0.9, wd 5e-4, proxies renormalised to
-`--proxy-norm`), fftrain.lr_schedule.lr_at with the paper's milestones scaled to `--steps` (80k/140k/200k of 480k),
+trainer's: fftrain.head.partial_fc.PartialFCHead (ArcFace s=64 m=0.5, momentum 0.9, wd 5e-4, proxies renormalised to
+`--proxy-norm`), fftrain.training.lr_schedule.lr_at with the paper's milestones scaled to `--steps` (80k/140k/200k of 480k),
 fftrain.config.TrainConfig for the method's phases, fftrain.fusion.run_fusion at T2.
 
 Metrics: TAR@FAR 1e-3 and 1e-4 over all pairs of the held-out images (fftrain.evaluation.metrics.tar_at_far);
@@ -206,10 +206,10 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     import torch.nn.functional as F
 
     from fftrain.evaluation.merge_quality import merge_quality
-    from fftrain.grl import DatasetClassifier
-    from fftrain.lr_schedule import lr_at
-    from fftrain.margins import build_margin
-    from fftrain.partial_fc import PartialFCHead
+    from fftrain.model.grl import DatasetClassifier
+    from fftrain.training.lr_schedule import lr_at
+    from fftrain.head.margins import build_margin
+    from fftrain.head.partial_fc import PartialFCHead
 
     cfg = method_config(method, args)
     torch.manual_seed(seed)

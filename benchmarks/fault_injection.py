@@ -4,7 +4,7 @@
     python benchmarks/fault_injection.py --faults save@6:0,fusion@7:1              # chosen faults, one run each
 
 One uninterrupted run is the reference. Each kill is one run under `torchrun --max-restarts=3` with one planned
-fault (fftrain/faults.py: a rank SIGKILLs itself at a step, inside a checkpoint save, at the fusion step before
+fault (fftrain/training/faults.py: a rank SIGKILLs itself at a step, inside a checkpoint save, at the fusion step before
 its kNN, inside the checkpoint written after fusion, or at an evaluation). Per kill: did the run finish (exit 0,
 final checkpoint at the last step), are its final label map and every step's losses equal to the reference
 (the last value logged for each step; rel 1e-5), and the wall time lost against the reference.
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 from bench_common import machine_info, write_report  # noqa: E402
 from watchdog import run_watched  # noqa: E402
 
-from fftrain.faults import parse_faults  # noqa: E402
+from fftrain.training.faults import parse_faults  # noqa: E402
 
 TOTAL_STEPS, FUSION_STEP, SAVE_EVERY, EVAL_EVERY, NPROC = 14, 7, 2, 5, 2
 
@@ -68,7 +68,7 @@ def train(synth: str, out_dir: str, fault: str | None, deadline_s: float) -> dic
 
 def outcome(out_dir: str) -> dict:
     """The losses per step (the last logged value of each step) and the final checkpoint's label map."""
-    from fftrain.checkpoint import complete_checkpoints, load_partial, read_meta
+    from fftrain.training.checkpoint import complete_checkpoints, load_partial, read_meta
 
     losses = {}
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:

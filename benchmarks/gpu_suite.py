@@ -104,9 +104,9 @@ def run_tests(args) -> dict:
 # ---- 2. the training step -----------------------------------------------------------------------------
 
 def _train_parts(backbone: str, classes: int, embedding: int, device: torch.device, channels_last: bool):
-    from fftrain.backbones import build_backbone
-    from fftrain.margins import build_margin
-    from fftrain.partial_fc import PartialFCHead
+    from fftrain.model.backbones import build_backbone
+    from fftrain.head.margins import build_margin
+    from fftrain.head.partial_fc import PartialFCHead
 
     model = build_backbone(backbone, embedding_size=embedding).to(device)
     if channels_last:
@@ -160,7 +160,7 @@ def measure_train_step(backbone: str, batch: int, classes: int, embedding: int, 
 
 
 def predicted_train_gib(backbone: str, batch: int, classes: int, embedding: int, dtype: str) -> float:
-    from fftrain.plan import PlanInput, backbone_parts, head_parts
+    from fftrain.training.capacity import PlanInput, backbone_parts, head_parts
 
     inp = PlanInput(classes=classes, gpus=1, batch=batch, embedding=embedding, sample_rate=0.1, dtype=dtype,
                     backbone=backbone, device="cuda", overhead_gib=0.0)
@@ -194,9 +194,9 @@ def run_train_steps(args, s: dict, device: torch.device, clock: Clock) -> list[d
 # ---- 3. the head alone at the 100M/8 shard ------------------------------------------------------------
 
 def run_head(s: dict, device: torch.device, steps: int = 5) -> dict:
-    from fftrain.margins import build_margin
-    from fftrain.partial_fc import PartialFCHead
-    from fftrain.plan import PlanInput, head_parts
+    from fftrain.head.margins import build_margin
+    from fftrain.head.partial_fc import PartialFCHead
+    from fftrain.training.capacity import PlanInput, head_parts
 
     classes, batch, d = s["head_classes"], s["head_batch"], s["embedding"]
     predicted = sum(head_parts(PlanInput(classes=classes, gpus=1, batch=batch, embedding=d, sample_rate=0.1,
@@ -244,7 +244,7 @@ def run_fusion_sizes(s: dict, device: torch.device, clock: Clock, reserve_s: flo
     if not _have("numpy"):
         return [{"skipped": "numpy is not installed here (fusion's components step uses it)"}]
     from fftrain.fusion import run_fusion
-    from fftrain.plan import PlanInput, fusion_parts
+    from fftrain.training.capacity import PlanInput, fusion_parts
 
     rows, last = [], None
     for n in s["fusion_sizes"]:

@@ -12,38 +12,40 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .audit.cli import add_audit_parser
-    from .evaluation.cli_commands import add_eval_parser, add_export_parser
-    from .fusion_cli import add_fuse_parser
-    from .pseudo_label.cli import add_pseudo_label_parser
-    from .plan import add_plan_parser
+#: every subcommand but `train`: (its module under fftrain/commands/, the function adding its parser)
+COMMANDS = (
+    ("fftrain.commands.fuse", "add_fuse_parser"),
+    ("fftrain.commands.eval", "add_eval_parser"),
+    ("fftrain.commands.export", "add_export_parser"),
+    ("fftrain.commands.audit", "add_audit_parser"),
+    ("fftrain.commands.pseudo_label", "add_pseudo_label_parser"),
+    ("fftrain.commands.plan", "add_plan_parser"),
+)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fftrain", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = subparsers.add_parser("train", help="train (see fftrain/train.py --help)", add_help=False)
     train.set_defaults(run=None)
-    add_fuse_parser(subparsers)
-    add_eval_parser(subparsers)
-    add_export_parser(subparsers)
-    add_audit_parser(subparsers)
-    add_pseudo_label_parser(subparsers)
-    add_plan_parser(subparsers)
+    for module, add_parser in COMMANDS:
+        getattr(importlib.import_module(module), add_parser)(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from .train import main as train_main
+        from fftrain.commands.train import main as train_main
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from .errors import UserError, report_user_error
+    from fftrain.errors import UserError, report_user_error
 
     try:
         return int(args.run(args) or 0)

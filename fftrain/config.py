@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import UserError
+from fftrain.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -29,7 +29,7 @@ def _check(condition: bool, key: str, message: str) -> None:
 
 
 def _check_backbone(name: str) -> None:
-    from .backbones import available_backbones, is_backbone  # torch; only when a config is built
+    from fftrain.model.backbones import available_backbones, is_backbone  # torch; only when a config is built
 
     _check(is_backbone(name), "model.backbone", f"unknown backbone {name!r}; available: {available_backbones()}")
 
@@ -37,7 +37,7 @@ def _check_backbone(name: str) -> None:
 @dataclass
 class ModelConfig:
     backbone: str = "iresnet50"
-    """Backbone name from fftrain.backbones (iresnet18/34/50/100, mobilefacenet, a tiny CPU one)."""
+    """Backbone name from fftrain.model.backbones (iresnet18/34/50/100, mobilefacenet, a tiny CPU one)."""
     embedding_size: int = 512
     """Dimension of the face embedding (the backbone's output and the FC proxies)."""
     dropout: float = 0.0

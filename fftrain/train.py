@@ -16,59 +16,14 @@ overrides any config key (YAML syntax for the value); `--resume auto|PATH|''` is
 `checkpoint.resume`.
 """
 
-from __future__ import annotations
-
-import argparse
-import faulthandler
-import io
-import signal
+import os
 import sys
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fftrain.config import keys_help
-
-    parser = argparse.ArgumentParser(prog="fftrain train", description="Train a face-recognition network on "
-                                     "several datasets at once (FaceFusion).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="config keys (--set KEY=VALUE; the defaults below are the paper's "
-                                     "setting; with no --config the CPU demo, configs/demo_cpu.yaml, replaces "
-                                     "some):\n" + keys_help())
-    parser.add_argument("--config", help="YAML run config (default: the embedded CPU demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
-    parser.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir), a checkpoint "
-                        "folder, or '' to start fresh; same as --set checkpoint.resume=...")
-    return parser.parse_args(argv)
-
-
-def _stacks_on_sigusr1() -> None:
-    """`kill -USR1 PID` prints where every thread of a stuck rank is (stderr must be a real file)."""
-    try:
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-    except (io.UnsupportedOperation, ValueError, AttributeError):  # stderr replaced, e.g. under pytest capture
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    _stacks_on_sigusr1()
-    from fftrain.config import load_config
-    from fftrain.demo import DEMO_CONFIG
-    from fftrain.distributed import launch_rank
-    from fftrain.errors import EXIT_USER_ERROR, UserError, report_user_error
-
-    args = parse_args(argv)
-    overrides = list(args.overrides)
-    if args.resume is not None:
-        overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
-    try:
-        cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
-    except UserError as e:  # every rank has the same config: rank 0 says it
-        return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
-    from fftrain.run import run_training
-
-    return run_training(cfg)
-
-
 if __name__ == "__main__":
+    # run as a script, this folder is sys.path[0]: drop it, or its packages (data, model, training, ...)
+    # would shadow top-level modules of those names
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
+    from fftrain.commands.train import main
+
     sys.exit(main())

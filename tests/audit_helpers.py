@@ -1,5 +1,5 @@
 """A checkpoint for audit tests without training: the demo's tiny backbone (random weights, or given
-proxies) saved by `fftrain.checkpoint.save_checkpoint` in one process, in the trainer's layout.
+proxies) saved by `fftrain.training.checkpoint.save_checkpoint` in one process, in the trainer's layout.
 
     path = make_checkpoint(tmp_path / "ckpt", manifest, proxies=None, embedding_size=32)
 """
@@ -10,11 +10,11 @@ import copy
 
 import torch
 
-from fftrain.checkpoint import ShardedRows, save_checkpoint
+from fftrain.training.checkpoint import ShardedRows, save_checkpoint
 from fftrain.config import config_from_dict, config_to_dict
-from fftrain.demo import DEMO_CONFIG
+from fftrain.training.demo import DEMO_CONFIG
 from fftrain.distributed import single_process_context
-from fftrain.model import EmbeddingModel
+from fftrain.model.embedding import EmbeddingModel
 
 
 def make_checkpoint(root, manifest, *, proxies: torch.Tensor | None = None, embedding_size: int = 32,

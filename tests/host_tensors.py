@@ -5,7 +5,7 @@ tensor that a GPU run would leave on the host (`torch.tensor([x])` with no devic
 `HostTensorTracker` is a TorchFunctionMode that marks every tensor made without an explicit device
 (and everything computed from one) as a host tensor, and clears the mark when a tensor is moved with
 `.to(device)`; `nccl_like(group)` installs a placement rule that refuses marked tensors in every
-collective helper of fftrain.distributed:
+collective helper of fftrain.distributed.comm:
 
     with HostTensorTracker() as tracker, tracker.nccl_like(ctx.group):
         Trainer(cfg, ctx, data).train()      # CommDeviceError names the collective on a host tensor

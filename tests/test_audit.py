@@ -360,7 +360,7 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
 
 def _embed(ctx, manifest_dir, work):
     from fftrain.audit.embed import embed_training_set
-    from fftrain.backbones import build_backbone
+    from fftrain.model.backbones import build_backbone
     from fftrain.data.records import RecordSet
     from recordio_tools.manifest import load_manifest
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from fftrain.backbones import available_backbones, build_backbone, load_pretrained
+from fftrain.model.backbones import available_backbones, build_backbone, load_pretrained
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

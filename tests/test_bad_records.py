@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_helpers import encode_jpeg, identity_image, zero_jpeg_body
 from fftrain.data import DataError, build_loader
-from fftrain.data.loader import prepare
+from fftrain.data.read_spec import prepare
 from fftrain.data.records import RecordSet, ShardTruncated
 from fftrain.data.sharding import epoch_order
 from recordio_tools.images import jpeg_structure_problem
@@ -136,7 +136,7 @@ def test_fusion_report_files_get_the_umask_mode(tmp_path):
 
 
 def test_demo_says_where_and_how_much_it_generates(tmp_path, capsys):
-    from fftrain.demo import ensure_synthetic_data
+    from fftrain.training.demo import ensure_synthetic_data
 
     folder = tmp_path / "synth"
     manifest = ensure_synthetic_data(str(folder), "tiny", 0)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dist_harness import run_distributed
-from fftrain.checkpoint import (CheckpointError, ShardedRows, check_compatible, complete_checkpoints,
+from fftrain.training.checkpoint import (CheckpointError, ShardedRows, check_compatible, complete_checkpoints,
                                 latest_checkpoint, load_checkpoint, load_partial, load_weights_file, save_checkpoint)
-from fftrain.class_sharding import shard_range
+from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import single_process_context
 
 NUM_CLASSES, DIM = 11, 3

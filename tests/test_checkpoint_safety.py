@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from dist_harness import run_distributed
-from fftrain.checkpoint import (CheckpointError, ShardedRows, complete_checkpoints, load_checkpoint, load_partial,
+from fftrain.training.checkpoint import (CheckpointError, ShardedRows, complete_checkpoints, load_checkpoint, load_partial,
                                 resolve_resume, save_checkpoint)
-from fftrain.class_sharding import shard_range
+from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import single_process_context
 from recordio_tools.verification_bin import write_verification_bin
 
@@ -130,7 +130,7 @@ def test_valid_checkpoint_loads_on_the_same_and_another_number_of_ranks(two_rank
 
 
 def test_dcp_files_hold_tensors_only(two_rank_root):
-    from fftrain.checkpoint import read_dcp_metadata
+    from fftrain.training.checkpoint import read_dcp_metadata
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = read_dcp_metadata(os.path.join(two_rank_root, "step-00000002", ".metadata"))

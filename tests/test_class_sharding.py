@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from fftrain.class_sharding import owner_of, shard_range, shard_ranges
+from fftrain.distributed.class_sharding import owner_of, shard_range, shard_ranges
 
 
 @given(st.integers(0, 5000), st.integers(1, 80))

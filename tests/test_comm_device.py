@@ -46,9 +46,9 @@ def test_gloo_group_refuses_a_tensor_off_the_cpu():
 def _train_under_nccl_rule(ctx, synth_dir, out_dir):
     from fftrain.config import load_config
     from fftrain.data import TrainingData
-    from fftrain.demo import DEMO_CONFIG
-    from fftrain.run_log import setup_logging
-    from fftrain.trainer import Trainer
+    from fftrain.training.demo import DEMO_CONFIG
+    from fftrain.training.run_log import setup_logging
+    from fftrain.training.trainer import Trainer
 
     overrides = {"output_dir": out_dir, "data.synth_dir": synth_dir, "data.synth_preset": "tiny",
                  "data.batch_size": 8, "data.num_workers": 1, "data.reader": "torch",

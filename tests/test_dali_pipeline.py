@@ -10,7 +10,7 @@ import torch
 from data_helpers import fixture_manifest, make_training_set, read_uid, reference
 from fftrain.data import DataError, build_loader
 from fftrain.data.augment import step_params
-from fftrain.data.labels import LabelTables, class_ids_from_labels
+from fftrain.data.label_space import LabelSpace, class_ids_from_labels
 from fftrain.data.records import RecordSet
 from fftrain.data.sharding import steps_per_epoch
 from recordio_tools.insightface import detect_layout
@@ -120,7 +120,7 @@ def test_label_map_swap_takes_effect_on_the_next_batch(tset):
 
 
 def test_label_tables_reject_bad_maps():
-    tables = LabelTables(np.array([0, 0, 1, 2]))
+    tables = LabelSpace(np.array([0, 0, 1, 2]))
     with pytest.raises(ValueError, match="label_map has 3 entries, the training set has 4 source classes"):
         tables.swap_label_map([0, 1, 2])
     with pytest.raises(ValueError, match="not contiguous: 1 unused below the maximum 2"):

@@ -6,15 +6,15 @@ from fftrain.errors import UserError, one_line
 
 
 def _user_facing_classes():
-    from fftrain.checkpoint import CheckpointError
+    from fftrain.training.checkpoint import CheckpointError
     from fftrain.config import ConfigError
     from fftrain.data.records import DataError, ShardTruncated
-    from fftrain.evaluation.cli_commands import EvalUsageError
+    from fftrain.commands.eval import EvalUsageError
     from fftrain.evaluation.export import OnnxParityError
     from fftrain.evaluation.merge_quality import RunResultsError
-    from fftrain.output_lock import OutputLockedError
-    from fftrain.run import StartupRefused
-    from fftrain.trainer import TrainingDiverged
+    from fftrain.training.output_lock import OutputLockedError
+    from fftrain.commands.train import StartupRefused
+    from fftrain.training.trainer import TrainingDiverged
     from recordio_tools.cli import UsageError
     from recordio_tools.images import ImageError
     from recordio_tools.manifest import ManifestError

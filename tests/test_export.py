@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
 onnx = pytest.importorskip("onnx", reason="onnx not installed: pip install -e '.[export]'")
 
-from fftrain.backbones import build_backbone  # noqa: E402
+from fftrain.model.backbones import build_backbone  # noqa: E402
 from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx  # noqa: E402
 
 
@@ -47,12 +47,12 @@ def test_parity_check_catches_a_different_model(exported):
 
 
 def test_export_command(tmp_path, monkeypatch, capsys):
-    from fftrain.evaluation.cli_commands import add_export_parser
+    from fftrain.commands.export import add_export_parser
 
-    fake = types.ModuleType("fftrain.checkpoint")
+    fake = types.ModuleType("fftrain.training.checkpoint")
     fake.load_backbone_from_checkpoint = lambda directory: build_backbone("iresnet_tiny", embedding_size=16)
     fake.CheckpointError = type("CheckpointError", (ValueError,), {})
-    monkeypatch.setitem(sys.modules, "fftrain.checkpoint", fake)
+    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", fake)
     parser = argparse.ArgumentParser(prog="fftrain")
     add_export_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "model.onnx"

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from dist_harness import run_distributed
-from fftrain.class_sharding import shard_range
+from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import DistContext
 from fftrain.fusion import SourceInfo, build_plan, distributed_knn, reshard_merge, run_fusion
 from fftrain.fusion.components import candidate_pairs, dedupe_pairs, min_source_class
-from fftrain.margins import ArcFace
-from fftrain.partial_fc import PartialFCHead
+from fftrain.head.margins import ArcFace
+from fftrain.head.partial_fc import PartialFCHead
 
 COUNTS = (100, 101, 100)  # C = 301: uneven shards on 2 and 4 ranks
 NAMES = ("alpha", "beta", "gamma")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fftrain.backbones import build_backbone
-from fftrain.margins import build_margin
-from fftrain.partial_fc import PartialFCHead
+from fftrain.model.backbones import build_backbone
+from fftrain.head.margins import build_margin
+from fftrain.head.partial_fc import PartialFCHead
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)

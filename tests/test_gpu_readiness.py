@@ -11,9 +11,9 @@ from fftrain.config import ConfigError, GRLConfig, ModelConfig, load_config
 from fftrain.data.augment import color_matrix, step_params
 from fftrain.fusion.knn import block_elems_for, distributed_knn
 from fftrain.fusion.reshard import _segment_sum
-from fftrain.margins import build_margin
-from fftrain.model import EmbeddingModel
-from fftrain.partial_fc import PartialFCHead
+from fftrain.head.margins import build_margin
+from fftrain.model.embedding import EmbeddingModel
+from fftrain.head.partial_fc import PartialFCHead
 
 D = 16
 
@@ -215,8 +215,8 @@ def test_bf16_storage_holds_two_bytes_per_value_and_steps_are_repeatable():
 # ---- errors and packaging --------------------------------------------------------------------------
 
 def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(tmp_path, monkeypatch, capsys):
-    from fftrain import trainer as trainer_module
-    from fftrain.run import run_training
+    from fftrain.training import trainer as trainer_module
+    from fftrain.commands.train import run_training
     from recordio_tools.synthetic import generate_synthetic_set
 
     synth = tmp_path / "synth"

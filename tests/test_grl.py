@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fftrain.grl import DatasetClassifier, grad_reverse
+from fftrain.model.grl import DatasetClassifier, grad_reverse
 
 
 def test_grad_reverse_is_identity_forward_and_negates_backward():

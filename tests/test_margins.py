@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fftrain.margins import ArcFace, CombinedMargin, CosFace, build_margin
+from fftrain.head.margins import ArcFace, CombinedMargin, CosFace, build_margin
 
 
 def _target(margin, cos):

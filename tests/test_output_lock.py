@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fftrain.output_lock import LOCK_FILE, OutputLock, OutputLockedError, read_holder
+from fftrain.training.output_lock import LOCK_FILE, OutputLock, OutputLockedError, read_holder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from dist_harness import run_distributed
-from fftrain.class_sharding import shard_ranges
+from fftrain.distributed.class_sharding import shard_ranges
 from fftrain.distributed import DistContext, all_reduce_
-from fftrain.margins import ArcFace, CombinedMargin, CosFace
-from fftrain.partial_fc import PartialFCHead, init_proxies
+from fftrain.head.margins import ArcFace, CombinedMargin, CosFace
+from fftrain.head.partial_fc import PartialFCHead, init_proxies
 
 D, D_IN = 8, 6
 ATOL, RTOL = 1e-10, 1e-9

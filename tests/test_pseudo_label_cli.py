@@ -82,7 +82,7 @@ def _embeddings_file(tmp_path, rows: np.ndarray) -> str:
 
 
 def _proxies_like(checkpoint, n, rng, overlap: bool) -> np.ndarray:
-    from fftrain.checkpoint import load_proxies_from_checkpoint
+    from fftrain.training.checkpoint import load_proxies_from_checkpoint
 
     proxies = torch.nn.functional.normalize(load_proxies_from_checkpoint(str(checkpoint)), dim=1).numpy()
     if overlap:  # every image a close copy of a labeled class

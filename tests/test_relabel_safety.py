@@ -60,7 +60,7 @@ def test_copy_referenced_then_fused_set_passes_verify_and_inspect(tmp_path, caps
 def test_the_trainer_reads_a_set_fused_in_place_as_its_fused_classes(tmp_path, capsys):
     import torch
 
-    from fftrain.data.loader import prepare
+    from fftrain.data.read_spec import prepare
 
     data, label_map = _two_sets_sharing_datasets(tmp_path, capsys)
     assert run_cli(capsys, "relabel", data / "train1", "--label-map", label_map, "--in-place",

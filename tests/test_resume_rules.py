@@ -1,11 +1,11 @@
-"""What a resume may change (fftrain.resume_rules), and a resumed run that keeps both configs."""
+"""What a resume may change (fftrain.training.resume_rules), and a resumed run that keeps both configs."""
 
 import numpy as np
 import pytest
 
 from fftrain.config import ConfigError, config_from_dict, config_to_dict
 from fftrain.data.sharding import epoch_order, rank_batches
-from fftrain.resume_rules import NEVER, check_resume, data_position, rule_of
+from fftrain.training.resume_rules import NEVER, check_resume, data_position, rule_of
 
 
 def _meta(step=6, world_size=1, **config):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from dist_harness import run_distributed
 from fftrain.distributed import DistContext, all_reduce_
-from fftrain.margins import ArcFace
-from fftrain.partial_fc import PartialFCHead
+from fftrain.head.margins import ArcFace
+from fftrain.head.partial_fc import PartialFCHead
 from test_partial_fc import D, make_problem
 
 MARGIN = ArcFace(scale=8.0, margin=0.4)
@@ -142,7 +142,7 @@ def _build(tmp_path, *folders):
 
 
 def test_build_carries_the_weights_and_the_loader_applies_them(tmp_path):
-    from fftrain.data.loader import prepare
+    from fftrain.data.read_spec import prepare
     from fftrain.data.weights import load_sample_weights
     from recordio_tools.manifest import load_manifest
 

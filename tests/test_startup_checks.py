@@ -1,5 +1,5 @@
 """Every bad setting or input is refused at start: one line naming the key, exit status 2, and
-nothing written to output_dir. In-process through fftrain.train.main, plus one torchrun run."""
+nothing written to output_dir. In-process through fftrain.commands.train.main, plus one torchrun run."""
 
 import os
 import pathlib
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fftrain.train import main as train_main
+from fftrain.commands.train import main as train_main
 from recordio_tools.verification_bin import write_verification_bin
 from watchdog import run_watched
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from fftrain.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
+from fftrain.training.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
 from watchdog import children_of, communicate_within, kill_session, rank_of, run_watched
 
 pytestmark = pytest.mark.slow  # every test here runs torchrun end to end

@@ -98,7 +98,7 @@ def test_decoded_images_are_cached(planted):
 
 
 def test_mxnet_fixture_with_tiny_backbone(mxnet_fixtures):
-    from fftrain.backbones import build_backbone
+    from fftrain.model.backbones import build_backbone
 
     torch.manual_seed(0)
     model = build_backbone("iresnet_tiny", embedding_size=32)
@@ -162,13 +162,13 @@ def test_format_table():
 def test_eval_command(planted, tmp_path, monkeypatch, capsys):
     import argparse
 
-    from fftrain.evaluation.cli_commands import add_eval_parser
+    from fftrain.commands.eval import add_eval_parser
 
-    fake = types.ModuleType("fftrain.checkpoint")
+    fake = types.ModuleType("fftrain.training.checkpoint")
     fake.load_backbone_from_checkpoint = lambda directory: HalfCode()
     fake.load_proxies_from_checkpoint = lambda directory: np.eye(len(LEVELS), dtype=np.float32)
     fake.CheckpointError = type("CheckpointError", (ValueError,), {})
-    monkeypatch.setitem(sys.modules, "fftrain.checkpoint", fake)
+    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", fake)
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(var, raising=False)
     parser = argparse.ArgumentParser(prog="fftrain")

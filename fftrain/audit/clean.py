@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from .inputs import AuditError
+from fftrain.audit.inputs import AuditError
 
 CLEAN_MAP_FILE = "clean_map.json"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intra import HIST_BINS
+from fftrain.audit.intra import HIST_BINS
 
 
 def _pair_cos(embeddings: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -38,9 +38,7 @@ class CheckpointView:
 
 
 def load_checkpoint_view(path: str) -> CheckpointView:
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from fftrain.checkpoint import CheckpointError, load_backbone_from_checkpoint, load_partial, read_meta
+    from fftrain.training.checkpoint import CheckpointError, load_backbone_from_checkpoint, load_proxies_and_labels, read_meta
 
     if not os.path.isdir(path):
         raise AuditError(f"{path}: checkpoint directory not found")
@@ -48,13 +46,10 @@ def load_checkpoint_view(path: str) -> CheckpointView:
         meta = read_meta(path)
         dim = int(meta["embedding_size"])
         backbone = load_backbone_from_checkpoint(path)
-        state = load_partial(path, {
-            "sharded": {"fc_weight": torch.empty(meta["num_classes_fused"], dim)},
-            "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
-            "class_dataset_fused": torch.empty(meta["num_classes_fused"], dtype=torch.long)})
+        saved = load_proxies_and_labels(path)
     except CheckpointError as e:
         raise AuditError(str(e)) from None
-    except (KeyError, ValueError, RuntimeError, CheckpointException) as e:  # DCP: a stored tensor of another shape
+    except (KeyError, ValueError, RuntimeError) as e:  # a stored tensor of another shape
         raise AuditError(f"{path}: checkpoint does not match its own meta.json (embedding_size={meta.get('embedding_size')}, "
                          f"num_classes_fused={meta.get('num_classes_fused')}): {_first_line(e)}") from None
     out_dim = _output_dim(backbone)
@@ -62,9 +57,8 @@ def load_checkpoint_view(path: str) -> CheckpointView:
         raise AuditError(f"{path}: the backbone gives {out_dim}-d embeddings but the checkpoint's embedding_size "
                          f"and proxies are {dim}-d")
     return CheckpointView(path=path, backbone=backbone, embedding_size=dim,
-                          proxies=state["sharded"]["fc_weight"].float(),
-                          label_map=state["label_map"].numpy().astype(np.int64),
-                          class_dataset_fused=state["class_dataset_fused"].numpy().astype(np.int64),
+                          proxies=saved.proxies.float(), label_map=saved.label_map.numpy().astype(np.int64),
+                          class_dataset_fused=saved.fused_dataset.numpy().astype(np.int64),
                           datasets=list(meta["datasets"]), fused=bool(meta.get("fused")))
 
 

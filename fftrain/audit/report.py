@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .intra import HIST_BINS
+from fftrain.audit.intra import HIST_BINS
 
 THRESHOLD_SOURCES = {
     "intra": "image vs its identity's feature below 0.3 is an outlier: ArcFace (Deng et al., TPAMI 2022), "

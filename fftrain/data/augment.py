@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sharding import step_rng
+from fftrain.data.sharding import step_rng
 
 BLUR_P, BLUR_SCALE = 0.2, (0.4, 0.9)
 COLOR_P, HUE_DEG, SAT_RANGE, VALUE_RANGE = 0.5, 10.0, (0.7, 1.3), (0.7, 1.3)

@@ -1,12 +1,11 @@
 """DALI pipeline over the RecordIO shards of a training set: decode, augment, flip, normalise.
 
-    loader = build_dali_loader("data/train/manifest.json", shard_id=rank, num_shards=world,
-                               device_id=local_rank,      # None: DALI's CPU-only mode
-                               batch_size=128, seed=0, epoch=0, start_step=0)
+    loader = build_dali_loader(prepared, ReadSpec(shard_id=rank, num_shards=world, batch_size=128, seed=0),
+                               device)         # the CPU: DALI's CPU-only mode
 
 One pipeline per rank over every shard of every dataset. Images are decoded on the GPU
-("mixed", nvJPEG) when `device_id` is set, on the CPU (libjpeg-turbo, DALI's CPU-only mode)
-when it is None; then optional strong augmentation, random flip, and `(x - 127.5) / 127.5` into
+("mixed", nvJPEG) when `device` is CUDA, on the CPU (libjpeg-turbo, DALI's CPU-only mode)
+when it is the CPU; then optional strong augmentation, random flip, and `(x - 127.5) / 127.5` into
 NCHW float32. Labels are the exact source class ids (two-float flag-2 labels or flag-0 floats).
 
 Two orders (`order=`):
@@ -42,35 +41,36 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from recordio_tools.manifest import Manifest
 
-from .augment import step_params
-from .loader import BatchLoader, Prepared, RawBatch, prepare
-from .plan import plan_stream
-from .records import DataError, RecordSet, decode_error_key
-from .sharding import derive_seed, reader_shard_for_epoch, reader_shard_range
+from fftrain.data.augment import step_params
+from fftrain.data.batches import BatchLoader, RawBatch
+from fftrain.data.plan import plan_stream
+from fftrain.data.read_spec import Prepared, ReadSpec
+from fftrain.data.records import DataError, RecordSet, decode_error_key
+from fftrain.data.sharding import derive_seed, reader_shard_for_epoch, reader_shard_range
 
 ORDERS = ("global", "reader")
 
 
-def build_dali_loader(manifest: str | Manifest | Prepared, *, shard_id: int, num_shards: int,
-                      device_id: int | None = None, batch_size: int, seed: int, epoch: int = 0,
-                      start_step: int = 0, order: str = "global", flip: bool = True, strong_augment: bool = False,
-                      shuffle: bool = True, num_threads: int = 2, prefetch: int = 2, initial_fill: int = 4096,
-                      image_size: int = 112,
-                      channels_last: bool = False, label_map=None, validate: bool = True) -> BatchLoader:
-    """A BatchLoader whose batches come from a DALI pipeline (see the module doc for `order`)."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown DALI order {order!r}; available: {list(ORDERS)}")
-    device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
-    prep = prepare(manifest, num_shards=num_shards, batch_size=batch_size, device=device, label_map=label_map,
-                   validate=validate, seed=seed)
-    spec = _Spec(prep.records, shard_id=shard_id, num_shards=num_shards, device_id=device_id, batch_size=batch_size,
-                 seed=seed, steps=prep.steps, flip=flip, strong=strong_augment, shuffle=shuffle,
-                 num_threads=num_threads, prefetch=prefetch, initial_fill=initial_fill, image_size=image_size)
-    stream = spec.global_stream if order == "global" else spec.reader_stream
-    return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
-                       start_step=start_step, channels_last=channels_last, close=prep.records.close)
+def build_dali_loader(prep: Prepared, spec: ReadSpec, device: torch.device, *, num_threads: int = 2,
+                      initial_fill: int = 4096) -> BatchLoader:
+    """A BatchLoader whose batches come from a DALI pipeline (see the module doc for `spec.order`)."""
+    if spec.order not in ORDERS:
+        raise ValueError(f"unknown DALI order {spec.order!r}; available: {list(ORDERS)}")
+    pipes = _Spec(prep.records, shard_id=spec.shard_id, num_shards=spec.num_shards, device_id=_dali_device_id(device),
+                  batch_size=spec.batch_size, seed=spec.seed, steps=prep.steps, flip=spec.flip,
+                  strong=spec.strong_augment, shuffle=spec.shuffle, num_threads=num_threads, prefetch=spec.prefetch,
+                  initial_fill=initial_fill, image_size=spec.image_size)
+    stream = pipes.global_stream if spec.order == "global" else pipes.reader_stream
+    return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=spec.epoch,
+                       start_step=spec.start_step, channels_last=spec.channels_last, close=prep.records.close)
+
+
+def _dali_device_id(device: torch.device) -> int | None:
+    """DALI's device_id: the CUDA device's index; None (CPU-only mode) for the CPU."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @dataclass

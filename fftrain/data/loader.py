@@ -16,172 +16,27 @@ labels and order for the same (seed, epoch, step, rank) with the default global 
 read `sharding.rank_batches` of the epoch's permutation and draw augmentation from
 `augment.step_params`. Rank and world size enter as arguments; nothing reads the environment.
 
-Resume: a batch carries (epoch, step); a run resumed with `epoch=batch.epoch,
-start_step=batch.step + 1` (or `loader.position` at checkpoint time) continues with the
-batches the uninterrupted run would have read next. A step equal to the epoch length is
-normalised to the start of the next epoch.
+Resume and the (epoch, step) of each batch: `batches.py`. What a reader is asked for: `read_spec.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
-from recordio_tools.manifest import Manifest, load_manifest, training_view
+from recordio_tools.manifest import Manifest
 
-from ..config import ConfigError
-from .labels import LabelTables
-from .records import DataError, RecordSet
-from .weights import load_sample_weights
-from .sharding import check_step, epoch_position, steps_per_epoch
+from fftrain.data.batches import Batch, BatchLoader, EndlessBatches
+from fftrain.data.label_space import LabelSpace
+from fftrain.data.read_spec import Prepared, ReadSpec, prepare
+from fftrain.data.records import DataError
+from fftrain.data.sharding import epoch_position
 
 BACKENDS = ("dali", "torch")
-
-
-@dataclass
-class Batch:
-    """One rank's batch on the training device."""
-
-    images: torch.Tensor   # [B, 3, H, W] float32 in [-1, 1] (channels-last memory format if asked)
-    source: torch.Tensor   # [B] int64 exact source class (offset of its dataset + local label)
-    dataset: torch.Tensor  # [B] int64 class_dataset[source]
-    fused: torch.Tensor    # [B] int64 label_map[source], with the map current when yielded
-    epoch: int
-    step: int              # step inside the epoch, from 0; resume at (epoch, step + 1)
-    keys: np.ndarray | None = None  # [B] combined-index keys (global order), for per-sample weights
-
-
-@dataclass
-class RawBatch:
-    """What a reader hands the loader: images already decoded, labels still on the host."""
-
-    images: torch.Tensor   # [B, 3, H, W] float32, on the device (DALI mixed) or the host
-    source: np.ndarray     # [B] int64
-    epoch: int
-    step: int
-    keys: np.ndarray | None = None  # [B] combined-index keys; None where the reader does not know them
-
-
-StreamFactory = Callable[[int, int], Iterator[RawBatch]]
-
-
-class BatchLoader:
-    """Yields one epoch of `Batch`es per iteration, from a reader's endless stream of RawBatches.
-
-    `stream(epoch, step)` must yield the RawBatches of (epoch, step), (epoch, step + 1), ... across
-    epoch ends. `close` is called when the stream is replaced or the loader is closed.
-    """
-
-    def __init__(self, stream: StreamFactory, *, steps: int, labels: LabelTables, device: torch.device,
-                 epoch: int = 0, start_step: int = 0, channels_last: bool = False,
-                 close: Callable[[], None] | None = None):
-        self.steps_per_epoch = steps
-        self.labels = labels
-        self.device = torch.device(device)
-        self.channels_last = channels_last
-        self._factory = stream
-        self._close_reader = close
-        self._stream: Iterator[RawBatch] | None = None
-        self.epoch, self.step = normalise_position(epoch, start_step, steps)
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    @property
-    def position(self) -> tuple[int, int]:
-        """(epoch, step) of the next batch this loader yields."""
-        return self.epoch, self.step
-
-    def set_position(self, epoch: int, step: int = 0) -> None:
-        """Jump: the next batch is (epoch, step). Restarts the reader's stream."""
-        self.epoch, self.step = normalise_position(epoch, step, self.steps_per_epoch)
-        self._drop_stream()
-
-    def _drop_stream(self) -> None:
-        if self._stream is not None and hasattr(self._stream, "close"):
-            self._stream.close()
-        self._stream = None
-
-    def __iter__(self) -> Iterator[Batch]:
-        """The remaining batches of the current epoch; the next iteration starts the next epoch."""
-        while True:
-            if self._stream is None:
-                self._stream = self._factory(self.epoch, self.step)
-            raw = next(self._stream)
-            if (raw.epoch, raw.step) != (self.epoch, self.step):
-                raise RuntimeError(f"reader out of step: got ({raw.epoch}, {raw.step}), "
-                                   f"expected ({self.epoch}, {self.step})")
-            batch = self._to_batch(raw)
-            last = self.step + 1 == self.steps_per_epoch
-            self.epoch, self.step = (self.epoch + 1, 0) if last else (self.epoch, self.step + 1)
-            yield batch
-            if last:
-                return
-
-    def _to_batch(self, raw: RawBatch) -> Batch:
-        images = raw.images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        source = torch.from_numpy(raw.source).to(self.device, non_blocking=True)
-        dataset, fused = self.labels.lookup(source)
-        return Batch(images, source, dataset, fused, raw.epoch, raw.step, raw.keys)
-
-    def close(self) -> None:
-        self._drop_stream()
-        if self._close_reader is not None:
-            self._close_reader()
-
-    def __enter__(self) -> "BatchLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def normalise_position(epoch: int, step: int, steps: int) -> tuple[int, int]:
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    if step == steps:
-        return epoch + 1, 0
-    check_step(step, steps)
-    return epoch, step
-
-
-@dataclass
-class Prepared:
-    """What every backend needs, checked once before the first step."""
-
-    manifest: Manifest
-    records: RecordSet
-    labels: LabelTables
-    steps: int
-    sample_weights: np.ndarray | None = None  # [N] per combined-index key (weights.py); None: all 1
-
-
-def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size: int, device: torch.device,
-            label_map=None, validate: bool = True, seed: int = 0, on_bad_record: str = "stop") -> Prepared:
-    """Load and check the manifest and its shards (errors name the file), build the label tables.
-    A `Prepared` passes through (its checks are done; its label tables are shared). `on_bad_record`:
-    what reading a bad record mid-run does, 'stop' or 'skip' (`records.RecordSet.read_batch`)."""
-    if isinstance(manifest, Prepared):
-        if label_map is not None:
-            raise ValueError("a prepared training set shares its label tables: swap the map there, not per loader")
-        return Prepared(manifest.manifest, manifest.records, manifest.labels,
-                        steps_per_epoch(len(manifest.records), num_shards, batch_size), manifest.sample_weights)
-    if not isinstance(manifest, Manifest):
-        manifest = training_view(load_manifest(manifest))
-    records = RecordSet(manifest, on_bad_record)
-    if validate:
-        records.validate(seed=seed)
-    try:
-        steps = steps_per_epoch(len(records), num_shards, batch_size)
-    except ValueError as e:
-        raise ConfigError(f"data.batch_size: {e} (the training set {manifest.root})") from None
-    labels = LabelTables.from_manifest(manifest, device, label_map)
-    return Prepared(manifest, records, labels, steps, load_sample_weights(manifest))
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(ReadSpec)}
+_PREPARE_OPTIONS = ("label_map", "validate")
 
 
 def build_loader(manifest: str | Manifest | Prepared, *, backend: str = "dali", shard_id: int, num_shards: int,
@@ -190,24 +45,24 @@ def build_loader(manifest: str | Manifest | Prepared, *, backend: str = "dali", 
     """A BatchLoader over `manifest` for rank `shard_id` of `num_shards`, on `device`.
 
     backend: 'dali' (DALI pipeline; GPU decode when `device` is CUDA) or 'torch' (DataLoader
-    fallback). `options` go to `build_dali_loader` / `build_torch_loader` (flip, strong_augment,
-    num_threads / num_workers, channels_last, label_map, shuffle, validate, ...).
+    fallback). `options`: the `ReadSpec` fields (order, flip, strong_augment, shuffle, prefetch,
+    image_size, channels_last), `label_map` and `validate` for `prepare`, and the backend's own
+    worker settings (DALI: num_threads, initial_fill; torch: num_workers).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown data backend {backend!r}; available: {list(BACKENDS)}")
     device = torch.device(device)
+    spec = ReadSpec(shard_id=shard_id, num_shards=num_shards, batch_size=batch_size, seed=seed, epoch=epoch,
+                    start_step=start_step, **{k: options.pop(k) for k in list(options) if k in _SPEC_FIELDS})
+    prepared = prepare(manifest, num_shards=num_shards, batch_size=batch_size, device=device, seed=seed,
+                       **{k: options.pop(k) for k in _PREPARE_OPTIONS if k in options})
     if backend == "dali":
-        from .dali_pipeline import build_dali_loader
+        from fftrain.data.dali_pipeline import build_dali_loader
 
-        device_id = device.index if device.type == "cuda" else None
-        if device.type == "cuda" and device_id is None:
-            device_id = torch.cuda.current_device()
-        return build_dali_loader(manifest, shard_id=shard_id, num_shards=num_shards, device_id=device_id,
-                                 batch_size=batch_size, seed=seed, epoch=epoch, start_step=start_step, **options)
-    if backend == "torch":
-        from .torch_reader import build_torch_loader
+        return build_dali_loader(prepared, spec, device, **options)
+    from fftrain.data.torch_reader import build_torch_loader
 
-        return build_torch_loader(manifest, shard_id=shard_id, num_shards=num_shards, device=device,
-                                  batch_size=batch_size, seed=seed, epoch=epoch, start_step=start_step, **options)
-    raise ValueError(f"unknown data backend {backend!r}; available: {list(BACKENDS)}")
+    return build_torch_loader(prepared, spec, device, **options)
 
 
 def build_loader_from_config(cfg, ctx, *, manifest: str | Manifest | Prepared | None = None, epoch: int = 0,
@@ -220,20 +75,6 @@ def build_loader_from_config(cfg, ctx, *, manifest: str | Manifest | Prepared | 
                         batch_size=data.batch_size, seed=cfg.seed, epoch=epoch, start_step=start_step,
                         strong_augment=data.augment, channels_last=cfg.model.channels_last,
                         label_map=label_map, order=data.order, **workers)
-
-
-class EndlessBatches:
-    """Batches epoch after epoch, for a loop counted in steps (`next(iter(stream))` never ends)."""
-
-    def __init__(self, loader: BatchLoader):
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            yield from self.loader
-
-    def close(self) -> None:
-        self.loader.close()
 
 
 @dataclass
@@ -269,7 +110,7 @@ class TrainingData:
         return self.prepared.manifest
 
     @property
-    def labels(self) -> LabelTables:
+    def labels(self) -> LabelSpace:
         return self.prepared.labels
 
     @property

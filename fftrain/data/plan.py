@@ -7,8 +7,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .augment import StepParams, step_params
-from .sharding import epoch_order, rank_batches
+from fftrain.data.augment import StepParams, step_params
+from fftrain.data.sharding import epoch_order, rank_batches
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """DataLoader fallback reader, for machines without DALI: same records, order and outputs.
 
-    loader = build_torch_loader("data/train/manifest.json", shard_id=rank, num_shards=world,
-                                device=torch.device("cpu"), batch_size=128, seed=0, num_workers=2)
+    loader = build_torch_loader(prepared, ReadSpec(shard_id=rank, num_shards=world, batch_size=128, seed=0),
+                                torch.device("cpu"), num_workers=2)
 
 It follows the DALI pipeline's global order exactly: the same `plan.plan_stream` (keys and
 augmentation parameters per step), records read by key from the same shards, JPEGs decoded with
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from recordio_tools.manifest import Manifest
 
-from .augment import apply_numpy
-from .loader import BatchLoader, Prepared, RawBatch, prepare
-from .plan import BatchPlan, plan_stream
-from .records import DataError, RecordSet
+from fftrain.data.augment import apply_numpy
+from fftrain.data.batches import BatchLoader, RawBatch
+from fftrain.data.plan import BatchPlan, plan_stream
+from fftrain.data.read_spec import Prepared, ReadSpec
+from fftrain.data.records import DataError, RecordSet
 
 
 
@@ -114,28 +114,22 @@ class PlanSampler(Sampler):
         return self._plans()
 
 
-def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, num_shards: int,
-                       device: torch.device | str = "cpu", batch_size: int, seed: int, epoch: int = 0,
-                       start_step: int = 0, flip: bool = True, strong_augment: bool = False, shuffle: bool = True,
-                       num_workers: int = 2, prefetch: int = 2, image_size: int = 112, channels_last: bool = False,
-                       label_map=None, validate: bool = True, order: str = "global") -> BatchLoader:
+def build_torch_loader(prep: Prepared, spec: ReadSpec, device: torch.device, *, num_workers: int = 2) -> BatchLoader:
     """A BatchLoader reading with a torch DataLoader (`num_workers` processes, 0 = in process)."""
-    if order != "global":
-        raise ValueError(f"the torch reader follows the global order only, got order={order!r}")
-    device = torch.device(device)
-    prep = prepare(manifest, num_shards=num_shards, batch_size=batch_size, device=device, label_map=label_map,
-                   validate=validate, seed=seed)
+    if spec.order != "global":
+        raise ValueError(f"the torch reader follows the global order only, got order={spec.order!r}")
     on_gpu = device.type == "cuda"
-    dataset = PlanDataset(prep.records, image_size, strong_augment, normalised=not on_gpu)
+    dataset = PlanDataset(prep.records, spec.image_size, spec.strong_augment, normalised=not on_gpu)
 
     def stream(first_epoch: int, first_step: int) -> Iterator[RawBatch]:
         def plans():
-            return plan_stream(len(prep.records), seed=seed, epoch=first_epoch, start_step=first_step,
-                               shard_id=shard_id, num_shards=num_shards, batch_size=batch_size,
-                               image_size=image_size, flip=flip, strong=strong_augment, shuffle=shuffle)
+            return plan_stream(len(prep.records), seed=spec.seed, epoch=first_epoch, start_step=first_step,
+                               shard_id=spec.shard_id, num_shards=spec.num_shards, batch_size=spec.batch_size,
+                               image_size=spec.image_size, flip=spec.flip, strong=spec.strong_augment,
+                               shuffle=spec.shuffle)
 
         loader = DataLoader(dataset, batch_size=None, sampler=PlanSampler(plans), num_workers=num_workers,
-                            pin_memory=on_gpu, prefetch_factor=prefetch if num_workers else None)
+                            pin_memory=on_gpu, prefetch_factor=spec.prefetch if num_workers else None)
         try:
             for images, source, epoch_, step, keys in loader:
                 if on_gpu:
@@ -144,5 +138,5 @@ def build_torch_loader(manifest: str | Manifest | Prepared, *, shard_id: int, nu
         except DataError as error:
             raise type(error)(worker_message(error)) from None
 
-    return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=epoch,
-                       start_step=start_step, channels_last=channels_last, close=prep.records.close)
+    return BatchLoader(stream, steps=prep.steps, labels=prep.labels, device=device, epoch=spec.epoch,
+                       start_step=spec.start_step, channels_last=spec.channels_last, close=prep.records.close)

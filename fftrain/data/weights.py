@@ -14,7 +14,7 @@ import numpy as np
 
 from recordio_tools.manifest import Manifest
 
-from .records import DataError
+from fftrain.data.records import DataError
 
 
 def _load_one(path: str, num_images: int, name: str) -> np.ndarray:

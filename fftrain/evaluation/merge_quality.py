@@ -139,19 +139,13 @@ def proxy_pair_cosines(checkpoint_dir: str, overlaps_path: str) -> dict:
     """How separable the planted duplicates are in a checkpoint's class proxies (one proxy per source class,
     i.e. a run that has not fused): cosine quantiles of the true pairs and of the cross-dataset non-pairs, and,
     for thresholds T, the recall and the false pairs a fusion at T1 = T would get from these proxies."""
-    import tempfile
-
     import numpy as np
     import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from fftrain.training.checkpoint import load_proxies_from_checkpoint
     from recordio_tools.overlaps import read_overlaps
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "ckpt.pt")
-        dcp_to_torch_save(checkpoint_dir, path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    weight = torch.nn.functional.normalize(state["sharded"]["fc_weight"].float(), dim=1).numpy()
+    weight = torch.nn.functional.normalize(load_proxies_from_checkpoint(checkpoint_dir).float(), dim=1).numpy()
     overlaps = read_overlaps(overlaps_path)
     if weight.shape[0] != sum(d["num_classes"] for d in overlaps.datasets):
         raise RunResultsError(f"{checkpoint_dir}: {weight.shape[0]} proxies, but the ground truth has "

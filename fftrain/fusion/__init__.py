@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from fftrain.class_sharding import shard_range
-from fftrain.distributed import broadcast_object, rank_of, world_size_of
+from fftrain.distributed.class_sharding import shard_range
+from fftrain.distributed import ProcessGroup, broadcast_object, gather_object, rank_of, world_size_of
 from fftrain.fusion.components import (POLICIES, Component, FusionPlan, Rejected, build_plan, candidate_pairs,
                                       gather_pairs)
 from fftrain.fusion.knn import distributed_knn, resolve_backend
@@ -75,19 +74,10 @@ def _elapsed(started: float, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def _gather_to_main(obj, group):
-    """`obj` of every rank on rank 0 (a list in rank order); None elsewhere."""
-    if group is None or world_size_of(group) == 1:
-        return [obj]
-    out = [None] * world_size_of(group) if rank_of(group) == 0 else None
-    dist.gather_object(obj, out, dst=dist.get_global_rank(group, 0), group=group)
-    return out
-
-
 def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor], *, class_dataset,
                label_map, source_info: SourceInfo | None, t1: float, knn_k: int = 10,
                max_component: int = 6, same_dataset_policy: str = "skip", allow_same_dataset: bool = False,
-               group: dist.ProcessGroup | None = None, backend: str = "auto",
+               group: ProcessGroup | None = None, backend: str = "auto",
                report_dir: str | None = None) -> FusionResult:
     """Fuse the classes whose proxies match across datasets; every rank of `group` must call.
 
@@ -165,7 +155,7 @@ def _report(plan: FusionPlan, sims, ids, start, table, lm, source_info, group, r
     wanted = {m for c in plan.components for m in c.members} | {m for r in plan.rejected for m in r.members}
     local = q[np.isin(q, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))].tolist()
     neighbours = {f: {int(b): float(c) for b, c in zip(j[f - start], s[f - start]) if b >= 0} for f in local}
-    parts = _gather_to_main((top1, censored, neighbours), group)
+    parts = gather_object((top1, censored, neighbours), group)
     if parts is None:
         return {}
     top1 = np.concatenate([p[0] for p in parts])

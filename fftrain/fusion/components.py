@@ -38,9 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from fftrain.distributed import all_gather_object
+from fftrain.distributed import ProcessGroup, all_gather_object
 
 POLICIES = ("skip", "split", "keep")
 
@@ -110,7 +109,7 @@ def dedupe_pairs(pairs: np.ndarray, cos: np.ndarray) -> tuple[np.ndarray, np.nda
     return pairs[first], cos[first]
 
 
-def gather_pairs(pairs: np.ndarray, cos: np.ndarray, group: dist.ProcessGroup | None
+def gather_pairs(pairs: np.ndarray, cos: np.ndarray, group: ProcessGroup | None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """All ranks' pairs on every rank, deduplicated and sorted (the list is small: conflicts only)."""
     parts = all_gather_object((np.asarray(pairs, np.int64), np.asarray(cos, np.float32)), group)

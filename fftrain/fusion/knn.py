@@ -29,9 +29,8 @@ import contextlib
 import warnings
 
 import torch
-import torch.distributed as dist
 
-from fftrain.distributed import all_gather_list, broadcast_, comm_device, rank_of, world_size_of
+from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
 
 BACKENDS = ("auto", "faiss", "torch")
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
@@ -60,7 +59,7 @@ def block_elems_for(free_bytes: int, n_keys: int) -> int:
     return max(max(1, n_keys), min(elems, 1 << 31))
 
 
-def gather_sizes(n_local: int, group: dist.ProcessGroup | None, device: torch.device | None = None) -> list[int]:
+def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device | None = None) -> list[int]:
     """Every rank's row count, in rank order."""
     if group is None or world_size_of(group) == 1:
         return [int(n_local)]
@@ -206,7 +205,7 @@ def _search_faiss_shard(faiss, res, queries, q_global, q_groups, keys, key_offse
     return best_s, best_i
 
 
-def distributed_knn(local_proxies: torch.Tensor, k: int, group: dist.ProcessGroup | None, *,
+def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | None, *,
                     backend: str = "auto", groups: torch.Tensor | None = None,
                     max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k inner-product neighbours of this rank's rows among all ranks' rows.

@@ -23,16 +23,15 @@ in the same order on one rank and on N.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from fftrain.class_sharding import owner_of, shard_range
-from fftrain.distributed import all_to_all_single_, comm_device, rank_of, world_size_of
+from fftrain.distributed.class_sharding import owner_of, shard_range
+from fftrain.distributed import ProcessGroup, all_to_all_single_, comm_device, rank_of, world_size_of
 
 _EPS = 1e-12
 
 
-def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: dist.ProcessGroup | None
+def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: ProcessGroup | None
                   ) -> list[torch.Tensor]:
     """Send row i of each tensor in `tensors` (same leading size n) to rank dest[i].
 
@@ -111,7 +110,7 @@ def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tens
 
 
 def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to_new: torch.Tensor,
-                  num_classes_new: int, group: dist.ProcessGroup | None
+                  num_classes_new: int, group: ProcessGroup | None
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """This rank's new weight shard [n_new_local, ...] and state shards for C_new classes.
 

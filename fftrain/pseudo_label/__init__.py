@@ -11,6 +11,6 @@ ground truth), `cli` (`fftrain pseudo-label`). Heavy imports (faiss, infomap, ig
 matplotlib) happen inside the functions that use them.
 """
 
-from .pipeline import PseudoLabelError, PseudoLabelOptions, PseudoLabels, pseudo_label
+from fftrain.pseudo_label.pipeline import PseudoLabelError, PseudoLabelOptions, PseudoLabels, pseudo_label
 
 __all__ = ["PseudoLabelError", "PseudoLabelOptions", "PseudoLabels", "pseudo_label"]

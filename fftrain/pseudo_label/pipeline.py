@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES, cluster, drop_small, knn_graph
-from .evt import FitError
-from .separation import Separation, max_cosine, separate_overlap
-from .uncertainty import Uncertainty, cluster_margins, fit_uncertainty
+from fftrain.pseudo_label.clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES, cluster, drop_small, knn_graph
+from fftrain.pseudo_label.evt import FitError
+from fftrain.pseudo_label.separation import Separation, max_cosine, separate_overlap
+from fftrain.pseudo_label.uncertainty import Uncertainty, cluster_margins, fit_uncertainty
 
 OVERLAP_MODES = ("auto", "none", "all")
 OVERLAPPING = ("discard", "assign")

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .pipeline import PseudoLabelOptions, PseudoLabels, ashman_d
+from fftrain.pseudo_label.pipeline import PseudoLabelOptions, PseudoLabels, ashman_d
 
 REPORT_JSON = "pseudo_label_report.json"
 PNG_SCORES, PNG_SIZES, PNG_MARGINS = "max_cosine_hist.png", "cluster_sizes.png", "margin_hist.png"

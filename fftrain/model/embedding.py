@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import build_backbone
-from .config import ModelConfig, GRLConfig
-from .grl import DatasetClassifier
+from fftrain.model.backbones import build_backbone
+from fftrain.config import ModelConfig, GRLConfig
+from fftrain.model.grl import DatasetClassifier
 
 
 class EmbeddingModel(nn.Module):

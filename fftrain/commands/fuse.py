@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-
-import torch
 
 
 def add_fuse_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,22 +43,18 @@ def _default_out(checkpoint: str, t1: float) -> str:
 def run_fuse(args) -> int:
     from recordio_tools.recordio import write_text_atomic
 
-    from .checkpoint import check_complete, load_partial
-    from .fusion import SourceInfo, run_fusion
+    from fftrain.fusion import SourceInfo, run_fusion
+    from fftrain.training.checkpoint import load_proxies_and_labels
 
-    meta = check_complete(args.checkpoint)  # a CheckpointError: one line on stderr, exit 2 (fftrain.cli)
-    num_fused, dim = meta["num_classes_fused"], meta["embedding_size"]
-    state = load_partial(args.checkpoint, {
-        "sharded": {"fc_weight": torch.empty(num_fused, dim)},
-        "label_map": torch.empty(meta["num_classes_source"], dtype=torch.long),
-        "class_dataset_fused": torch.empty(num_fused, dtype=torch.long)})
+    saved = load_proxies_and_labels(args.checkpoint)  # a CheckpointError: one line on stderr, exit 2 (fftrain.cli)
+    meta = saved.meta
     if meta.get("fused"):
         print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
     datasets = meta["datasets"]
     source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
     out = args.out or _default_out(args.checkpoint, args.t1)
-    result = run_fusion(state["sharded"]["fc_weight"], [], class_dataset=state["class_dataset_fused"],
-                        label_map=state["label_map"], source_info=source_info, t1=args.t1, knn_k=args.knn_k,
+    result = run_fusion(saved.proxies, [], class_dataset=saved.fused_dataset, label_map=saved.label_map,
+                        source_info=source_info, t1=args.t1, knn_k=args.knn_k,
                         max_component=args.max_component, same_dataset_policy=args.same_dataset_policy,
                         backend=args.backend, report_dir=out)
     print(f"T1={args.t1}: {result.summary_line()}")

@@ -18,20 +18,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import ShardedRows, check_compatible, load_checkpoint, read_meta, resolve_resume, save_checkpoint
-from .config import TrainConfig, config_to_dict
-from .distributed import DistContext, all_reduce_, broadcast_, comm_device
-from .errors import UserError
-from .faults import fault_point
-from .lr_schedule import lr_at
-from .margins import build_margin
-from .model import EmbeddingModel
-from .partial_fc import PartialFCHead
-from .resume_rules import data_position
-from .run_log import MetricsWriter, Throughput, format_duration, get_logger
+from fftrain.training.checkpoint import (FC_MOMENTUM, FC_WEIGHT, ShardedRows, check_compatible, load_checkpoint,
+                                         model_and_optimizer_state, read_meta, resolve_resume, save_checkpoint,
+                                         set_model_and_optimizer_state)
+from fftrain.config import TrainConfig, config_to_dict
+from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, comm_device
+from fftrain.errors import UserError
+from fftrain.training.faults import fault_point
+from fftrain.training.lr_schedule import lr_at
+from fftrain.head.margins import build_margin
+from fftrain.model.embedding import EmbeddingModel
+from fftrain.head.partial_fc import PartialFCHead
+from fftrain.training.resume_rules import data_position
+from fftrain.training.run_log import MetricsWriter, Throughput, format_duration, get_logger
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -82,7 +83,7 @@ class Trainer:
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.model.pretrained and not resume_path:
-            from .backbones import load_pretrained
+            from fftrain.model.backbones import load_pretrained
 
             load_pretrained(self.model.backbone, cfg.model.pretrained)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
@@ -97,7 +98,7 @@ class Trainer:
                                   interclass_threshold=cfg.head.interclass_threshold,
                                   proxy_norm=cfg.head.proxy_norm)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
-        self.class_dataset_fused = data.labels.class_dataset.clone()
+        self.labels = data.labels  # the run's label space; the loader reads the same object
         if resume_path:
             self._restore(resume_path, resume_meta)
         position = (data_position(resume_meta, data.num_records, cfg.data.batch_size * ctx.world_size, cfg.data.order)
@@ -118,17 +119,32 @@ class Trainer:
 
     def on_phase_boundary(self) -> None:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
-        from .fusion_step import fuse_running_head
-
         fault_point("fusion", self.state.step, self.ctx.rank)
         if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
             self.state.fused = True
             self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
             return
-        result = fuse_running_head(self)
+        result = self._fuse()
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
         self.save(reason="fusion")
+
+    def _fuse(self):
+        """FaceFusion on the live head (collective): the head keeps this rank's rows of the fused
+        classes (weight and momentum), the label space sends each source class to its fused class."""
+        from fftrain.fusion import SourceInfo, run_fusion
+
+        cfg, head = self.cfg.fusion, self.head
+        states = [head.momentum_buffer] if head.momentum_buffer is not None else []
+        result = run_fusion(head.weight.data, states, class_dataset=self.labels.fused_dataset,
+                            label_map=self.labels.label_map, source_info=SourceInfo.from_manifest(self.data.manifest),
+                            t1=cfg.t1, knn_k=cfg.knn_k, max_component=cfg.max_component,
+                            same_dataset_policy=cfg.same_dataset_policy, allow_same_dataset=cfg.allow_same_dataset,
+                            group=self.ctx.group, backend=cfg.backend,
+                            report_dir=os.path.join(self.cfg.output_dir, "fusion"))
+        head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None)
+        self.labels.swap_label_map(result.new_label_map)
+        return result
 
     # ---- one step ------------------------------------------------------------------------------
 
@@ -144,7 +160,7 @@ class Trainer:
             group["lr"] = lr
         with self._autocast():  # the loader already delivers channels-last images when the model wants them
             embeddings, dataset_logits = self.forward_model(batch.images)
-        class_dataset = None if self.state.fused else self.class_dataset_fused
+        class_dataset = None if self.state.fused else self.labels.fused_dataset
         loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset,
                              sample_weight=self.data.sample_weight(batch))
         dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
@@ -170,9 +186,9 @@ class Trainer:
         """The per-step checks kept on the device, raised here (one host sync, collective): a bad label
         (ValueError from the head) or a non-finite loss (TrainingDiverged). Called at log steps and
         before every checkpoint, fusion and evaluation, so nothing written ever holds a diverged state."""
-        self.head.raise_deferred_errors(self.class_dataset_fused)
+        self.head.raise_deferred_errors(self.labels.fused_dataset)
         first_bad = self._bad_step.clone()
-        all_reduce_(first_bad, self.ctx.group, op=torch.distributed.ReduceOp.MIN)
+        all_reduce_(first_bad, self.ctx.group, op=ReduceOp.MIN)
         bad_step = int(first_bad)
         if bad_step != _NO_BAD_STEP:
             raise TrainingDiverged(
@@ -236,7 +252,7 @@ class Trainer:
         summary /= self.ctx.world_size
         wait = torch.tensor([data_wait / max(self.cfg.log.every, 1) * 1000.0],
                             device=comm_device(self.ctx.group, self.ctx.device))
-        all_reduce_(wait, self.ctx.group, op=torch.distributed.ReduceOp.MAX)
+        all_reduce_(wait, self.ctx.group, op=ReduceOp.MAX)
         images_per_s, eta = throughput.report(step, global_batch)
         mem = (torch.cuda.max_memory_allocated(self.ctx.device) / 2**30 if self.ctx.device.type == "cuda"
                else _process_rss_gib())
@@ -256,7 +272,7 @@ class Trainer:
     def evaluate(self) -> dict:
         if not self.cfg.data.verification:
             return {}
-        from .evaluation.verification import evaluate_bin
+        from fftrain.evaluation.verification import evaluate_bin
 
         fault_point("eval", self.state.step, self.ctx.rank)
         self._sync_buffers()
@@ -287,12 +303,11 @@ class Trainer:
                 "datasets": [{"name": d.name, "num_classes": d.num_classes} for d in self.data.manifest.datasets]}
 
     def _state_templates(self) -> tuple[dict, dict]:
-        model_sd, optim_sd = get_state_dict(self.ddp, self.optimizer)
-        replicated = {"model": model_sd, "optim": optim_sd, "label_map": self.data.labels.label_map.cpu().clone(),
-                      "class_dataset_fused": self.class_dataset_fused.cpu().clone()}
-        sharded = {"fc_weight": ShardedRows(self.head.weight.data, self.head.num_classes)}
+        model_sd, optim_sd = model_and_optimizer_state(self.ddp, self.optimizer)
+        replicated = {"model": model_sd, "optim": optim_sd, **self.labels.checkpoint_state()}
+        sharded = {FC_WEIGHT: ShardedRows(self.head.weight.data, self.head.num_classes)}
         if self.head.momentum_buffer is not None:
-            sharded["fc_momentum"] = ShardedRows(self.head.momentum_buffer, self.head.num_classes)
+            sharded[FC_MOMENTUM] = ShardedRows(self.head.momentum_buffer, self.head.num_classes)
         return replicated, sharded
 
     def save(self, reason: str) -> str:
@@ -314,14 +329,10 @@ class Trainer:
 
     def _restore(self, path: str, meta: dict) -> None:
         check_compatible(meta, self._shape_meta(), path)
-        # label map and class table change size with fusion: shape the templates from the meta
-        self.class_dataset_fused = torch.zeros(meta["num_classes_fused"], dtype=torch.long)
-        replicated, sharded = self._state_templates()
+        replicated, sharded = self._state_templates()  # the head was built with the meta's fused class count
         rank_state = load_checkpoint(path, ctx=self.ctx, replicated=replicated, sharded=sharded)
-        set_state_dict(self.ddp, self.optimizer, model_state_dict=replicated["model"],
-                       optim_state_dict=replicated["optim"])
-        self.data.labels.swap_label_map(replicated["label_map"])
-        self.class_dataset_fused = replicated["class_dataset_fused"].to(self.ctx.device)
+        set_model_and_optimizer_state(self.ddp, self.optimizer, replicated["model"], replicated["optim"])
+        self.labels.load_checkpoint_state(replicated)
         self.head.sample_step = meta["sample_step"]
         self.state = TrainState(step=meta["step"], fused=meta["fused"])
         if "torch_rng" in rank_state:

@@ -1,6 +1,7 @@
-"""One training run on this process: distributed set-up, checks, data, trainer, clean errors.
+"""`fftrain train` (and `torchrun fftrain/train.py`): one training run on this process.
 
-Called by fftrain/train.py after the config is loaded. The order is what makes a bad setting cost
+`main` parses the arguments and loads the config; `run_training` does the rest: distributed
+set-up, start-up checks, data, trainer, clean errors. The order is what makes a bad setting cost
 nothing: every check that can fail on the user's input (the data, the verification files, the
 batch size against the data, the checkpoint to resume and what the resume changes) runs before
 anything is written to `output_dir`; then global rank 0 takes the folder's lock; then the logs,
@@ -11,16 +12,63 @@ mid-run (a bad record, a diverged loss) is printed by the rank that met it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import faulthandler
+import io
 import os
+import signal
 import sys
 
-from .checkpoint import read_meta, resolve_resume
-from .config import ConfigError, TrainConfig, config_to_dict, dump_config
-from .distributed import (DistContext, StartupTimeout, all_gather_object, destroy_distributed, elastic_run_id,
-                          init_distributed)
-from .errors import EXIT_USER_ERROR, UserError, one_line
-from .run_log import setup_logging
+from fftrain.config import ConfigError, TrainConfig, config_to_dict, dump_config
+from fftrain.distributed import (DistContext, StartupTimeout, all_gather_object, destroy_distributed, elastic_run_id,
+                                 init_distributed)
+from fftrain.errors import EXIT_USER_ERROR, UserError, one_line
+from fftrain.training.checkpoint import read_meta, resolve_resume
+from fftrain.training.run_log import setup_logging
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from fftrain.config import keys_help
+
+    parser = argparse.ArgumentParser(prog="fftrain train", description="Train a face-recognition network on "
+                                     "several datasets at once (FaceFusion).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys (--set KEY=VALUE; the defaults below are the paper's "
+                                     "setting; with no --config the CPU demo, configs/demo_cpu.yaml, replaces "
+                                     "some):\n" + keys_help())
+    parser.add_argument("--config", help="YAML run config (default: the embedded CPU demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir), a checkpoint "
+                        "folder, or '' to start fresh; same as --set checkpoint.resume=...")
+    return parser.parse_args(argv)
+
+
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints where every thread of a stuck rank is (stderr must be a real file)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (io.UnsupportedOperation, ValueError, AttributeError):  # stderr replaced, e.g. under pytest capture
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    _stacks_on_sigusr1()
+    from fftrain.config import load_config
+    from fftrain.distributed import launch_rank
+    from fftrain.errors import report_user_error
+    from fftrain.training.demo import DEMO_CONFIG
+
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
+    try:
+        cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
+    except UserError as e:  # every rank has the same config: rank 0 says it
+        return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
+    return run_training(cfg)
 
 
 class StartupRefused(UserError):
@@ -46,7 +94,7 @@ def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
     synthetic set, and its held-out pairs are evaluated unless other .bin files are configured."""
     if cfg.data.manifest:
         return cfg, cfg.data.manifest
-    from .demo import ensure_synthetic_data
+    from fftrain.training.demo import ensure_synthetic_data
 
     manifest = agree(ctx, lambda: ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed,
                                                         generate=ctx.is_main))
@@ -61,8 +109,8 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
     enough pairs for the 10-fold protocol (this rank's share is decoded now and cached for later)."""
     from recordio_tools.verification_bin import VerificationBinError
 
-    from .evaluation.metrics import N_FOLDS
-    from .evaluation.verification import load_bin
+    from fftrain.evaluation.metrics import N_FOLDS
+    from fftrain.evaluation.verification import load_bin
 
     missing = [path for path in cfg.data.verification if not os.path.isfile(path)]
     if missing:
@@ -79,7 +127,7 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
 
 def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
     """The training set (its manifest, shards and index) and the verification files; the data."""
-    from .data import TrainingData
+    from fftrain.data import TrainingData
 
     data = TrainingData.from_config(cfg, ctx, manifest)
     check_verification_files(cfg, ctx)
@@ -88,7 +136,7 @@ def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
 
 def check_resume(cfg: TrainConfig, ctx: DistContext, data) -> tuple[str | None, dict | None]:
     """The checkpoint this run resumes from and its meta, after the resume rules accepted it."""
-    from .resume_rules import check_resume as apply_rules, data_position
+    from fftrain.training.resume_rules import check_resume as apply_rules, data_position
 
     root = os.path.join(cfg.output_dir, "checkpoints")
     try:
@@ -113,7 +161,7 @@ def check_resume(cfg: TrainConfig, ctx: DistContext, data) -> tuple[str | None, 
 
 def lock_output(cfg: TrainConfig, ctx: DistContext):
     """Global rank 0 takes `output_dir`'s lock (the first thing written there); None on other ranks."""
-    from .output_lock import OutputLock
+    from fftrain.training.output_lock import OutputLock
 
     def take():
         if not ctx.is_main:
@@ -146,7 +194,7 @@ def run_training(cfg: TrainConfig) -> int:
         log = setup_logging(cfg.output_dir, ctx.rank)
         if ctx.is_main:
             write_config(cfg, resume_meta)
-        from .trainer import Trainer
+        from fftrain.training.trainer import Trainer
 
         results = Trainer(cfg, ctx, data).train()
         for name, r in results.items():

@@ -2,7 +2,7 @@
 
 A model built here has the same `state_dict` keys and shapes as insightface's
 `recognition/arcface_torch/backbones/iresnet.py`, so its published `backbone.pth` files load
-with `fftrain.backbones.load_pretrained`:
+with `fftrain.model.backbones.load_pretrained`:
 
     conv1, bn1, prelu                          stem, 3x3, width[0] channels
     layer{1..4}.{i}.{bn1,conv1,bn2,prelu,conv2,bn3}
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fftrain.backbones.common import check_input, checkpointed, fp32_region
+from fftrain.model.backbones.common import check_input, checkpointed, fp32_region
 
 #: Blocks per stage of the published depths.
 IRESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from .pipeline import OVERLAP_MODES, OVERLAPPING, RULES, PseudoLabelError, PseudoLabelOptions
+from fftrain.pseudo_label.pipeline import OVERLAP_MODES, OVERLAPPING, RULES, PseudoLabelError, PseudoLabelOptions
 
 ASSIGNMENTS_FILE = "assignments.npz"
 MARKER = "pseudo_label_report.json"
@@ -37,7 +37,7 @@ EMBED_CHUNK = 512  # images decoded and embedded at a time
 
 
 def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
-    from .clustering import BACKENDS, DEFAULT_RESOLUTION, DEFAULT_THRESHOLDS, KNN_INDEXES
+    from fftrain.pseudo_label.clustering import BACKENDS, DEFAULT_RESOLUTION, DEFAULT_THRESHOLDS, KNN_INDEXES
 
     d = PseudoLabelOptions()
     p = subparsers.add_parser("pseudo-label", help="cluster an unlabeled collection into a weighted dataset",
@@ -185,7 +185,7 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
     from recordio_tools.manifest import SAMPLE_WEIGHTS_FILE, read_dataset_info, write_dataset_info
     from recordio_tools.shards import DatasetWriter, atomic_directory
 
-    from .report import write_report
+    from fftrain.pseudo_label.report import write_report
 
     written = np.flatnonzero(result.labels >= 0)
     with atomic_directory(out) as tmp:
@@ -214,8 +214,8 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
 
 
 def score_against_truth(path: str, result) -> dict:
-    from .metrics import clustering_scores, singletons_for_dropped
-    from .separation import error_rates
+    from fftrain.pseudo_label.metrics import clustering_scores, singletons_for_dropped
+    from fftrain.pseudo_label.separation import error_rates
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -256,7 +256,7 @@ def _fail(e: Exception) -> int:
 
 
 def run_pseudo_label(args) -> int:
-    from fftrain.checkpoint import CheckpointError, load_proxies_from_checkpoint, read_meta
+    from fftrain.training.checkpoint import CheckpointError, load_proxies_from_checkpoint, read_meta
     from recordio_tools.manifest import ManifestError
     from recordio_tools.recordio import RecordIOError
 
@@ -286,7 +286,7 @@ def run_pseudo_label(args) -> int:
 
 def _embed_all(args, images):
     """All embeddings on rank 0 (None on the others), or the user error that stopped the embedding."""
-    from fftrain.checkpoint import load_backbone_from_checkpoint
+    from fftrain.training.checkpoint import load_backbone_from_checkpoint
     from fftrain.distributed import all_gather_object, destroy_distributed, init_distributed
 
     ctx = init_distributed(args.device)
@@ -308,8 +308,8 @@ def _embed_all(args, images):
 
 
 def _label_and_write(args, options, images, embeddings, proxies) -> int:
-    from .pipeline import pseudo_label
-    from .report import build_report
+    from fftrain.pseudo_label.pipeline import pseudo_label
+    from fftrain.pseudo_label.report import build_report
 
     proxies = proxies.numpy() if hasattr(proxies, "numpy") else np.asarray(proxies)
     result = pseudo_label(embeddings, proxies, options)

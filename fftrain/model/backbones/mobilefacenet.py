@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fftrain.backbones.common import check_input, checkpointed, fp32_region
+from fftrain.model.backbones.common import check_input, checkpointed, fp32_region
 
 
 class ConvBNPReLU(nn.Module):

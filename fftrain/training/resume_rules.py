@@ -19,7 +19,7 @@ decides):
 
 from __future__ import annotations
 
-from .config import ConfigError
+from fftrain.config import ConfigError
 
 FREE, BATCH, NEVER = "free", "batch", "never"
 

@@ -53,14 +53,13 @@ The fusion step rewrites the head through `weight`, `momentum_buffer`, `start`, 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fftrain.class_sharding import shard_range
-from fftrain.collectives import all_gather_rows, all_gather_rows_with_grad
-from fftrain.distributed import all_reduce_, rank_of, world_size_of
-from fftrain.margins import Margin
+from fftrain.distributed.class_sharding import shard_range
+from fftrain.distributed.collectives import all_gather_rows, all_gather_rows_with_grad
+from fftrain.distributed import ProcessGroup, ReduceOp, all_reduce_, rank_of, world_size_of
+from fftrain.head.margins import Margin
 
 _MASK64 = (1 << 64) - 1
 _INIT_BLOCK = 8192
@@ -141,7 +140,7 @@ class _DistSoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, group, weight=None):
         row_max = logits.max(dim=1).values
-        all_reduce_(row_max, group, op=dist.ReduceOp.MAX)
+        all_reduce_(row_max, group, op=ReduceOp.MAX)
         probs = (logits - row_max.unsqueeze(1)).exp_()
         has_pos = target >= 0
         column = target.clamp_min(0).unsqueeze(1)
@@ -165,7 +164,7 @@ class _DistSoftmaxCrossEntropy(torch.autograd.Function):
         return grad_logits, None, None, None
 
 
-def dist_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, group: dist.ProcessGroup | None,
+def dist_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, group: ProcessGroup | None,
                                weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows (each weighted by `weight`, [N], when given); with group=None and no weight
     (every target then >= 0) it equals F.cross_entropy."""
@@ -178,7 +177,7 @@ class PartialFCHead(nn.Module):
     Args:
         num_classes: fused classes over all ranks; at least the group's world size.
         embedding_size: D.
-        margin: a `fftrain.margins.Margin` (e.g. `build_margin("arcface", scale=64, margin=0.5)`).
+        margin: a `fftrain.head.margins.Margin` (e.g. `build_margin("arcface", scale=64, margin=0.5)`).
         group: the process group the classes are split over; None for a single process.
         sample_rate: fraction of the local classes used per training step, in (0, 1]; the
             positives of the global batch are always kept: max(#positives, round(rate * local)).
@@ -199,7 +198,7 @@ class PartialFCHead(nn.Module):
     """
 
     def __init__(self, num_classes: int, embedding_size: int, *, margin: Margin,
-                 group: dist.ProcessGroup | None = None, sample_rate: float = 1.0, seed: int = 0,
+                 group: ProcessGroup | None = None, sample_rate: float = 1.0, seed: int = 0,
                  momentum: float = 0.9, weight_decay: float = 5e-4, init_std: float = 0.01,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  compute_dtype: torch.dtype | None = None, interclass_threshold: float = 0.0,

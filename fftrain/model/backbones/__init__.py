@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from fftrain.backbones.iresnet import IResNet, iresnet
-from fftrain.backbones.mobilefacenet import MobileFaceNet, mobilefacenet, mobilefacenet_large
-from fftrain.backbones.pretrained import extract_state_dict, load_pretrained, state_dict_problems
+from fftrain.model.backbones.iresnet import IResNet, iresnet
+from fftrain.model.backbones.mobilefacenet import MobileFaceNet, mobilefacenet, mobilefacenet_large
+from fftrain.model.backbones.pretrained import extract_state_dict, load_pretrained, state_dict_problems
 
 __all__ = [
     "IResNet", "MobileFaceNet", "available_backbones", "build_backbone", "extract_state_dict", "is_backbone",

@@ -22,7 +22,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
-from .errors import UserError
+from fftrain.errors import UserError
 
 LOCK_FILE = ".fftrain.lock"
 

@@ -3,7 +3,7 @@
 Layout of `<run>/checkpoints/step-00001200/`:
 
 - DCP files (`.metadata`, `*.distcp`): replicated state (backbone, GRL head, their optimizer,
-  label map, class->dataset table) written once, and row-sharded state (the FC proxies and
+  the label map) written once, and row-sharded state (the FC proxies and
   their momentum) written by each rank as its rows of one global tensor, so a run resumed on
   another number of ranks gets its new rows from whichever files hold them.
 - `state.json`: the non-tensor leaves of the replicated state (optimizer hyper-parameters, ...),
@@ -39,15 +39,19 @@ from typing import Any
 
 import torch
 
-from .distributed import DistContext, all_gather_object, barrier, broadcast_object
-from .errors import UserError
-from .faults import fault_point
-from .run_log import get_logger
+from fftrain.data.label_space import LabelSpace, fused_dataset_of
+from fftrain.distributed import DistContext, all_gather_object, barrier, broadcast_object
+from fftrain.errors import UserError
+from fftrain.training.faults import fault_point
+from fftrain.training.run_log import get_logger
 
 META_FILE = "meta.json"
 STATE_FILE = "state.json"
 DCP_METADATA_FILE = ".metadata"
 FORMAT_VERSION = 2
+FC_WEIGHT = "fc_weight"
+FC_MOMENTUM = "fc_momentum"
+LABEL_MAP = LabelSpace.CHECKPOINT_KEY
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -91,7 +95,7 @@ def _device_mesh(ctx: DistContext):
 
 
 def _as_dcp_tensor(rows: ShardedRows, mesh):
-    """A DTensor sharded on dim 0 (DTensor's contiguous split, which fftrain.class_sharding uses)."""
+    """A DTensor sharded on dim 0 (DTensor's contiguous split, which fftrain.distributed.class_sharding uses)."""
     if mesh is None:
         return rows.local
     from torch.distributed.tensor import DTensor, Shard
@@ -556,8 +560,8 @@ def load_partial(path: str, state: dict) -> dict:
 
 def load_backbone_from_checkpoint(path: str) -> torch.nn.Module:
     """The trained backbone (eval mode, CPU) rebuilt from the config recorded in the checkpoint."""
-    from .config import config_from_dict
-    from .model import EmbeddingModel
+    from fftrain.config import config_from_dict
+    from fftrain.model.embedding import EmbeddingModel
 
     meta = check_complete(path)
     cfg = config_from_dict(meta["config"])
@@ -571,4 +575,43 @@ def load_proxies_from_checkpoint(path: str) -> torch.Tensor:
     """All class proxies [C_fused, D] of a checkpoint, gathered into one tensor."""
     meta = check_complete(path)
     weight = torch.empty(meta["num_classes_fused"], meta["embedding_size"])
-    return load_partial(path, {"sharded": {"fc_weight": weight}})["sharded"]["fc_weight"]
+    return load_partial(path, {"sharded": {FC_WEIGHT: weight}})["sharded"][FC_WEIGHT]
+
+
+def model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The replicated model and optimizer state in DCP's form (parameter names, not ids, as keys)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer)
+
+
+def set_model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                                  optim_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+
+
+@dataclass
+class ProxiesAndLabels:
+    """What the offline tools read from a checkpoint: every class proxy and the label space."""
+
+    meta: dict
+    proxies: torch.Tensor
+    """[C_fused, D] as saved (not normalised)."""
+    label_map: torch.Tensor
+    """[C_src] int64 source class -> fused class."""
+    fused_dataset: torch.Tensor
+    """[C_fused] int64 dataset of each fused class (derived from the label map)."""
+
+
+def load_proxies_and_labels(path: str) -> ProxiesAndLabels:
+    """One process, no group: the proxies and label space of a complete checkpoint."""
+    meta = check_complete(path)
+    state = load_partial(path, {"sharded": {FC_WEIGHT: torch.empty(meta["num_classes_fused"], meta["embedding_size"])},
+                                LABEL_MAP: torch.empty(meta["num_classes_source"], dtype=torch.int64)})
+    class_dataset = [i for i, d in enumerate(meta["datasets"]) for _ in range(d["num_classes"])]
+    label_map = state[LABEL_MAP]
+    return ProxiesAndLabels(meta, state["sharded"][FC_WEIGHT], label_map,
+                            torch.from_numpy(fused_dataset_of(class_dataset, label_map)))
+

@@ -1,10 +1,14 @@
-"""Source class -> (dataset, fused class) on the training device.
+"""The run's label spaces: source class -> dataset, source class -> fused class, fused class -> dataset.
 
-The shards store the exact source class `c` of every image (see DESIGN.md, label spaces). The
-dataset of a sample is `class_dataset[c]` and its fused class `label_map[c]`: the identity before
-fusion, a many-to-one map onto contiguous ids after it. Both tables live on the device, so the
-lookups are two gathers; `swap_label_map` replaces the map between steps (after fusion) without
-touching the data pipeline: the next batch the loader yields already carries the new ids.
+The shards store the exact source class `c` of every image (docs/ARCHITECTURE.md, label spaces).
+The dataset of a sample is `class_dataset[c]` (fixed by the manifest) and its fused class
+`label_map[c]`: the identity before fusion, a many-to-one map onto contiguous ids after it. Only
+the label map is state (the checkpoint stores it under `CHECKPOINT_KEY`); the dataset of a fused
+class is derived from it: the dataset of its smallest source class, as fusion defines it.
+
+Both tables live on the device, so the per-batch lookups are two gathers. The trainer owns the
+one instance of a run; the loader holds a reference, so `swap_label_map` (after fusion, or on
+resume) takes effect at the next batch without touching the data pipeline.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ def _as_index_tensor(values, name: str) -> torch.Tensor:
     return tensor.to(torch.int64)
 
 
-class LabelTables:
-    """`class_dataset` and `label_map` (both [num_source_classes] int64) on one device."""
+class LabelSpace:
+    """`class_dataset` and `label_map` (both [num_source_classes] int64) on one device, and the
+    derived `fused_dataset` ([num_fused_classes] int64)."""
+
+    CHECKPOINT_KEY = "label_map"
 
     def __init__(self, class_dataset, device: torch.device | str = "cpu", label_map=None):
         self.device = torch.device(device)
@@ -39,10 +46,11 @@ class LabelTables:
         self.num_datasets = int(self.class_dataset.max().item()) + 1 if len(self.class_dataset) else 0
         self.label_map = self.class_dataset.new_empty(0)
         self.num_fused_classes = 0
+        self.fused_dataset = self.class_dataset.new_empty(0)
         self.swap_label_map(torch.arange(len(self.class_dataset)) if label_map is None else label_map)
 
     @classmethod
-    def from_manifest(cls, manifest, device: torch.device | str = "cpu", label_map=None) -> "LabelTables":
+    def from_manifest(cls, manifest, device: torch.device | str = "cpu", label_map=None) -> "LabelSpace":
         return cls(manifest.class_dataset(), device, label_map)
 
     @property
@@ -65,7 +73,34 @@ class LabelTables:
             raise ValueError(f"label_map fused ids are not contiguous: {missing} unused below the maximum {fused - 1}")
         self.label_map = new_map.to(self.device)
         self.num_fused_classes = fused
+        self.fused_dataset = self.class_dataset[smallest_source_class(self.label_map, fused)]
 
     def lookup(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dataset, fused) of int64 source classes already on the device."""
         return self.class_dataset[source], self.label_map[source]
+
+    def checkpoint_template(self, num_source_classes: int) -> dict[str, torch.Tensor]:
+        """The replicated tensors a checkpoint holds for the label space, shaped for loading."""
+        return {self.CHECKPOINT_KEY: torch.empty(num_source_classes, dtype=torch.int64)}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {self.CHECKPOINT_KEY: self.label_map.cpu().clone()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.swap_label_map(state[self.CHECKPOINT_KEY])
+
+
+def smallest_source_class(label_map: torch.Tensor, num_fused: int) -> torch.Tensor:
+    """[num_fused] int64: the smallest source class each fused class holds."""
+    source = torch.arange(len(label_map), device=label_map.device)
+    smallest = torch.full((num_fused,), len(label_map), dtype=torch.int64, device=label_map.device)
+    return smallest.scatter_reduce(0, label_map, source, reduce="amin")
+
+
+def fused_dataset_of(class_dataset, label_map) -> np.ndarray:
+    """Host twin of `LabelSpace.fused_dataset`, for tools that read a checkpoint without a device."""
+    label_map = torch.as_tensor(np.asarray(label_map), dtype=torch.int64)
+    num_fused = int(label_map.max()) + 1 if len(label_map) else 0
+    table = torch.as_tensor(np.asarray(class_dataset), dtype=torch.int64)
+    return table[smallest_source_class(label_map, num_fused)].numpy()
+

@@ -3,7 +3,7 @@
 With C classes on W ranks, rank r owns [min(r*q, C), min((r+1)*q, C)) with q = ceil(C / W): the
 split of `torch.chunk` and of DTensor's `Shard(0)`. Matching DTensor is what lets
 torch.distributed.checkpoint save the FC rows from W ranks and load them on any other number
-(fftrain.checkpoint). The last ranks may own fewer classes, or none when C is small against W.
+(fftrain.training.checkpoint). The last ranks may own fewer classes, or none when C is small against W.
 Pure functions of (C, W): every rank computes the same split with no communication.
 """
 

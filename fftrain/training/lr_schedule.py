@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from .config import OptimConfig
+from fftrain.config import OptimConfig
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:

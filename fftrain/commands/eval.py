@@ -1,15 +1,10 @@
-"""`fftrain eval` and `fftrain export`: subcommands for fftrain's CLI.
+"""`fftrain eval`: verification accuracy of a checkpoint on insightface .bin pair sets.
 
     fftrain eval --checkpoint runs/r50/ckpt-480000 --data-dir val/                 # the six usual sets
     fftrain eval --checkpoint CKPT val/lfw.bin val/cfp_fp.bin --dao --json-out eval.json
     torchrun --nproc_per_node=8 -m fftrain.cli eval --checkpoint CKPT --data-dir val/   # spread over ranks
-    fftrain export --checkpoint CKPT --onnx model.onnx                              # + onnxruntime check
 
-The CLI module registers them with `add_eval_parser(subparsers)` / `add_export_parser(subparsers)`;
-each sets `args.run(args) -> int` (0: done, 2: an expected failure, printed as one line). The
-backbone comes from `fftrain.checkpoint.load_backbone_from_checkpoint(dir) -> nn.Module`, and
-`--dao` without `--dao-proxies` takes the class proxies from
-`fftrain.checkpoint.load_proxies_from_checkpoint(dir) -> [C, D] array or tensor`.
+`--dao` without `--dao-proxies` takes the class proxies from the checkpoint.
 """
 
 from __future__ import annotations
@@ -55,40 +50,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "export", help="backbone to ONNX (dynamic batch), checked with onnxruntime",
-        description="Export the checkpoint's backbone to ONNX: input 'input' [batch, 3, S, S] float32 RGB "
-                    "in [-1, 1], output 'embedding' [batch, D] (not normalised). The file is then run "
-                    "with onnxruntime against torch on the same random inputs.")
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory")
-    p.add_argument("--onnx", required=True, metavar="PATH", help="output .onnx file (written atomically)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="image side in pixels (default: the backbone's input_size, else 112)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest accepted |onnxruntime - torch| per output value (default: %(default)g)")
-    p.set_defaults(run=run_export)
-    return p
-
-
 def _targets() -> tuple[str, ...]:
     from fftrain.evaluation.verification import VERIFICATION_TARGETS
 
     return VERIFICATION_TARGETS
 
 
-def _load_backbone(checkpoint: str):
-    try:
-        from fftrain.checkpoint import load_backbone_from_checkpoint
-    except ImportError as e:
-        raise EvalUsageError(f"cannot load checkpoints: fftrain.checkpoint.load_backbone_from_checkpoint "
-                             f"is not available ({e})") from None
+def load_backbone(checkpoint: str):
+    """The checkpoint's backbone (CPU, eval mode); a missing or bad checkpoint is an EvalUsageError."""
+    from fftrain.training.checkpoint import CheckpointError, load_backbone_from_checkpoint
+
     if not os.path.isdir(checkpoint):
         raise EvalUsageError(f"{checkpoint}: checkpoint directory not found")
-    from fftrain.checkpoint import CheckpointError
-
     try:
         return load_backbone_from_checkpoint(checkpoint)
     except CheckpointError as e:
@@ -106,12 +79,7 @@ def _load_proxies(args):
         if proxies.ndim != 2:
             raise EvalUsageError(f"{args.dao_proxies}: expected a [C, D] array, got shape {proxies.shape}")
         return proxies
-    try:
-        from fftrain.checkpoint import load_proxies_from_checkpoint
-    except ImportError as e:
-        raise EvalUsageError(f"--dao needs class proxies: pass --dao-proxies FILE.npy "
-                             f"(fftrain.checkpoint.load_proxies_from_checkpoint is not available: {e})") from None
-    from fftrain.checkpoint import CheckpointError
+    from fftrain.training.checkpoint import CheckpointError, load_proxies_from_checkpoint
 
     try:
         return load_proxies_from_checkpoint(args.checkpoint)
@@ -162,7 +130,7 @@ def write_json_atomic(path: str, obj) -> None:
             os.remove(tmp)
 
 
-def _fail(command: str, e: Exception) -> int:
+def fail(command: str, e: Exception) -> int:
     print(f"fftrain {command}: error: {e}", file=sys.stderr)
     return 2
 
@@ -178,10 +146,10 @@ def run_eval(args) -> int:
         if args.dao_k < 1:
             raise EvalUsageError(f"--dao-k {args.dao_k}: must be >= 1")
         paths = _bin_paths(args)
-        model = _load_backbone(args.checkpoint)
+        model = load_backbone(args.checkpoint)
         proxies = _load_proxies(args) if args.dao else None
     except (EvalUsageError, VerificationBinError) as e:
-        return _fail("eval", e)
+        return fail("eval", e)
 
     ctx = init_distributed(args.device)
     try:
@@ -199,23 +167,7 @@ def run_eval(args) -> int:
                                                   "world_size": ctx.world_size, "results": results})
                 print(f"wrote {args.json_out}")
     except (EvalUsageError, VerificationBinError) as e:
-        return _fail("eval", e)
+        return fail("eval", e)
     finally:
         destroy_distributed(ctx)
-    return 0
-
-
-def run_export(args) -> int:
-    from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx
-
-    try:
-        model = _load_backbone(args.checkpoint).to("cpu")
-        size = args.input_size or int(getattr(model, "input_size", 112))
-        path = export_onnx(model, args.onnx, opset=args.opset, input_size=size)
-        print(f"wrote {path} (opset {args.opset}, input [batch, 3, {size}, {size}], dynamic batch)")
-        if not args.no_check:
-            diff = check_onnx(model, path, batch_sizes=(1, 3), tolerance=args.tolerance)
-            print(f"onnxruntime vs torch: max |diff| = {diff:.2e} on batches 1 and 3 (tolerance {args.tolerance:g})")
-    except (EvalUsageError, OnnxParityError, ImportError) as e:
-        return _fail("export", e)
     return 0

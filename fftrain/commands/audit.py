@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .inputs import AuditError
+from fftrain.audit.inputs import AuditError
 
 DEFAULT_INTRA, DEFAULT_INTER, DEFAULT_LEAK = 0.3, 0.7, 0.7
 
@@ -99,8 +99,8 @@ def _prepare(args, ctx):
     """Everything that can fail on bad input, before any work (rank 0 checks, the others follow)."""
     from fftrain.data.records import DataError, RecordSet
 
-    from .clean import check_clean_target
-    from .inputs import check_verification_files, load_checkpoint_view, load_matching_manifest
+    from fftrain.audit.clean import check_clean_target
+    from fftrain.audit.inputs import check_verification_files, load_checkpoint_view, load_matching_manifest
 
     _check_args(args)
     checkpoint = load_checkpoint_view(args.checkpoint)
@@ -155,7 +155,7 @@ def run_audit(args) -> int:
 
 
 def _audit(args, ctx, work, checkpoint, manifest, records, bins) -> None:
-    from .embed import EMBEDDINGS_FILE, LABELS_FILE, embed_training_set, embed_verification_bin
+    from fftrain.audit.embed import EMBEDDINGS_FILE, LABELS_FILE, embed_training_set, embed_verification_bin
 
     backbone = checkpoint.backbone.to(ctx.device)
     flip = not args.no_flip
@@ -180,7 +180,7 @@ def _audit(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     timing["embed_ms_per_image"] = 1000 * train.seconds / max(1, len(records))
     timing["analysis_ms_per_image"] = 1000 * timing["analysis_s"] / max(1, len(records))
     timing["analysis_fraction_of_embedding"] = timing["analysis_s"] / max(train.seconds, 1e-9)
-    from fftrain.evaluation.cli_commands import write_json_atomic
+    from fftrain.commands.eval import write_json_atomic
 
     write_json_atomic(os.path.join(work, "audit.json"), report)
     if not args.keep_embeddings:
@@ -188,7 +188,7 @@ def _audit(args, ctx, work, checkpoint, manifest, records, bins) -> None:
             os.remove(os.path.join(work, name))
     _publish(work, args.out)
     if args.write_clean:
-        from .clean import write_clean_set
+        from fftrain.audit.clean import write_clean_set
 
         t = time.perf_counter()
         clean = write_clean_set(args.write_clean, manifest, records, drop_keys=extra["outlier_keys"],
@@ -196,7 +196,7 @@ def _audit(args, ctx, work, checkpoint, manifest, records, bins) -> None:
                                 record=extra["clean_record"], progress=not args.quiet)
         print(f"cleaned set: {args.write_clean}: {clean['images_out']} of {clean['images_in']} images, "
               f"{clean['classes_out']} of {clean['classes_in']} classes ({time.perf_counter() - t:.1f} s)")
-    from .report import summary_lines
+    from fftrain.audit.report import summary_lines
 
     print("\n".join(summary_lines(report)))
 
@@ -213,11 +213,11 @@ def _publish(work: str, out: str) -> None:
 
 def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dict]:
     """Every figure of the report from the embeddings (one process)."""
-    from .distributions import dataset_distributions
-    from .inter import fusion_twin, inter_class
-    from .intra import class_centres, intra_class, per_dataset_summary
-    from .leakage import leakage
-    from .report import threshold_entry
+    from fftrain.audit.distributions import dataset_distributions
+    from fftrain.audit.inter import fusion_twin, inter_class
+    from fftrain.audit.intra import class_centres, intra_class, per_dataset_summary
+    from fftrain.audit.leakage import leakage
+    from fftrain.audit.report import threshold_entry
 
     phases, clock = {}, [time.perf_counter()]
 
@@ -299,7 +299,7 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
 
 
 def _component(members, edges, manifest) -> dict:
-    from .report import dataset_local
+    from fftrain.audit.report import dataset_local
 
     return {"source_classes": [int(m) for m in members],
             "members": [dict(zip(("dataset", "local_label"), dataset_local(manifest, int(m)))) for m in members],
@@ -314,7 +314,7 @@ def _twin(plan, label_map, manifest) -> dict:
 
 
 def _leak_entry(leak, path, class_dataset, names) -> dict:
-    from .leakage import per_dataset_counts
+    from fftrain.audit.leakage import per_dataset_counts
 
     return {"name": leak.name, "file": os.path.abspath(path), "images": int(leak.leaked_images.size),
             "pairs": int(leak.leaked_pairs.size), "leaked_images": int(leak.leaked_images.sum()),
@@ -324,7 +324,7 @@ def _leak_entry(leak, path, class_dataset, names) -> dict:
 
 
 def _write_outputs(args, work, manifest, records, train, report, extra) -> None:
-    from .report import (duplicate_rows, outlier_rows, plot_distributions, plot_intra, plot_leakage, write_csv)
+    from fftrain.audit.report import (duplicate_rows, outlier_rows, plot_distributions, plot_intra, plot_leakage, write_csv)
 
     intra, inter, leaks = extra["intra"], extra["inter"], extra["leaks"]
     files = {"outliers": "outliers.csv", "duplicate_pairs": "duplicate_pairs.csv"}
@@ -334,7 +334,7 @@ def _write_outputs(args, work, manifest, records, train, report, extra) -> None:
     write_csv(os.path.join(work, files["duplicate_pairs"]),
               ["class_a", "dataset_a", "local_a", "class_b", "dataset_b", "local_b", "cosine", "scope", "component"],
               duplicate_rows(inter, manifest))
-    from .report import dataset_local
+    from fftrain.audit.report import dataset_local
 
     for leak in leaks:
         name = f"leaked_{leak.name}.csv"

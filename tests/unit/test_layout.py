@@ -1,0 +1,127 @@
+"""The floor plan's rules, checked on the source: no import circle, torch.distributed in one place,
+the RecordIO framing defined once."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PACKAGES = ("fftrain", "recordio_tools")
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: pathlib.Path, known: set[str], everywhere: bool) -> set[str]:
+    """Modules of the two packages `name` imports: at module level, or `everywhere` (inside functions too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in (ast.walk(tree) if everywhere else tree.body):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets.add(base)
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    resolved = set()
+    for target in targets:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            resolved.add(target)
+    return resolved
+
+
+def _import_graph(everywhere: bool) -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules), everywhere) for name, path in modules.items()}
+    for name in modules:  # importing a.b.c imports the packages a and a.b first
+        parent = name.rpartition(".")[0]
+        if parent:
+            graph[name].add(parent)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _is_package_to_child(a: str, b: str) -> bool:
+    return b.startswith(a + ".")
+
+
+@pytest.mark.parametrize("everywhere", [False, True], ids=["module-level", "in-functions-too"])
+def test_no_import_circle(everywhere):
+    graph = _import_graph(everywhere)
+    # a package's __init__ re-exporting its own submodules is not a circle: Python imports the
+    # package first and the submodule sees it partially initialised, which is how packages work
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not _is_package_to_child(name, t) and not _is_package_to_child(t, name)}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_a_circle_is_found():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _imports_torch_distributed(path: pathlib.Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+            return True
+    return False
+
+
+def test_torch_distributed_only_in_the_distributed_package_and_the_checkpoint():
+    allowed = {"fftrain/training/checkpoint.py"}
+    offenders = [str(path.relative_to(REPO)) for path in _modules().values()
+                 if _imports_torch_distributed(path) and not str(path.relative_to(REPO)).startswith("fftrain/distributed/")
+                 and str(path.relative_to(REPO)) not in allowed]
+    assert offenders == []
+
+
+def test_recordio_framing_defined_once():
+    definers = []
+    for path in _modules().values():
+        text = path.read_text()
+        if "= 0xCED7230A" in text or 'struct.pack("<I", MAGIC)' in text:  # the magic word, or its bytes
+            definers.append(str(path.relative_to(REPO)))
+    assert sorted(set(definers)) == ["recordio_tools/recordio.py"]
