@@ -2,8 +2,8 @@
 
     cfg = load_config("configs/six_datasets_r50.yaml", overrides=["optim.lr=0.01"])
 
-Unknown keys and bad values fail at start naming the key (`ConfigError`). Derived numbers
-(the fusion step, the lr milestones in steps) are properties, never written back.
+Unknown keys and bad values fail at start naming the key (`ConfigError`). Derived values (the
+fusion step from `fusion.t2`, the phases a `method` implies) are properties, never written back.
 """
 
 from __future__ import annotations

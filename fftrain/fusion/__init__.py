@@ -5,7 +5,7 @@
                         t1=0.7, knn_k=10, max_component=6, group=ctx.group, report_dir=run_dir)
     # every rank: result.new_local_weight is its shard of result.num_classes_new classes
 
-Called once, at step T2, on every rank of the group collectively (DESIGN.md, "Fusion
+Called once, at step T2, on every rank of the group collectively (docs/ARCHITECTURE.md, "Fusion
 protocol"). Steps: (1) exact kNN of the L2-normalised proxies across the shards (`knn`), by
 default restricted to other datasets; (2) candidate pairs with cosine > t1, gathered to every
 rank; (3) deterministic components with the guards; (4) contiguous new ids ordered by smallest

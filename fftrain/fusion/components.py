@@ -28,7 +28,7 @@ Guards, applied to each connected component of the candidate graph:
   With `allow_same_dataset=True` (pairs inside one dataset are candidates too: duplicate
   cleaning) same-dataset components are the point, and the policy is not applied ('keep').
 
-New ids: contiguous, groups ordered by the smallest source class they contain (DESIGN.md,
+New ids: contiguous, groups ordered by the smallest source class they contain (docs/ARCHITECTURE.md,
 "Fusion protocol" 4). Before the first fusion that is the smallest fused id of the group.
 """
 

@@ -1,6 +1,9 @@
 """What the fusion did, for a person to audit: a JSON report and the top-1 similarity histogram.
 
-    paths = write_report(out_dir, plan=plan, source_info=SourceInfo.from_manifest(m), ...)
+    report = build_report(plan=plan, label_map=label_map, source_info=SourceInfo.from_manifest(m),
+                          class_dataset=class_dataset, neighbours=neighbours, top1=top1, censored=censored,
+                          settings=settings, stats=plan.stats)
+    paths = write_report(out_dir, report, top1, t1=0.7)
     # -> {"json": out_dir/fusion_report.json, "png": out_dir/fusion_top1_hist.png}
 
 JSON: the settings and counts; every merged component (new fused id; its members with dataset

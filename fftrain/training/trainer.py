@@ -1,6 +1,6 @@
 """The training loop: phases, the fusion hook, checkpoints, logging, verification.
 
-Phases (DESIGN.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
+Phases (docs/ARCHITECTURE.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
 `fusion_step` the fusion hook rewrites the label map and the FC shards, then 'agnostic'
 (softmax over all fused classes). With fusion off (t2 >= 1) the run stays 'dail'. The
 gradient-reversal dataset classifier is weighted in from `grl.start_step`. `method` changes the
