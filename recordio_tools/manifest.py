@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
-from .recordio import RecordIOError, format_index, read_index, write_text_atomic
+from .files import write_text_atomic
+from .recordio import RecordIOError, format_index, read_index
 
 DATASET_FILE = "dataset.json"
 SAMPLE_WEIGHTS_FILE = "sample_weights.npy"

@@ -862,7 +862,7 @@ def generate(config: SynthConfig, out_dir: str, progress: bool = True) -> dict:
 
     from .manifest import write_manifest
     from .overlaps import OVERLAPS_FILE, make_groups, write_overlaps
-    from .recordio import write_text_atomic
+    from .files import write_text_atomic
     from .shards import DatasetWriter, atomic_directory
     from .verification_bin import write_verification_bin
 

@@ -109,7 +109,8 @@ def fixture_manifest(out_dir: str, rec: str, idx: str, name: str, num_classes: i
 def zero_jpeg_body(manifest_path: str, key: int, keep: int = 20) -> str:
     """Zero record `key`'s JPEG after its first `keep` bytes (SOI + APP0 intact), in place, length
     unchanged; returns the shard and key as `RecordSet.describe` names them."""
-    from fftrain.data.records import RecordSet, _parse_header
+    from fftrain.data.records import RecordSet
+    from recordio_tools.recordio import parse_image_header
     from recordio_tools.manifest import load_manifest
 
     records = RecordSet(load_manifest(manifest_path))
@@ -118,7 +119,7 @@ def zero_jpeg_body(manifest_path: str, key: int, keep: int = 20) -> str:
         f.seek(local)
         _, lrec = struct.unpack("<II", f.read(8))
         payload = f.read(lrec & ((1 << 29) - 1))  # a whole record (cflag 0): what our writer makes of a JPEG
-        image_start, _ = _parse_header(payload)
+        image_start, _ = parse_image_header(payload)
         jpeg_length = len(payload) - image_start
         f.seek(local + 8 + image_start + keep)
         f.write(b"\x00" * (jpeg_length - keep))

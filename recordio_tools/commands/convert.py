@@ -32,7 +32,7 @@ import numpy as np
 
 from ..cli import UsageError
 from ..images import FACE_SIZE, IMAGE_EXTENSIONS, ImageError, LandmarksError, prepare_face
-from ..recordio import write_text_atomic
+from ..files import write_text_atomic
 from ..scan import progress
 from ..shards import DatasetWriter, atomic_directory, check_out, exit_with_parent
 

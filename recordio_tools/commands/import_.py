@@ -26,7 +26,8 @@ import numpy as np
 from ..cli import UsageError
 from ..images import looks_like_image
 from ..insightface import Layout, detect_layout
-from ..recordio import RecordIOError, RecordReader, unpack, write_text_atomic
+from ..files import write_text_atomic
+from ..recordio import RecordIOError, RecordReader, unpack
 from ..scan import class_ids_at, progress
 from ..shards import DatasetWriter, atomic_directory, check_out
 

@@ -20,7 +20,7 @@ is then a no-op. Labels stored as one float (flag 0) stay one float and must be 
 
 --out DIR writes a new training set instead: DIR/<--name>/ (one dataset, num_classes_fused classes,
 exact two-float labels, images copied unchanged, --shards shards), DIR/manifest.json, DIR/train.idx
-and DIR/label_map.json; DIR is replaced as a whole at the end. Details: recordio_tools/relabel.py.
+and DIR/label_map.json; DIR is replaced as a whole at the end. Details: recordio_tools/relabel/ (package doc).
 """
 
 from __future__ import annotations
