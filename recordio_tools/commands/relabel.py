@@ -32,6 +32,7 @@ import time
 
 from ..cli import UsageError
 from ..manifest import MANIFEST_FILE, load_manifest
+from .options import add_overwrite
 
 
 def add_parser(subparsers) -> None:
@@ -52,8 +53,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", default="fused", help="--out: name of the fused dataset (default: fused)")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="--out: number of shards (default: as many as TRAINSET has)")
-    parser.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_overwrite(parser)
     parser.set_defaults(run=run)
 
 

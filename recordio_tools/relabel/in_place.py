@@ -147,7 +147,7 @@ def _refuse_referenced(manifest_file: str, manifest: Manifest, outside: list[str
 def copy_referenced(manifest_file: str, manifest: Manifest, outside: list[str], log: Callable[[str], None]) -> Manifest:
     """Copy the datasets held in `outside` folders into the training-set folder and point the manifest at
     the copies (each copy complete or absent; the manifest rewritten last)."""
-    from ..commands.build import copy_folder_name, relabel_copy
+    from ..trainset import copy_folder_name, copy_with_offset
     from ..files import atomic_directory
 
     wanted = {os.path.realpath(f) for f in outside}
@@ -161,7 +161,7 @@ def copy_referenced(manifest_file: str, manifest: Manifest, outside: list[str], 
                 raise RelabelError(f"{target}: exists; cannot copy dataset {info.name!r} from {folder} there")
             log(f"relabel: copying {folder} into {target} (it is referenced, not owned)")
             with atomic_directory(target) as tmp:
-                local = relabel_copy(folder, local, tmp, info.class_offset)
+                local = copy_with_offset(folder, local, tmp, info.class_offset)
             folder = target
         infos.append(local)
         folders.append(folder)
