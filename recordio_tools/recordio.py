@@ -103,32 +103,39 @@ def padded_length(length: int) -> int:
     return length + (-length % 4)
 
 
+def read_part(f: BinaryIO, pos: int, first: bool, size: int | None = None) -> tuple[bytes, int, int, bytes | None]:
+    """The part at byte `pos` of `f` (f positioned there): (8 header bytes, cflag, length, padded body).
+    With `size` (the file size) the body is not read (None) and a part running past `size` is truncated.
+    Raises FramingError."""
+    head = f.read(_PART_HEADER.size)
+    if not head and first:
+        raise FramingError("end of file{at}", pos)
+    cflag, length = parse_part_header(head, pos, first)
+    padded = length + (-length % 4)
+    body = None
+    if size is None:
+        body = f.read(padded)
+        present = len(body)
+    else:
+        present = size - pos - _PART_HEADER.size
+    if present < padded:
+        raise FramingError(f"truncated record: {length} bytes announced{{at}}, {present} present", pos)
+    return head, cflag, length, body
+
+
 def iter_parts(f: BinaryIO, pos: int, size: int | None = None) -> Iterator[tuple[int, bytes, int, int, bytes | None]]:
     """The parts of the record starting at byte `pos` of `f`, in order: (byte offset, 8 header bytes,
-    cflag, length, padded body). With `size` (the file size) only the headers are read (body None) and a
-    part running past `size` is truncated. Raises FramingError."""
+    cflag, length, padded body); `size` as in `read_part`. Raises FramingError."""
     first = True
     f.seek(pos)
     while True:
         if size is not None:
             f.seek(pos)
-        head = f.read(_PART_HEADER.size)
-        if not head and first:
-            raise FramingError("end of file{at}", pos)
-        cflag, length = parse_part_header(head, pos, first)
-        padded = padded_length(length)
-        body = None
-        if size is None:
-            body = f.read(padded)
-            present = len(body)
-        else:
-            present = size - pos - _PART_HEADER.size
-        if present < padded:
-            raise FramingError(f"truncated record: {length} bytes announced{{at}}, {present} present", pos)
+        head, cflag, length, body = read_part(f, pos, first, size)
         yield pos, head, cflag, length, body
         if cflag in (0, 3):
             return
-        pos, first = pos + _PART_HEADER.size + padded, False
+        pos, first = pos + _PART_HEADER.size + padded_length(length), False
 
 
 def join_parts(parts: Sequence[bytes]) -> bytes:
@@ -292,21 +299,31 @@ def format_index(entries: Sequence[tuple[int, int]]) -> str:
 
 def read_record_at(f: BinaryIO, offset: int, path: str | os.PathLike, where: str) -> tuple[bytes, int]:
     """The record starting at `offset` and the offset just past it. Raises RecordIOError."""
-    parts = []
+    f.seek(offset)
+    pos, first, parts = offset, True, []
     try:
-        for pos, _, cflag, length, body in iter_parts(f, offset):
+        while True:
+            _, cflag, length, body = read_part(f, pos, first)
             parts.append(body[:length])
+            pos += _PART_HEADER.size + len(body)
+            if cflag in (0, 3):
+                return join_parts(parts), pos
+            first = False
     except FramingError as e:
         raise RecordIOError(path, where, str(e)) from None
-    return join_parts(parts), pos + _PART_HEADER.size + len(body)
 
 
 def record_end(f: BinaryIO, pos: int, size: int) -> int:
     """Offset just past the record starting at `pos` of a file of `size` bytes, reading part headers only.
     Raises FramingError."""
-    for part_pos, _, _, length, _ in iter_parts(f, pos, size):
-        end = part_pos + _PART_HEADER.size + padded_length(length)
-    return end
+    first = True
+    while True:
+        f.seek(pos)
+        _, cflag, length, _ = read_part(f, pos, first, size)
+        pos += _PART_HEADER.size + padded_length(length)
+        if cflag in (0, 3):
+            return pos
+        first = False
 
 
 def next_record_start(f: BinaryIO, pos: int, size: int) -> int:
