@@ -52,12 +52,18 @@ def remove_quietly(path: str | os.PathLike) -> None:
         pass
 
 
+def _make_parent(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, already_temp: bool = False,
-                       tmp: str | None = None, sync_dir: bool = False) -> None:
+                       tmp: str | None = None, sync_dir: bool = False, make_parents: bool = False) -> None:
     """Write `data` to `path` through a temporary file and a rename (`already_temp`: `path` is itself the
     temporary name, which the caller renames; `tmp`: the temporary name to use instead of `temp_name`;
-    `sync_dir`: fsync the folder after the rename)."""
+    `sync_dir`: fsync the folder after the rename; `make_parents`: create the missing folders first)."""
     path = os.fspath(path)
+    if make_parents:
+        _make_parent(path)
     tmp = path if already_temp else (tmp or temp_name(path))
     try:
         with open(tmp, "wb") as f:
@@ -75,16 +81,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, already_temp: bool 
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, already_temp: bool = False, tmp: str | None = None,
-                      sync_dir: bool = False) -> None:
+                      sync_dir: bool = False, make_parents: bool = False) -> None:
     """Write `text` (UTF-8) to `path` through a temporary file and a rename (see `write_bytes_atomic`)."""
-    write_bytes_atomic(path, text.encode("utf-8"), already_temp, tmp, sync_dir)
+    write_bytes_atomic(path, text.encode("utf-8"), already_temp, tmp, sync_dir, make_parents)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None, newline: bool = True,
-                      **dumps_kwargs) -> None:
-    """`obj` as JSON (json.dumps with `indent` and `dumps_kwargs`, a final newline unless `newline=False`)
-    written atomically to `path`."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, **dumps_kwargs) + ("\n" if newline else ""))
+                      make_parents: bool = False, **dumps_kwargs) -> None:
+    """`obj` as JSON (json.dumps with `indent` and `dumps_kwargs`, e.g. allow_nan=False or default=str; a
+    final newline unless `newline=False`) written atomically to `path`."""
+    text = json.dumps(obj, indent=indent, **dumps_kwargs) + ("\n" if newline else "")
+    write_text_atomic(path, text, make_parents=make_parents)
 
 
 @contextmanager
@@ -94,7 +101,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, make_parents
     `suffix` defaults to `path`'s extension, so writers that choose a format by extension still do."""
     path = os.fspath(path)
     if make_parents:
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        _make_parent(path)
     tmp = temp_name(path, os.path.splitext(path)[1] if suffix is None else suffix)
     try:
         yield tmp

@@ -1,7 +1,10 @@
-"""Writing a dataset folder of N shards, all or nothing.
+"""Writing a dataset folder of N shards (`DatasetWriter`), the --out checks every dataset command makes
+before any work (`check_out`), and the worker initializer that ties workers to the command.
 
-The folder is built under a temporary name beside the target and renamed into place at the
-end, so an error or Ctrl-C leaves the previous folder (if any) exactly as it was.
+Use the writer inside `files.atomic_directory`: the folder is built under a temporary name beside the
+target and renamed into place at the end, so an error or Ctrl-C leaves the previous folder (if any)
+exactly as it was. (`atomic_directory`, `OUTPUT_MARKER`, `output_owner` and `remove_stale_temporaries`
+live in files.py; the names here are kept until fftrain imports them from there.)
 """
 
 from __future__ import annotations
