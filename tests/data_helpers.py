@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from recordio_tools.manifest import DatasetInfo, write_manifest
-from recordio_tools.shards import DatasetWriter, atomic_directory
+from recordio_tools.files import atomic_directory
+from recordio_tools.shards import DatasetWriter
 
 SIZE, BANDS, BAND_ROWS = 112, 12, 9
 
