@@ -37,7 +37,8 @@ from .errors import UserError
 from .manifest import read_dataset_info, write_manifest
 from .overlaps import OVERLAPS_FILE, make_groups, write_overlaps
 from .recordio import RecordIOError, RecordReader, class_id_of, unpack
-from .shards import DatasetWriter, atomic_directory
+from .files import atomic_directory
+from .shards import DatasetWriter
 
 SPLIT_FILE = "split.json"
 

@@ -24,12 +24,12 @@ import numpy as np
 
 from .cli import UsageError
 from .files import atomic_directory
-from .manifest import (DATASET_FILE, SAMPLE_WEIGHTS_FILE, DatasetInfo, Manifest, ManifestError, Shard,
-                       read_dataset_info, shard_name, write_dataset_info, write_manifest)
+from .manifest import (CLASSES_FILE, DATASET_FILE, SAMPLE_WEIGHTS_FILE, SKIPPED_FILE, DatasetInfo, Manifest,
+                       ManifestError, Shard, read_dataset_info, shard_name, write_dataset_info, write_manifest)
 from .recordio import RecordIOError, RecordReader, RecordWriter, class_id_of, image_header, pack, read_index, unpack
 from .scan import class_ids_at, progress
 
-METADATA_FILES = ("classes.json", "skipped.txt")  # copied along with a relabelled dataset
+METADATA_FILES = (CLASSES_FILE, SKIPPED_FILE)  # copied along with a relabelled dataset
 
 
 def expand_datasets(patterns: list[str]) -> list[str]:

@@ -17,7 +17,6 @@ and renamed at the end: an error or Ctrl-C leaves the previous folder as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,19 +25,16 @@ from contextlib import closing
 import numpy as np
 
 from ..cli import UsageError
-from ..files import write_text_atomic
+from ..files import atomic_directory, write_text_atomic
 from ..image_folders import (UNALIGNED_FILE, ImageTask, check_missing_landmarks, encode_in_order, images_below,
                              list_identities, load_landmarks, make_tasks, unlabeled_images)
 from ..images import FACE_SIZE
+from ..manifest import SKIPPED_FILE, write_classes
 from ..scan import progress
-from ..shards import DatasetWriter, atomic_directory, check_out
+from ..shards import DatasetWriter, check_out
 from .options import add_class_offset, add_dataset_out, add_overwrite
 
 _images_below = images_below  # temporary: fftrain/pseudo_label/cli.py imports it from here
-
-CLASSES_FILE = "classes.json"
-SKIPPED_FILE = "skipped.txt"
-
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="image folder tree (one folder per identity) -> dataset folder",
@@ -87,9 +83,7 @@ def _check_args(args) -> None:
 
 
 def _write_classes(folder: str, root: str, identities: list[tuple[str, list[str]]], counts: np.ndarray) -> None:
-    body = {"format": "fftrain-classes", "source": os.path.abspath(root),
-            "names": [name for name, _ in identities], "images": counts.tolist()}
-    write_text_atomic(os.path.join(folder, CLASSES_FILE), json.dumps(body, indent=1) + "\n")
+    write_classes(folder, root, {"names": [name for name, _ in identities], "images": counts.tolist()}, indent=1)
 
 
 def _bad_image(root: str, task: ImageTask, error: str, skip_bad: bool, skipped: list[str]) -> None:

@@ -17,21 +17,18 @@ and renamed at the end: an error or Ctrl-C leaves the previous folder as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
 
 from ..cli import UsageError
-from ..files import write_text_atomic
 from ..insightface import Layout, copy_shuffled, local_labels, read_layout, resolve_rec
+from ..manifest import write_classes
 from ..recordio import RecordIOError, RecordReader
-from ..shards import DatasetWriter, atomic_directory, check_out
+from ..files import atomic_directory
+from ..shards import DatasetWriter, check_out
 from .options import add_class_offset, add_dataset_out, add_overwrite
-
-CLASSES_FILE = "classes.json"
-
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("import", help="insightface-style train.rec/.idx -> dataset folder of shards",
@@ -52,9 +49,7 @@ def _hint(error: RecordIOError, rec: str) -> RecordIOError:
 
 
 def _write_classes(folder: str, rec: str, layout: Layout, originals: np.ndarray) -> None:
-    body = {"format": "fftrain-classes", "source": os.path.abspath(rec), "layout": layout.kind,
-            "source_labels": originals.tolist()}
-    write_text_atomic(os.path.join(folder, CLASSES_FILE), json.dumps(body) + "\n")
+    write_classes(folder, rec, {"layout": layout.kind, "source_labels": originals.tolist()})
 
 
 def _check_args(args) -> None:
