@@ -65,10 +65,6 @@ def _encode_lrec(cflag: int, length: int) -> int:
     return (cflag << 29) | length
 
 
-def _decode_lrec(lrec: int) -> tuple[int, int]:
-    return lrec >> 29, lrec & _MAX_PART_LEN
-
-
 class FramingError(ValueError):
     """A part header or part that breaks the framing. `str()` names the byte offset (`pos`) inside the
     message; `bare` is the same message without it, for callers that name the offset themselves."""
@@ -111,7 +107,7 @@ def read_part(f: BinaryIO, pos: int, first: bool, size: int | None = None) -> tu
     if not head and first:
         raise FramingError("end of file{at}", pos)
     cflag, length = parse_part_header(head, pos, first)
-    padded = length + (-length % 4)
+    padded = padded_length(length)
     body = None
     if size is None:
         body = f.read(padded)
