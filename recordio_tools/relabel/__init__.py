@@ -89,8 +89,8 @@ rewrite of one shard), `in_place` (the journaled in-place relabel) and `fused_co
 
 from .helpers import (JOURNAL_FILE, JOURNAL_FORMAT, KILL_ENV, KILL_POINTS, LABEL_MAP_COPY, LOCK_FILE, OUT_LABEL_MAP,
                       TMP_SUFFIX, sha256_file)
-from .in_place import InPlaceResult, copy_referenced, journal_state, other_users, relabel_in_place
 from .fused_copy import relabel_copy
+from .in_place import InPlaceResult, copy_referenced, journal_state, other_users, relabel_in_place
 from .label_maps import LABEL_MAP_FORMAT, LabelMap, RelabelError, label_map_from_overlaps, label_map_sha256, \
     read_label_map
 from .shards import FLOAT_EXACT_LIMIT

@@ -13,9 +13,7 @@ from .world import FACE_UNIT, SIZE
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering. Arrays are [B,H,W] (masks, coordinates) and [3,B,H,W] (the canvas); small features
-# are drawn inside a pixel box that holds them in every image of the batch, so most of the work
-# is on a fraction of the frame.
+# The frame, shapes and colours
 
 _EDGE = 1.2 / 30.0  # soft-edge width: about one pixel, in face units
 _PIX = SIZE / 2  # pixels per image unit
@@ -84,6 +82,10 @@ def _upsample(field: np.ndarray, axis: int) -> np.ndarray:
     shape[axis] = SIZE
     w = _UP_W.reshape(shape)
     return np.take(field, _UP_LO, axis=axis) * (1 - w) + np.take(field, _UP_LO + 1, axis=axis) * w
+
+
+# ---------------------------------------------------------------------------------------------
+# The camera
 
 
 def _downsample(canvas: np.ndarray, factor: int) -> np.ndarray:

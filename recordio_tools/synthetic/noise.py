@@ -10,10 +10,6 @@ import numpy as np
 from .plan import SynthPlan
 from .world import _NOISE_PLAN
 
-
-# ---------------------------------------------------------------------------------------------
-# Planted label noise and leakage (all off by default; the plan above is then untouched).
-
 NOISE_FILE = "noise.json"
 
 

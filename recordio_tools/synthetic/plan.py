@@ -12,10 +12,6 @@ import numpy as np
 from .world import _PLAN, IDENTITY_SPREAD, IMAGE_DRIFT, PAPER_DATASETS
 
 
-# ---------------------------------------------------------------------------------------------
-# The dataset plan: who is in which dataset, how many images each, which pairs to verify.
-
-
 @dataclass
 class SynthConfig:
     """What `recordio_tools synth` generates. Identity and image counts are totals over the six datasets

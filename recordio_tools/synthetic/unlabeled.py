@@ -10,13 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .plan import SynthConfig, _image_counts, make_plan
-from .writer import _imap
 from .world import _ORDER, _PLAN
-
-
-# ---------------------------------------------------------------------------------------------
-# An unlabeled collection in the same face world (`recordio_tools synth --unlabeled N`), for
-# `fftrain pseudo-label`: some of its persons are in the labeled datasets, the rest are new.
+from .writer import _imap
 
 UNLABELED_DIR = "unlabeled"
 UNLABELED_TRUTH_FILE = "truth.json"
