@@ -119,12 +119,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, make_parents
 
 def replace_directory(work: str | os.PathLike, target: str | os.PathLike, old: str | os.PathLike | None = None) -> None:
     """Put the finished folder `work` at `target`: an existing `target` is renamed to `old` (default
-    `.NAME.old-PID` beside it), `work` renamed into place, then `old` removed."""
+    `.NAME.old-PID` beside it; a leftover folder of that name is removed first), `work` renamed into
+    place, then `old` removed. At every instant `target` is the old folder or the new one (or absent
+    between the two renames, never half of either)."""
     work, target = os.fspath(work), os.path.abspath(target)
     if old is None:
         parent, name = os.path.split(target)
         old = os.path.join(parent, f".{name}.old-{os.getpid()}")
     if os.path.exists(target):
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     os.replace(work, target)
     shutil.rmtree(old, ignore_errors=True)

@@ -41,7 +41,9 @@ def test_replace_directory_and_atomic_directory(tmp_path):
     out.mkdir()
     (work / "f").write_text("new")
     (out / "f").write_text("old")
-    files.replace_directory(work, out)
+    (tmp_path / "leftover").mkdir()
+    (tmp_path / "leftover" / "x").write_text("from a killed run")
+    files.replace_directory(work, out, old=tmp_path / "leftover")
     assert (out / "f").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out"]
     with pytest.raises(KeyError):
         with files.atomic_directory(str(out), "synth") as tmp:
