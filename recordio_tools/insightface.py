@@ -3,15 +3,25 @@
 Record 0: flag=2, label=[first identity key, end key]. Keys 1 .. first-1: images. Keys
 first .. end-1: identity records, label=[start, end) of that identity's image keys, no payload.
 Only the image keys ever reach training.
+
+Also the steps of `recordio_tools import` (commands/import_.py): `resolve_rec`, `read_layout` (the layout
+and every image's class id), `local_labels` and `copy_shuffled` (images to a DatasetWriter).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .images import looks_like_image
 from .recordio import RecordIOError, RecordReader, unpack
+from .scan import class_ids_at, progress
+
+if TYPE_CHECKING:
+    from .shards import DatasetWriter
 
 
 @dataclass(frozen=True)
@@ -56,3 +66,48 @@ def _insightface_layout(reader: RecordReader) -> Layout:
             raise RecordIOError(reader.rec_path, f"key {key}",
                                 f"identity range [{start}, {stop}) outside the image keys [1, {first_identity})")
     return Layout("insightface", list(range(1, first_identity)), ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# Importing
+
+
+def resolve_rec(path: str) -> str:
+    """The .rec named by `path`: the file itself, or train.rec inside a folder."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "train.rec")
+    if not os.path.exists(path):
+        raise RecordIOError(path, "open", "record file not found")
+    return path
+
+
+def read_layout(reader: RecordReader) -> tuple[Layout, np.ndarray]:
+    """The file's layout and the class id of each of its image records (headers only)."""
+    try:
+        layout = detect_layout(reader)
+    except RecordIOError:
+        raise
+    except ValueError as e:  # a header or identity record too short for its IRHeader
+        raise RecordIOError(reader.rec_path, "header/identity records", str(e)) from None
+    offsets = [reader.index[key] for key in layout.image_keys]
+    class_ids = class_ids_at(reader.rec_path, offsets, layout.image_keys, desc="labels")
+    return layout, class_ids
+
+
+def local_labels(class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(original ids in local-label order, local label of each image); ids already 0..n-1 are kept."""
+    originals, local = np.unique(class_ids, return_inverse=True)
+    return originals, local.astype(np.int64)
+
+
+def copy_shuffled(reader: RecordReader, keys: list[int], labels: np.ndarray, writer: DatasetWriter,
+                  seed: int) -> None:
+    """Copy the image payloads of `keys` to `writer` in a seeded random order with their local labels."""
+    order = np.random.default_rng(seed).permutation(len(keys))
+    for i in progress(order, total=len(order), desc="import"):
+        key = keys[i]
+        _, image = unpack(reader.read(key))
+        if not looks_like_image(image):
+            raise RecordIOError(reader.rec_path, f"key {key}",
+                                f"payload of {len(image)} bytes is not an image (starts with {image[:8]!r})")
+        writer.add(int(labels[i]), image)

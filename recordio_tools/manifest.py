@@ -25,12 +25,15 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
-from .recordio import RecordIOError, format_index, read_index, write_text_atomic
+from .files import write_text_atomic
+from .recordio import RecordIOError, format_index, read_index
 
 DATASET_FILE = "dataset.json"
 SAMPLE_WEIGHTS_FILE = "sample_weights.npy"
 MANIFEST_FILE = "manifest.json"
 COMBINED_INDEX = "train.idx"
+CLASSES_FILE = "classes.json"  # beside dataset.json: where each local label came from (convert, import)
+SKIPPED_FILE = "skipped.txt"  # beside dataset.json: the images `convert --skip-bad` left out
 
 
 class ManifestError(UserError, ValueError):
@@ -93,6 +96,12 @@ def _dataset_from_dict(d: dict, source: str) -> DatasetInfo:
 def write_dataset_info(folder: str, info: DatasetInfo) -> None:
     body = {"format": "fftrain-dataset", "version": 1, **_info_body(info)}
     write_text_atomic(os.path.join(folder, DATASET_FILE), json.dumps(body, indent=1) + "\n")
+
+
+def write_classes(folder: str, source: str, fields: dict, indent: int | None = None) -> None:
+    """classes.json of a dataset folder: the format, the absolute `source` path, then `fields`."""
+    body = {"format": "fftrain-classes", "source": os.path.abspath(source), **fields}
+    write_text_atomic(os.path.join(folder, CLASSES_FILE), json.dumps(body, indent=indent) + "\n")
 
 
 def read_dataset_info(folder: str) -> DatasetInfo:

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
+from .files import atomic_directory
 from .manifest import read_dataset_info, write_manifest
 from .overlaps import OVERLAPS_FILE, make_groups, write_overlaps
 from .recordio import RecordIOError, RecordReader, class_id_of, unpack
-from .shards import DatasetWriter, atomic_directory
+from .shards import DatasetWriter
 
 SPLIT_FILE = "split.json"
 

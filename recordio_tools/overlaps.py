@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from .errors import UserError
-from .recordio import write_text_atomic
+from .files import write_text_atomic
 
 OVERLAPS_FILE = "overlaps.json"
 

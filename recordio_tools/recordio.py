@@ -8,6 +8,12 @@ cflag 0 is a whole record; 1/2/3 are the first/middle/last part of a record that
 split wherever the magic word occurred, 4-byte aligned, inside the payload (that occurrence is
 dropped on write and restored on read). The `.idx` is text, `key<TAB>byte offset` per line.
 
+This module is the only place that knows the framing. Readers that other modules reuse:
+`decode_part_header` / `parse_part_header` (one 8-byte part header), `iter_parts` (the parts of the
+record at an offset), `read_record_at` (a record's payload, split parts reassembled), `record_end`
+and `next_record_start` (a header-only scan and its resync), `parse_image_header` (the class id and
+the image start of an image record, fast for our exact-id records).
+
 An image record's payload starts with IRHeader (uint32 flag, float32 label, uint64 id, uint64 id2);
 when flag > 0 the header's label field is unused and `flag` float32 labels follow it.
 """
@@ -22,13 +28,16 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
+from .files import temp_name, write_bytes_atomic, write_text_atomic  # noqa: F401 (re-exported for fftrain)
 
 MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
+MAGIC_BYTES = struct.pack("<I", MAGIC)
 _PART_HEADER = struct.Struct("<II")
 _IRHEADER = struct.Struct("<IfQQ")
+_TWO_FLOATS = struct.Struct("<ff")
 _MAX_PART_LEN = (1 << 29) - 1
 
+PART_HEADER_SIZE = _PART_HEADER.size
 IRHEADER_SIZE = _IRHEADER.size
 
 
@@ -56,8 +65,79 @@ def _encode_lrec(cflag: int, length: int) -> int:
     return (cflag << 29) | length
 
 
-def _decode_lrec(lrec: int) -> tuple[int, int]:
-    return lrec >> 29, lrec & _MAX_PART_LEN
+class FramingError(ValueError):
+    """A part header or part that breaks the framing. `str()` names the byte offset (`pos`) inside the
+    message; `bare` is the same message without it, for callers that name the offset themselves."""
+
+    def __init__(self, template: str, pos: int):
+        self.pos = pos
+        self.bare = template.replace("{at}", "")
+        super().__init__(template.replace("{at}", f" at byte {pos}"))
+
+
+def decode_part_header(buf, offset: int = 0) -> tuple[int, int, int]:
+    """(magic, cflag, length) of the 8-byte part header at `buf[offset:]`, unchecked."""
+    magic, lrec = _PART_HEADER.unpack_from(buf, offset)
+    return magic, lrec >> 29, lrec & _MAX_PART_LEN
+
+
+def parse_part_header(head: bytes, pos: int, first: bool = True) -> tuple[int, int]:
+    """(cflag, length) of the part header `head` read at byte `pos`; FramingError when it is short, its
+    magic is wrong or its cflag does not fit (`first`: a record's first part, cflag 0 or 1; else 2 or 3)."""
+    if len(head) < _PART_HEADER.size:
+        raise FramingError("truncated record header{at}", pos)
+    magic, lrec = _PART_HEADER.unpack_from(head)  # decode_part_header, inlined: this is every reader's hot path
+    cflag, length = lrec >> 29, lrec & _MAX_PART_LEN
+    if magic != MAGIC:
+        raise FramingError(f"bad magic 0x{magic:08x}{{at}} (expected 0x{MAGIC:08x})", pos)
+    if cflag > 3 or (cflag in (0, 1)) != first:
+        raise FramingError(f"bad continuation flag {cflag}{{at}}", pos)
+    return cflag, length
+
+
+def padded_length(length: int) -> int:
+    """A part's payload length rounded up to the 4-byte alignment of the next part header."""
+    return length + (-length % 4)
+
+
+def read_part(f: BinaryIO, pos: int, first: bool, size: int | None = None) -> tuple[bytes, int, int, bytes | None]:
+    """The part at byte `pos` of `f` (f positioned there): (8 header bytes, cflag, length, padded body).
+    With `size` (the file size) the body is not read (None) and a part running past `size` is truncated.
+    Raises FramingError."""
+    head = f.read(_PART_HEADER.size)
+    if not head and first:
+        raise FramingError("end of file{at}", pos)
+    cflag, length = parse_part_header(head, pos, first)
+    padded = length + (-length % 4)
+    body = None
+    if size is None:
+        body = f.read(padded)
+        present = len(body)
+    else:
+        present = size - pos - _PART_HEADER.size
+    if present < padded:
+        raise FramingError(f"truncated record: {length} bytes announced{{at}}, {present} present", pos)
+    return head, cflag, length, body
+
+
+def iter_parts(f: BinaryIO, pos: int, size: int | None = None) -> Iterator[tuple[int, bytes, int, int, bytes | None]]:
+    """The parts of the record starting at byte `pos` of `f`, in order: (byte offset, 8 header bytes,
+    cflag, length, padded body); `size` as in `read_part`. Raises FramingError."""
+    first = True
+    f.seek(pos)
+    while True:
+        if size is not None:
+            f.seek(pos)
+        head, cflag, length, body = read_part(f, pos, first, size)
+        yield pos, head, cflag, length, body
+        if cflag in (0, 3):
+            return
+        pos, first = pos + _PART_HEADER.size + padded_length(length), False
+
+
+def join_parts(parts: Sequence[bytes]) -> bytes:
+    """A split record's payload from its parts' payloads: the magic words the writer dropped restored."""
+    return MAGIC_BYTES.join(parts)
 
 
 def frame_record(payload: bytes) -> bytes:
@@ -68,15 +148,15 @@ def frame_record(payload: bytes) -> bytes:
     view = memoryview(payload)
     out = bytearray()
     part_start = 0
-    pos = payload.find(_MAGIC_BYTES)
+    pos = payload.find(MAGIC_BYTES)
     while pos != -1 and pos + 4 <= (size >> 2) << 2:
         if pos % 4 == 0:
             out += _PART_HEADER.pack(MAGIC, _encode_lrec(1 if part_start == 0 else 2, pos - part_start))
             out += view[part_start:pos]
             part_start = pos + 4
-            pos = payload.find(_MAGIC_BYTES, part_start)
+            pos = payload.find(MAGIC_BYTES, part_start)
         else:
-            pos = payload.find(_MAGIC_BYTES, pos + 1)
+            pos = payload.find(MAGIC_BYTES, pos + 1)
     out += _PART_HEADER.pack(MAGIC, _encode_lrec(3 if part_start else 0, size - part_start))
     out += view[part_start:]
     out += b"\0" * (-size % 4)
@@ -168,6 +248,18 @@ def image_header(class_id: int, record_id: int = 0) -> IRHeader:
     return IRHeader(2, class_label(class_id), record_id, EXACT_ID_MARK)
 
 
+def parse_image_header(payload: bytes) -> tuple[int, int]:
+    """(start of the image data, exact class id) of an image record payload (flag 0, our exact two-float
+    ids read without building an IRHeader, or a foreign multi-label record). Raises ValueError/struct.error."""
+    flag, label, _, id2 = _IRHEADER.unpack_from(payload)
+    if flag == 2 and id2 == EXACT_ID_MARK:
+        first, residual = _TWO_FLOATS.unpack_from(payload, IRHEADER_SIZE)
+        if first.is_integer() and residual.is_integer() and first >= 0:
+            return IRHEADER_SIZE + 8, int(first) + int(residual)
+    header, _ = unpack(payload[:IRHEADER_SIZE + 4 * flag])
+    return IRHEADER_SIZE + 4 * flag, class_id_of(header)
+
+
 # ---------------------------------------------------------------------------------------------
 # Index files
 
@@ -205,28 +297,47 @@ def format_index(entries: Sequence[tuple[int, int]]) -> str:
 def read_record_at(f: BinaryIO, offset: int, path: str | os.PathLike, where: str) -> tuple[bytes, int]:
     """The record starting at `offset` and the offset just past it. Raises RecordIOError."""
     f.seek(offset)
-    parts = []
-    pos = offset
+    pos, first, parts = offset, True, []
+    try:
+        while True:
+            _, cflag, length, body = read_part(f, pos, first)
+            parts.append(body[:length])
+            pos += _PART_HEADER.size + len(body)
+            if cflag in (0, 3):
+                return join_parts(parts), pos
+            first = False
+    except FramingError as e:
+        raise RecordIOError(path, where, str(e)) from None
+
+
+def record_end(f: BinaryIO, pos: int, size: int) -> int:
+    """Offset just past the record starting at `pos` of a file of `size` bytes, reading part headers only.
+    Raises FramingError."""
+    first = True
     while True:
-        head = f.read(8)
-        if len(head) < 8:
-            what = "end of file" if not head and not parts else "truncated record header"
-            raise RecordIOError(path, where, f"{what} at byte {pos}")
-        magic, lrec = _PART_HEADER.unpack(head)
-        if magic != MAGIC:
-            raise RecordIOError(path, where, f"bad magic 0x{magic:08x} at byte {pos} (expected 0x{MAGIC:08x})")
-        cflag, length = _decode_lrec(lrec)
-        if cflag > 3 or (cflag in (0, 1)) != (not parts):
-            raise RecordIOError(path, where, f"bad continuation flag {cflag} at byte {pos}")
-        padded = length + (-length % 4)
-        body = f.read(padded)
-        if len(body) < padded:
-            raise RecordIOError(path, where, f"truncated record: {length} bytes announced at byte {pos}, "
-                                             f"{len(body)} present")
-        parts.append(body[:length])
-        pos += 8 + padded
+        f.seek(pos)
+        _, cflag, length, _ = read_part(f, pos, first, size)
+        pos += _PART_HEADER.size + padded_length(length)
         if cflag in (0, 3):
-            return _MAGIC_BYTES.join(parts), pos
+            return pos
+        first = False
+
+
+def next_record_start(f: BinaryIO, pos: int, size: int) -> int:
+    """Resync after a framing error: the next 4-byte-aligned offset after `pos` holding a magic word and a
+    first-part cflag (0 or 1), else `size`."""
+    pos += 4 - pos % 4
+    chunk_size = 1 << 20
+    while pos < size:
+        f.seek(pos)
+        chunk = f.read(chunk_size + _PART_HEADER.size)
+        found = chunk.find(MAGIC_BYTES)
+        while found != -1 and found < chunk_size:
+            if found % 4 == 0 and found + 8 <= len(chunk) and (chunk[found + 7] >> 5) in (0, 1):
+                return pos + found
+            found = chunk.find(MAGIC_BYTES, found + 1)
+        pos += chunk_size
+    return size
 
 
 class RecordReader:
@@ -314,8 +425,8 @@ class RecordWriter:
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
         self.rec_path = os.fspath(rec_path)
         self.idx_path = os.fspath(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
-        self._tmp_rec = _temp_name(self.rec_path)
-        self._tmp_idx = _temp_name(self.idx_path)
+        self._tmp_rec = temp_name(self.rec_path)
+        self._tmp_idx = temp_name(self.idx_path)
         self._file = open(self._tmp_rec, "wb")
         self._entries: list[tuple[int, int]] = []
         self._keys: set[int] = set()
@@ -358,31 +469,3 @@ class RecordWriter:
             self.commit()
         else:
             self.abort()
-
-
-def _temp_name(path: str) -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str, already_temp: bool = False) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    write_bytes_atomic(path, text.encode("utf-8"), already_temp)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, already_temp: bool = False) -> None:
-    """Write `data` to `path` through a temporary file and a rename (`already_temp`: `path` is
-    itself the temporary name, which the caller renames)."""
-    path = os.fspath(path)
-    tmp = path if already_temp else _temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not already_temp:
-            os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp) and not already_temp:
-            os.remove(tmp)
-        raise

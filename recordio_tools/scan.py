@@ -8,17 +8,15 @@
 
 from __future__ import annotations
 
-import struct
 import sys
 from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 
-from .recordio import IRHEADER_SIZE, MAGIC, IRHeader, RecordIOError, class_id_of, read_index, read_record_at, unpack
+from .recordio import (IRHEADER_SIZE, PART_HEADER_SIZE, FramingError, IRHeader, RecordIOError, class_id_of,
+                       parse_part_header, read_index, read_record_at, unpack)
 
-_PART_HEADER = struct.Struct("<II")
-_MAX_PART_LEN = (1 << 29) - 1
-_HEAD_BYTES = _PART_HEADER.size + IRHEADER_SIZE + 4 * 16  # room for up to 16 labels after the IRHeader
+_HEAD_BYTES = PART_HEADER_SIZE + IRHEADER_SIZE + 4 * 16  # room for up to 16 labels after the IRHeader
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "img"):
@@ -34,21 +32,17 @@ def read_header_at(f: BinaryIO, offset: int, path: str, where: str) -> IRHeader:
     """The IRHeader of the record at `offset`, reading only its first bytes. Raises RecordIOError."""
     f.seek(offset)
     head = f.read(_HEAD_BYTES)
-    if len(head) < _PART_HEADER.size:
-        raise RecordIOError(path, where, f"truncated record header at byte {offset}")
-    magic, lrec = _PART_HEADER.unpack_from(head)
-    if magic != MAGIC:
-        raise RecordIOError(path, where, f"bad magic 0x{magic:08x} at byte {offset} (expected 0x{MAGIC:08x})")
-    cflag, length = lrec >> 29, lrec & _MAX_PART_LEN
-    if cflag not in (0, 1):
-        raise RecordIOError(path, where, f"bad continuation flag {cflag} at byte {offset}")
-    body = head[_PART_HEADER.size:_PART_HEADER.size + length]
-    if cflag == 1 and length < _HEAD_BYTES - _PART_HEADER.size:  # split early (magic word in the header)
-        body = read_record_at(f, offset, path, where)[0][:_HEAD_BYTES - _PART_HEADER.size]
+    try:
+        cflag, length = parse_part_header(head[:PART_HEADER_SIZE], offset)
+    except FramingError as e:
+        raise RecordIOError(path, where, str(e)) from None
+    body = head[PART_HEADER_SIZE:PART_HEADER_SIZE + length]
+    if cflag == 1 and length < _HEAD_BYTES - PART_HEADER_SIZE:  # split early (magic word in the header)
+        body = read_record_at(f, offset, path, where)[0][:_HEAD_BYTES - PART_HEADER_SIZE]
     try:
         return unpack(body)[0]
     except ValueError as e:
-        if len(body) == _HEAD_BYTES - _PART_HEADER.size:  # more labels than we read: take the slow path
+        if len(body) == _HEAD_BYTES - PART_HEADER_SIZE:  # more labels than we read: take the slow path
             try:
                 return unpack(read_record_at(f, offset, path, where)[0])[0]
             except ValueError as e2:

@@ -1,50 +1,19 @@
-"""Writing a dataset folder of N shards, all or nothing.
+"""Writing a dataset folder of N shards (`DatasetWriter`), the --out checks every dataset command makes
+before any work (`check_out`), and the worker initializer that ties workers to the command.
 
-The folder is built under a temporary name beside the target and renamed into place at the
-end, so an error or Ctrl-C leaves the previous folder (if any) exactly as it was.
+Use the writer inside `files.atomic_directory`: the folder is built under a temporary name beside the
+target and renamed into place at the end, so an error or Ctrl-C leaves the previous folder (if any)
+exactly as it was. (`atomic_directory`, `OUTPUT_MARKER`, `output_owner` and `remove_stale_temporaries`
+live in files.py; the names here are kept until fftrain imports them from there.)
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-from contextlib import contextmanager
-from typing import Iterator
 
+from .files import OUTPUT_MARKER, atomic_directory, output_owner, remove_stale_temporaries  # noqa: F401 (re-exports)
 from .manifest import DatasetInfo, Shard, shard_name, write_dataset_info
-from .recordio import RecordWriter, image_header, pack, write_text_atomic
-
-
-OUTPUT_MARKER = ".recordio_tools-output.json"
-
-
-@contextmanager
-def atomic_directory(target: str, command: str | None = None) -> Iterator[str]:
-    """Yield a temporary folder; on success it replaces `target`, on any exception it is removed.
-
-    With `command`, the folder is marked as that command's output (see `check_out`). Temporaries
-    left by killed runs (of processes no longer alive) are removed first."""
-    target = os.path.abspath(target)
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    remove_stale_temporaries(parent, name)
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        if command:
-            write_text_atomic(os.path.join(tmp, OUTPUT_MARKER), json.dumps({"command": command}) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-    if os.path.exists(target):
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+from .recordio import RecordWriter, image_header, pack
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -61,39 +30,8 @@ def exit_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(parent: str, name: str) -> list[str]:
-    """Remove `.NAME.tmp-PID` / `.NAME.old-PID` folders in `parent` whose process is gone; returns them."""
-    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)$")
-    removed = []
-    for entry in os.listdir(parent):
-        match = pattern.match(entry)
-        if match and int(match.group(2)) != os.getpid() and not _process_alive(int(match.group(2))):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
 def _is_inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def output_owner(folder: str) -> str | None:
-    """The command that wrote `folder` (its marker), or None."""
-    try:
-        with open(os.path.join(folder, OUTPUT_MARKER), encoding="utf-8") as f:
-            return str(json.load(f)["command"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def check_out(out: str, inputs: list[str], command: str, overwrite: bool = False,

@@ -20,7 +20,7 @@ import pickle
 from typing import Sequence
 
 from .errors import UserError
-from .recordio import write_bytes_atomic
+from .files import write_bytes_atomic
 
 
 # Protocol 4: what Python >= 3.4 reads, compact framing for large byte strings.

@@ -18,7 +18,8 @@ from PIL import Image
 from recordio_tools import cli
 from recordio_tools.manifest import DatasetInfo
 from recordio_tools.recordio import RecordReader, class_id_of, unpack
-from recordio_tools.shards import DatasetWriter, atomic_directory
+from recordio_tools.files import atomic_directory
+from recordio_tools.shards import DatasetWriter
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from recordio_tools.manifest import DatasetInfo, write_manifest
-from recordio_tools.shards import DatasetWriter, atomic_directory
+from recordio_tools.files import atomic_directory
+from recordio_tools.shards import DatasetWriter
 
 SIZE, BANDS, BAND_ROWS = 112, 12, 9
 
@@ -109,16 +109,17 @@ def fixture_manifest(out_dir: str, rec: str, idx: str, name: str, num_classes: i
 def zero_jpeg_body(manifest_path: str, key: int, keep: int = 20) -> str:
     """Zero record `key`'s JPEG after its first `keep` bytes (SOI + APP0 intact), in place, length
     unchanged; returns the shard and key as `RecordSet.describe` names them."""
-    from fftrain.data.records import RecordSet, _parse_header
+    from fftrain.data.records import RecordSet
+    from recordio_tools.recordio import decode_part_header, parse_image_header
     from recordio_tools.manifest import load_manifest
 
     records = RecordSet(load_manifest(manifest_path))
     shard, local, _ = records.locate(key)
     with open(records.rec_paths[shard], "r+b") as f:
         f.seek(local)
-        _, lrec = struct.unpack("<II", f.read(8))
-        payload = f.read(lrec & ((1 << 29) - 1))  # a whole record (cflag 0): what our writer makes of a JPEG
-        image_start, _ = _parse_header(payload)
+        _, _, length = decode_part_header(f.read(8))
+        payload = f.read(length)  # a whole record (cflag 0): what our writer makes of a JPEG
+        image_start, _ = parse_image_header(payload)
         jpeg_length = len(payload) - image_start
         f.seek(local + 8 + image_start + keep)
         f.write(b"\x00" * (jpeg_length - keep))

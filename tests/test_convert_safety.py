@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from cli_helpers import make_tree, read_dataset, run_cli
-from recordio_tools.shards import DatasetWriter, atomic_directory
+from recordio_tools.files import atomic_directory
+from recordio_tools.shards import DatasetWriter
 
 POINTS = "10 12 28 12 19 22 12 32 26 32"  # inside a 40 x 48 image
 

@@ -152,7 +152,8 @@ def test_exact_class_ids_beyond_float32(tmp_path):
     from nvidia.dali import Pipeline, fn
 
     from recordio_tools.manifest import write_manifest
-    from recordio_tools.shards import DatasetWriter, atomic_directory
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.shards import DatasetWriter
     from data_helpers import encode_jpeg, identity_image
 
     with atomic_directory(str(tmp_path / "big")) as tmp:

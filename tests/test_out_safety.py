@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cli_helpers import make_dataset, make_tree, run_cli
-from recordio_tools.shards import OUTPUT_MARKER
+from recordio_tools.files import OUTPUT_MARKER
 from watchdog import children_of, is_alive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,6 +20,7 @@ import pytest
 
 from cli_helpers import folder_snapshot, jpeg_bytes, run_cli, sha1
 from recordio_tools import relabel as relabel_mod
+from recordio_tools.relabel import shards as relabel_shards
 from recordio_tools.manifest import DatasetInfo, Shard, load_manifest, write_dataset_info, write_manifest
 from recordio_tools.overlaps import read_overlaps
 from recordio_tools.recordio import (IRHeader, RecordIOError, RecordReader, RecordWriter, class_id_of, pack,
@@ -213,7 +214,7 @@ def test_flag0_fused_id_too_large_fails_before_anything_changes(tmp_path, monkey
     infos = _flag0_set(tmp_path / "set")
     manifest = load_manifest(str(tmp_path / "set"))
     label_map = relabel_mod.read_label_map(str(write_map(tmp_path / "map.json", [0, 1, 2, 3], infos)), manifest)
-    monkeypatch.setattr(relabel_mod, "FLOAT_EXACT_LIMIT", 3)  # pretend fused id 3 cannot be a float32
+    monkeypatch.setattr(relabel_shards, "FLOAT_EXACT_LIMIT", 3)  # pretend fused id 3 cannot be a float32
     before = folder_snapshot(tmp_path / "set")
     with pytest.raises(RecordIOError, match=r"b/shard-00000.rec: key 1: one-float label .* use --out"):
         relabel_mod.relabel_in_place(str(tmp_path / "set"), label_map)
@@ -384,7 +385,7 @@ def test_killed_at_random_moments_then_rerun(pristine, reference, tmp_path):
 def test_ctrl_c_mid_shard_removes_the_temporary_and_a_rerun_finishes(pristine, reference, tmp_path, capsys,
                                                                      monkeypatch):
     folder = pristine.copy(tmp_path / "set")
-    patch, calls = relabel_mod._patch_label, []
+    patch, calls = relabel_shards._patch_label, []
 
     def interrupted(*args):
         calls.append(1)
@@ -392,12 +393,12 @@ def test_ctrl_c_mid_shard_removes_the_temporary_and_a_rerun_finishes(pristine, r
             raise KeyboardInterrupt
         return patch(*args)
 
-    monkeypatch.setattr(relabel_mod, "_patch_label", interrupted)
+    monkeypatch.setattr(relabel_shards, "_patch_label", interrupted)
     code, _, err = run_cli(capsys, "relabel", folder, "--from-overlaps", folder / "overlaps.json", "--in-place")
     assert code == 130 and "run the same command again to finish" in err
     assert not [p for p in folder.rglob("*") if relabel_mod.TMP_SUFFIX in p.name]
     assert _journal(folder)["state"] == "running"
     pristine.shard_states(folder)
-    monkeypatch.setattr(relabel_mod, "_patch_label", patch)
+    monkeypatch.setattr(relabel_shards, "_patch_label", patch)
     assert relabel_cli(folder) == 0
     pristine.assert_finished(folder)

@@ -10,7 +10,8 @@ from recordio_tools.manifest import load_manifest, read_dataset_info
 from recordio_tools.overlap_split import SplitError, planted_counts, split_dataset, split_layout
 from recordio_tools.overlaps import read_overlaps
 from recordio_tools.recordio import RecordReader, class_id_of, unpack
-from recordio_tools.shards import DatasetWriter, atomic_directory
+from recordio_tools.files import atomic_directory
+from recordio_tools.shards import DatasetWriter
 
 
 def _source(folder, num_ids=120, per_id=4, offset=7, one_image_ids=()):

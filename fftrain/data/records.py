@@ -33,13 +33,9 @@ import numpy as np
 from fftrain.errors import UserError
 from recordio_tools.images import jpeg_structure_problem
 from recordio_tools.manifest import Manifest
-from recordio_tools.recordio import (EXACT_ID_MARK, IRHEADER_SIZE, MAGIC, RecordIOError, class_id_of, read_index,
-                                     read_record_at, unpack)
+from recordio_tools.recordio import (MAGIC, PART_HEADER_SIZE, RecordIOError, decode_part_header, parse_image_header,
+                                     read_index, read_record_at)
 
-_PART = struct.Struct("<II")
-_HEADER = struct.Struct("<IfQQ")
-_TWO_FLOATS = struct.Struct("<ff")
-_LENGTH_MASK = (1 << 29) - 1
 VERIFY_HINT = "run `recordio_tools verify {manifest}` to list every bad record"
 TRUNCATED_HINT = ("the shard is shorter than its index says (cut short after it was written?); run "
                   "`recordio_tools verify {folder}`, then re-import that dataset from its source "
@@ -199,7 +195,7 @@ class RecordSet:
                             f"record (bytes {local}-{local + length}); " + self.truncated_hint(shard))
         try:
             payload = self._payload(chunk, shard, local)
-            data_start, class_id = _parse_header(payload)
+            data_start, class_id = parse_image_header(payload)
         except (RecordIOError, ValueError, struct.error) as e:
             raise DataError(f"{self.describe(key)}: {e}; {self.verify_hint()}") from None
         if not self.file_class_lo[shard] <= class_id < self.file_class_hi[shard]:
@@ -250,15 +246,14 @@ class RecordSet:
             jpegs[i], labels[i] = jpegs[j], labels[j]
 
     def _payload(self, chunk: bytes, shard: int, local: int) -> bytes:
-        if len(chunk) < 8:
+        if len(chunk) < PART_HEADER_SIZE:
             raise RecordIOError(self.rec_paths[shard], f"byte {local}", "truncated record header")
-        magic, lrec = _PART.unpack_from(chunk)
+        magic, cflag, length = decode_part_header(chunk)
         if magic != MAGIC:
             raise RecordIOError(self.rec_paths[shard], f"byte {local}",
                                 f"bad magic 0x{magic:08x} (the index does not point at a record)")
-        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-        if cflag == 0 and 8 + length <= len(chunk):
-            return chunk[8:8 + length]
+        if cflag == 0 and PART_HEADER_SIZE + length <= len(chunk):
+            return chunk[PART_HEADER_SIZE:PART_HEADER_SIZE + length]
         with open(self.rec_paths[shard], "rb") as f:  # a record split at magic words: rare, slow path
             return read_record_at(f, local, self.rec_paths[shard], f"byte {local}")[0]
 
@@ -324,17 +319,6 @@ class RecordSet:
             raise DataError(f"{self.idx_paths[shard]}: no record at byte {local[missing[0]]} of "
                             f"{self.rec_paths[shard]}, where the combined index {self.index_path} has one; "
                             "the .idx does not match its .rec or the build is stale; rerun recordio_tools build")
-
-
-def _parse_header(payload: bytes) -> tuple[int, int]:
-    """(start of the image data, exact class id) of an image record (flag 0 or 2, see recordio)."""
-    flag, label, _, id2 = _HEADER.unpack_from(payload)
-    if flag == 2 and id2 == EXACT_ID_MARK:
-        first, residual = _TWO_FLOATS.unpack_from(payload, IRHEADER_SIZE)
-        if first.is_integer() and residual.is_integer() and first >= 0:
-            return IRHEADER_SIZE + 8, int(first) + int(residual)
-    header, _ = unpack(payload[:IRHEADER_SIZE + 4 * flag])
-    return IRHEADER_SIZE + 4 * flag, class_id_of(header)
 
 
 def decode_error_key(records: RecordSet, keys) -> int | None:

@@ -17,47 +17,31 @@ and renamed at the end: an error or Ctrl-C leaves the previous folder as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
-from typing import Generator, Iterator
 
 import numpy as np
 
 from ..cli import UsageError
-from ..images import FACE_SIZE, IMAGE_EXTENSIONS, ImageError, LandmarksError, prepare_face
-from ..recordio import write_text_atomic
+from ..files import atomic_directory, write_text_atomic
+from ..image_folders import (UNALIGNED_FILE, ImageTask, check_missing_landmarks, encode_in_order, images_below,
+                             list_identities, load_landmarks, make_tasks, unlabeled_images)
+from ..images import FACE_SIZE
+from ..manifest import SKIPPED_FILE, write_classes
 from ..scan import progress
-from ..shards import DatasetWriter, atomic_directory, check_out, exit_with_parent
+from ..shards import DatasetWriter, check_out
+from .options import add_class_offset, add_dataset_out, add_overwrite
 
-CLASSES_FILE = "classes.json"
-SKIPPED_FILE = "skipped.txt"
-UNALIGNED_FILE = "unaligned.txt"
-_BATCH = 32  # images per task sent to a worker process
-
-
-@dataclass(frozen=True)
-class ImageTask:
-    label: int
-    relpath: str  # relative to the tree root, '/'-separated
-    landmarks: np.ndarray | None
-    landmarks_where: str | None = None  # 'FILE: line N' of the landmarks
-
+_images_below = images_below  # temporary: fftrain/pseudo_label/cli.py imports it from here
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="image folder tree (one folder per identity) -> dataset folder",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="IMAGE_ROOT",
                         help="root folder holding one sub-folder of images per identity")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="dataset folder to write (replaced as a whole at the end)")
-    parser.add_argument("--name", help="dataset name stored in dataset.json (default: the --out folder's name)")
+    add_dataset_out(parser)
     parser.add_argument("--shards", type=int, default=1, metavar="N",
                         help="number of .rec/.idx shards, images dealt round robin (default: 1)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
@@ -68,8 +52,7 @@ def add_parser(subparsers) -> None:
                         help="text or JSON file of 5 landmarks per image (pixels): 'relative/path.jpg x1 y1 ... x5 y5' "
                              f"per line; those images are aligned to the {FACE_SIZE}x{FACE_SIZE} ArcFace template, "
                              "the others centre-cropped and resized (see recordio_tools/align.py)")
-    parser.add_argument("--class-offset", type=int, default=0, metavar="C",
-                        help="first class id: stored labels are offset + local label (default: 0)")
+    add_class_offset(parser)
     parser.add_argument("--skip-bad", action="store_true",
                         help=f"leave out images that do not decode or whose landmarks lie outside them (listed on "
                              f"stderr and in {SKIPPED_FILE}) instead of failing; identities left with no image are "
@@ -77,146 +60,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--allow-missing-landmarks", action="store_true",
                         help=f"with --landmarks: centre-crop the images that have no landmarks line (listed in "
                              f"{UNALIGNED_FILE}) instead of failing")
-    parser.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_overwrite(parser)
     parser.add_argument("--unlabeled", action="store_true",
                         help="IMAGE_ROOT is a folder of faces without identities (any layout, searched "
                              "recursively): every image gets label 0 of one class, for `fftrain pseudo-label`")
     parser.set_defaults(run=run)
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding the images
-
-
-def _is_image_file(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _images_below(folder: str, root: str) -> list[str]:
-    """Relative ('/'-separated) paths of the image files below `folder`, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        found.extend(f"{rel_dir}/{name}" for name in filenames if _is_image_file(name))
-    return sorted(found)
-
-
-def list_identities(root: str) -> list[tuple[str, list[str]]]:
-    """(folder name, relative image paths) per identity folder holding images, sorted by name."""
-    if not os.path.isdir(root):
-        raise UsageError(f"{root}: not a folder (expected one sub-folder of images per identity)")
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    identities = [(name, _images_below(os.path.join(root, name), root)) for name in names]
-    empty = [name for name, images in identities if not images]
-    if empty:
-        print(f"convert: note: {len(empty)} folder(s) without images left out, e.g. {empty[0]!r}")
-    loose = [e.name for e in os.scandir(root) if e.is_file() and _is_image_file(e.name)]
-    if loose:
-        print(f"convert: note: {len(loose)} image(s) directly in {root} ignored (images go in one sub-folder "
-              f"per identity), e.g. {loose[0]!r}")
-    identities = [(name, images) for name, images in identities if images]
-    if not identities:
-        raise UsageError(f"{root}: no identity folders with images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return identities
-
-
-def unlabeled_images(root: str) -> list[tuple[str, list[str]]]:
-    """Every image below `root` (sorted by path) as the one 'identity' of an unlabeled collection."""
-    if not os.path.isdir(root):
-        raise UsageError(f"{root}: not a folder of images")
-    images = _images_below(root, root)
-    if not images:
-        raise UsageError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return [("unlabeled", images)]
-
-
-def _load_landmarks(path: str | None) -> dict[str, tuple[np.ndarray, str]]:
-    if path is None:
-        return {}
-    from ..align import read_landmarks_located
-
-    try:
-        return read_landmarks_located(path)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def make_tasks(identities: list[tuple[str, list[str]]],
-               landmarks: dict[str, tuple[np.ndarray, str]]) -> list[ImageTask]:
-    tasks = [ImageTask(label, relpath, *landmarks.get(relpath, (None, None)))
-             for label, (_, images) in enumerate(identities) for relpath in images]
-    if landmarks:
-        matched = sum(task.landmarks is not None for task in tasks)
-        print(f"convert: {matched} of {len(tasks)} images have landmarks and are aligned; "
-              f"{len(landmarks) - matched} landmark entries match no image")
-    return tasks
-
-
-def _check_missing_landmarks(tasks: list[ImageTask], landmarks_file: str | None, allow: bool) -> list[str]:
-    """The images without a landmarks line; an error naming them unless `allow`."""
-    if landmarks_file is None:
-        return []
-    missing = [task.relpath for task in tasks if task.landmarks is None]
-    if missing and not allow:
-        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise UsageError(f"{landmarks_file}: no landmarks line for {len(missing)} of {len(tasks)} images: {shown}; "
-                         f"add them, or pass --allow-missing-landmarks to centre-crop those (listed in "
-                         f"{UNALIGNED_FILE})")
-    return missing
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding, in order, optionally in worker processes
-
-
-def _encode_batch(root: str, quality: int, batch: list[ImageTask]) -> list[tuple[bytes | None, str | None]]:
-    """(jpeg, None) or (None, reason) per task; runs in a worker process."""
-    results = []
-    for task in batch:
-        try:
-            results.append((prepare_face(os.path.join(root, task.relpath), task.landmarks, quality), None))
-        except LandmarksError as e:
-            results.append((None, f"{e} ({task.landmarks_where})"))
-        except (ImageError, OSError, ValueError) as e:
-            results.append((None, f"unreadable image: {e}"))
-    return results
-
-
-def _init_worker(parent_pid: int) -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial output, and die
-    with the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent(parent_pid)
-
-
-def _batches(tasks: list[ImageTask], size: int) -> Iterator[list[ImageTask]]:
-    for start in range(0, len(tasks), size):
-        yield tasks[start:start + size]
-
-
-def encode_in_order(root: str, tasks: list[ImageTask], quality: int,
-                    workers: int) -> Generator[tuple[ImageTask, bytes | None, str | None], None, None]:
-    """(task, jpeg, error) for every task in `tasks` order; at most 4 batches per worker in flight."""
-    if workers <= 1:
-        for batch in _batches(tasks, _BATCH):
-            yield from ((task, *result) for task, result in zip(batch, _encode_batch(root, quality, batch)))
-        return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-        pending: deque = deque()
-        try:
-            for batch in _batches(tasks, _BATCH):
-                pending.append((batch, pool.submit(_encode_batch, root, quality, batch)))
-                if len(pending) >= 4 * workers:
-                    done_batch, future = pending.popleft()
-                    yield from ((task, *result) for task, result in zip(done_batch, future.result()))
-            while pending:
-                done_batch, future = pending.popleft()
-                yield from ((task, *result) for task, result in zip(done_batch, future.result()))
-        finally:
-            for _, future in pending:
-                future.cancel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +83,7 @@ def _check_args(args) -> None:
 
 
 def _write_classes(folder: str, root: str, identities: list[tuple[str, list[str]]], counts: np.ndarray) -> None:
-    body = {"format": "fftrain-classes", "source": os.path.abspath(root),
-            "names": [name for name, _ in identities], "images": counts.tolist()}
-    write_text_atomic(os.path.join(folder, CLASSES_FILE), json.dumps(body, indent=1) + "\n")
+    write_classes(folder, root, {"names": [name for name, _ in identities], "images": counts.tolist()}, indent=1)
 
 
 def _bad_image(root: str, task: ImageTask, error: str, skip_bad: bool, skipped: list[str]) -> None:
@@ -260,8 +106,8 @@ def run(args) -> int:
     root = args.input
     check_out(args.out, [root] + ([args.landmarks] if args.landmarks else []), "convert", args.overwrite)
     identities = unlabeled_images(root) if args.unlabeled else list_identities(root)
-    tasks = make_tasks(identities, _load_landmarks(args.landmarks))
-    unaligned = _check_missing_landmarks(tasks, args.landmarks, args.allow_missing_landmarks)
+    tasks = make_tasks(identities, load_landmarks(args.landmarks))
+    unaligned = check_missing_landmarks(tasks, args.landmarks, args.allow_missing_landmarks)
     name = args.name or os.path.basename(os.path.abspath(args.out))
     counts = np.zeros(len(identities), dtype=np.int64)
     skipped: list[str] = []

@@ -17,46 +17,30 @@ and renamed at the end: an error or Ctrl-C leaves the previous folder as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
 
 from ..cli import UsageError
-from ..images import looks_like_image
-from ..insightface import Layout, detect_layout
-from ..recordio import RecordIOError, RecordReader, unpack, write_text_atomic
-from ..scan import class_ids_at, progress
-from ..shards import DatasetWriter, atomic_directory, check_out
-
-CLASSES_FILE = "classes.json"
-
+from ..insightface import Layout, copy_shuffled, local_labels, read_layout, resolve_rec
+from ..manifest import write_classes
+from ..recordio import RecordIOError, RecordReader
+from ..files import atomic_directory
+from ..shards import DatasetWriter, check_out
+from .options import add_class_offset, add_dataset_out, add_overwrite
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("import", help="insightface-style train.rec/.idx -> dataset folder of shards",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="REC_OR_FOLDER",
                         help="a .rec file with its .idx beside it, or a folder holding train.rec/.idx")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="dataset folder to write (replaced as a whole at the end)")
-    parser.add_argument("--name", help="dataset name stored in dataset.json (default: the --out folder's name)")
+    add_dataset_out(parser)
     parser.add_argument("--shards", type=int, default=1, metavar="N", help="number of .rec/.idx shards (default: 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the record shuffle (default: 0)")
-    parser.add_argument("--class-offset", type=int, default=0, metavar="C",
-                        help="first class id: stored labels are offset + local label (default: 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_class_offset(parser)
+    add_overwrite(parser)
     parser.set_defaults(run=run)
-
-
-def resolve_rec(path: str) -> str:
-    """The .rec named by `path`: the file itself, or train.rec inside a folder."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "train.rec")
-    if not os.path.exists(path):
-        raise RecordIOError(path, "open", "record file not found")
-    return path
 
 
 def _hint(error: RecordIOError, rec: str) -> RecordIOError:
@@ -64,42 +48,8 @@ def _hint(error: RecordIOError, rec: str) -> RecordIOError:
                                                   "every problem)")
 
 
-def read_layout(reader: RecordReader) -> tuple[Layout, np.ndarray]:
-    """The file's layout and the class id of each of its image records (headers only)."""
-    try:
-        layout = detect_layout(reader)
-    except RecordIOError:
-        raise
-    except ValueError as e:  # a header or identity record too short for its IRHeader
-        raise RecordIOError(reader.rec_path, "header/identity records", str(e)) from None
-    offsets = [reader.index[key] for key in layout.image_keys]
-    class_ids = class_ids_at(reader.rec_path, offsets, layout.image_keys, desc="labels")
-    return layout, class_ids
-
-
-def local_labels(class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(original ids in local-label order, local label of each image); ids already 0..n-1 are kept."""
-    originals, local = np.unique(class_ids, return_inverse=True)
-    return originals, local.astype(np.int64)
-
-
 def _write_classes(folder: str, rec: str, layout: Layout, originals: np.ndarray) -> None:
-    body = {"format": "fftrain-classes", "source": os.path.abspath(rec), "layout": layout.kind,
-            "source_labels": originals.tolist()}
-    write_text_atomic(os.path.join(folder, CLASSES_FILE), json.dumps(body) + "\n")
-
-
-def copy_shuffled(reader: RecordReader, keys: list[int], labels: np.ndarray, writer: DatasetWriter,
-                  seed: int) -> None:
-    """Copy the image payloads of `keys` to `writer` in a seeded random order with their local labels."""
-    order = np.random.default_rng(seed).permutation(len(keys))
-    for i in progress(order, total=len(order), desc="import"):
-        key = keys[i]
-        _, image = unpack(reader.read(key))
-        if not looks_like_image(image):
-            raise RecordIOError(reader.rec_path, f"key {key}",
-                                f"payload of {len(image)} bytes is not an image (starts with {image[:8]!r})")
-        writer.add(int(labels[i]), image)
+    write_classes(folder, rec, {"layout": layout.kind, "source_labels": originals.tolist()})
 
 
 def _check_args(args) -> None:

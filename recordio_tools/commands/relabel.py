@@ -20,7 +20,7 @@ is then a no-op. Labels stored as one float (flag 0) stay one float and must be 
 
 --out DIR writes a new training set instead: DIR/<--name>/ (one dataset, num_classes_fused classes,
 exact two-float labels, images copied unchanged, --shards shards), DIR/manifest.json, DIR/train.idx
-and DIR/label_map.json; DIR is replaced as a whole at the end. Details: recordio_tools/relabel.py.
+and DIR/label_map.json; DIR is replaced as a whole at the end. Details: recordio_tools/relabel/ (package doc).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import time
 
 from ..cli import UsageError
 from ..manifest import MANIFEST_FILE, load_manifest
+from .options import add_overwrite
 
 
 def add_parser(subparsers) -> None:
@@ -52,8 +53,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", default="fused", help="--out: name of the fused dataset (default: fused)")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="--out: number of shards (default: as many as TRAINSET has)")
-    parser.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_overwrite(parser)
     parser.set_defaults(run=run)
 
 

@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from ..cli import UsageError
+from .options import add_overwrite
 
 
 def add_parser(subparsers) -> None:
@@ -40,8 +41,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-manifest", action="store_true",
                    help="do not write manifest.json + train.idx over the subsets")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_overwrite(p)
     p.set_defaults(run=run)
 
 

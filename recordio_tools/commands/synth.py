@@ -19,6 +19,7 @@ import sys
 import time
 
 from ..cli import UsageError
+from .options import add_overwrite
 
 # argument name -> SynthConfig field; None in argparse means "the preset's value"
 _FIELDS = ["seed", "ids", "min_ids", "images_per_id", "min_images_per_id", "max_images_per_id", "overlap",
@@ -87,8 +88,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--unlabeled-images-per-id", type=float, default=10.0, metavar="N",
                    help="mean images per unlabeled identity (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder even if it is not an earlier output of this command")
+    add_overwrite(p)
     _add_noise_options(p, d)
     p.set_defaults(run=run)
 
