@@ -19,7 +19,8 @@ from dist_harness import run_distributed
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import DistContext
 from fftrain.fusion import SourceInfo, build_plan, distributed_knn, reshard_merge, run_fusion
-from fftrain.fusion.components import candidate_pairs, dedupe_pairs, min_source_class
+from fftrain.data.label_space import min_source_class
+from fftrain.fusion.components import candidate_pairs, dedupe_pairs
 from fftrain.head.margins import ArcFace
 from fftrain.head.partial_fc import PartialFCHead
 
@@ -375,3 +376,25 @@ def test_run_fusion_checks_the_shard_shape():
     with pytest.raises(ValueError, match=r"local_weight has shape \(4, 3\), expected \[5, D\]"):
         run_fusion(torch.randn(4, 3), [], class_dataset=torch.zeros(5, dtype=torch.int64), label_map=None,
                    source_info=None, t1=0.7)
+
+
+def test_label_space_derives_the_fused_datasets_fusion_computes(problems):
+    """The trainer no longer stores the fused class -> dataset table: the label space derives it from
+    the label map, and it must equal the table fusion builds, after a first and a second fusion."""
+    from fftrain.data.label_space import LabelSpace
+
+    prob = problems[0]
+    first = run_fusion(prob["weight"], [], class_dataset=prob["class_dataset"], label_map=None, source_info=None, t1=T1)
+    space = LabelSpace(prob["class_dataset"])
+    space.swap_label_map(first.new_label_map)
+    assert torch.equal(space.fused_dataset, first.new_class_dataset)
+    # a second fusion: plant one more duplicate among the fused proxies (source 250 of gamma = source 44 of alpha)
+    weight = first.new_local_weight.clone()
+    a, b = int(first.new_label_map[44]), int(first.new_label_map[250])
+    weight[b] = weight[a]
+    second = run_fusion(weight, [], class_dataset=space.fused_dataset, label_map=first.new_label_map, source_info=None,
+                        t1=T1)
+    space.swap_label_map(second.new_label_map)
+    assert second.num_classes_new == first.num_classes_new - 1
+    assert int(second.new_label_map[44]) == int(second.new_label_map[250])
+    assert torch.equal(space.fused_dataset, second.new_class_dataset)

@@ -73,7 +73,8 @@ class LabelSpace:
             raise ValueError(f"label_map fused ids are not contiguous: {missing} unused below the maximum {fused - 1}")
         self.label_map = new_map.to(self.device)
         self.num_fused_classes = fused
-        self.fused_dataset = self.class_dataset[smallest_source_class(self.label_map, fused)]
+        smallest = min_source_class(new_map.cpu().numpy(), fused)  # on the host: swaps are rare
+        self.fused_dataset = self.class_dataset[torch.from_numpy(smallest).to(self.device)]
 
     def lookup(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dataset, fused) of int64 source classes already on the device."""
@@ -90,17 +91,22 @@ class LabelSpace:
         self.swap_label_map(state[self.CHECKPOINT_KEY])
 
 
-def smallest_source_class(label_map: torch.Tensor, num_fused: int) -> torch.Tensor:
-    """[num_fused] int64: the smallest source class each fused class holds."""
-    source = torch.arange(len(label_map), device=label_map.device)
-    smallest = torch.full((num_fused,), len(label_map), dtype=torch.int64, device=label_map.device)
-    return smallest.scatter_reduce(0, label_map, source, reduce="amin")
+def min_source_class(label_map, num_fused: int) -> np.ndarray:
+    """Smallest source class of every fused class ([num_fused] int64); a fused id no source class
+    maps to gets `len(label_map) + id` (after every real one)."""
+    if label_map is None:
+        return np.arange(num_fused, dtype=np.int64)
+    lm = np.asarray(label_map, dtype=np.int64)
+    if lm.size and (lm.min() < 0 or lm.max() >= num_fused):
+        raise ValueError(f"label_map values must lie in [0, {num_fused}), got [{lm.min()}, {lm.max()}]")
+    out = np.arange(num_fused, dtype=np.int64) + lm.size
+    uniq, first = np.unique(lm, return_index=True)
+    out[uniq] = first
+    return out
 
 
 def fused_dataset_of(class_dataset, label_map) -> np.ndarray:
     """Host twin of `LabelSpace.fused_dataset`, for tools that read a checkpoint without a device."""
-    label_map = torch.as_tensor(np.asarray(label_map), dtype=torch.int64)
+    label_map = np.asarray(label_map, dtype=np.int64)
     num_fused = int(label_map.max()) + 1 if len(label_map) else 0
-    table = torch.as_tensor(np.asarray(class_dataset), dtype=torch.int64)
-    return table[smallest_source_class(label_map, num_fused)].numpy()
-
+    return np.asarray(class_dataset, dtype=np.int64)[min_source_class(label_map, num_fused)]

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fftrain.data.label_space import min_source_class
 from fftrain.distributed import ProcessGroup, all_gather_object
 
 POLICIES = ("skip", "split", "keep")
@@ -137,20 +138,6 @@ class _UnionFind:
         lo, hi = (ra, rb) if ra < rb else (rb, ra)
         self.parent[hi] = lo
         return lo
-
-
-def min_source_class(label_map, num_fused: int) -> np.ndarray:
-    """Smallest source class of every fused class ([num_fused] int64); a fused id no source class
-    maps to gets `len(label_map) + id` (after every real one)."""
-    if label_map is None:
-        return np.arange(num_fused, dtype=np.int64)
-    lm = np.asarray(label_map, dtype=np.int64)
-    if lm.size and (lm.min() < 0 or lm.max() >= num_fused):
-        raise ValueError(f"label_map values must lie in [0, {num_fused}), got [{lm.min()}, {lm.max()}]")
-    out = np.arange(num_fused, dtype=np.int64) + lm.size
-    uniq, first = np.unique(lm, return_index=True)
-    out[uniq] = first
-    return out
 
 
 def build_plan(pairs: np.ndarray, cos: np.ndarray, *, class_dataset, label_map=None,
