@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:
-        from recordio_tools.recordio import write_text_atomic
+        from recordio_tools.files import write_text_atomic
 
         write_text_atomic(args.json_out, text + "\n")
     return 0

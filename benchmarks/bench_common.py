@@ -7,11 +7,12 @@ from the benchmarks folder.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import resource
 import socket
+
+from recordio_tools.files import write_json_atomic
 
 
 def cpu_model() -> str:
@@ -74,10 +75,6 @@ def default_out(name: str) -> str:
 def write_report(report: dict, out: str | None, name: str) -> str:
     """Write the JSON report (atomically) to `out` or the default path; returns the path."""
     path = os.path.abspath(out or default_out(name))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, report, indent=1, newline=False, make_parents=True)
     print(f"wrote {path}")
     return path

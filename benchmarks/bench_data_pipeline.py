@@ -76,7 +76,8 @@ def make_set(root: str, images: int) -> str:
     from PIL import Image
 
     from recordio_tools.manifest import write_manifest
-    from recordio_tools.shards import DatasetWriter, atomic_directory
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.shards import DatasetWriter
 
     rng = np.random.default_rng(0)
     infos, folders, offset = [], [], 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import socket
 import sys
@@ -31,6 +30,8 @@ import time
 
 import numpy as np
 import torch
+
+from recordio_tools.files import write_json_atomic
 
 
 def make_proxies(n: int, dim: int, seed: int, dup_fraction: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -158,12 +159,9 @@ def main(argv=None) -> int:
                     print(f"{n:>8} {world:>2} {backend:>7} {r['knn_s']:>8.2f} {r['components_s']:>8.3f} "
                           f"{r['reshard_s']:>9.3f} {r['total_s']:>8.2f} {raw:>11.2f} {row['ratio']:>6.2f} "
                           f"{r['merged']:>7}", flush=True)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
     meta = dict(host=host, date=date, command=" ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
                 cpu_count=os.cpu_count(), torch=torch.__version__)
-    with open(out_path + ".tmp", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(out_path + ".tmp", out_path)
+    write_json_atomic(out_path, {"meta": meta, "rows": rows}, indent=1, newline=False, make_parents=True)
     print(f"wrote {out_path}")
     return 0
 

@@ -507,7 +507,7 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], t2_summary: l
     for c in criteria:
         lines.append(f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}")
     text = "\n".join(lines) + "\n"
-    from recordio_tools.recordio import write_text_atomic
+    from recordio_tools.files import write_text_atomic
 
     write_text_atomic(path, text)
     return text
@@ -724,7 +724,7 @@ def main(argv=None) -> int:
     report = {"meta": meta, "args": {k: v for k, v in vars(args).items()}, "summary": summary, "criteria": criteria,
               "t2": [{k: v for k, v in t.items() if k not in ("duplicate", "top1_non_duplicate")} for t in t2_runs],
               "runs": slim}
-    from recordio_tools.recordio import write_text_atomic
+    from recordio_tools.files import write_text_atomic
 
     write_text_atomic(os.path.join(args.out, "result.json"), json.dumps(report, indent=1) + "\n")
     print(text)

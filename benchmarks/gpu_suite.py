@@ -43,6 +43,8 @@ if REPO not in sys.path:
 
 import torch  # noqa: E402
 
+from recordio_tools.files import write_text_atomic
+
 TARGETS = {"train_images_per_s": 8000.0, "head_peak_gib": 80.0, "fusion_390k_s": 2.0, "fusion_4m_s": 60.0}
 
 
@@ -375,11 +377,8 @@ def main(argv=None) -> int:
     report["seconds"] = args.budget_s - clock.left()
     out = os.path.abspath(args.out or os.path.join(REPO, "benchmarks", "out",
                                                    f"gpu_suite_{socket.gethostname()}_{report['date']}.json"))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     for path, text in ((out, json.dumps(report, indent=1, default=str)), (os.path.splitext(out)[0] + ".md", markdown(report))):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text_atomic(path, text, make_parents=True)
         print(f"wrote {path}")
     return 0
 

@@ -20,6 +20,7 @@ This module imports nothing else from the package, so both packages can use it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -92,6 +93,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     final newline unless `newline=False`) written atomically to `path`."""
     text = json.dumps(obj, indent=indent, **dumps_kwargs) + ("\n" if newline else "")
     write_text_atomic(path, text, make_parents=make_parents)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @contextmanager

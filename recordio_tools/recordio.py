@@ -28,7 +28,7 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
-from .files import temp_name, write_bytes_atomic, write_text_atomic  # noqa: F401 (re-exported for fftrain)
+from .files import temp_name, write_text_atomic
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

@@ -3,15 +3,14 @@ before any work (`check_out`), and the worker initializer that ties workers to t
 
 Use the writer inside `files.atomic_directory`: the folder is built under a temporary name beside the
 target and renamed into place at the end, so an error or Ctrl-C leaves the previous folder (if any)
-exactly as it was. (`atomic_directory`, `OUTPUT_MARKER`, `output_owner` and `remove_stale_temporaries`
-live in files.py; the names here are kept until fftrain imports them from there.)
+exactly as it was.
 """
 
 from __future__ import annotations
 
 import os
 
-from .files import OUTPUT_MARKER, atomic_directory, output_owner, remove_stale_temporaries  # noqa: F401 (re-exports)
+from .files import output_owner
 from .manifest import DatasetInfo, Shard, shard_name, write_dataset_info
 from .recordio import RecordWriter, image_header, pack
 

@@ -115,7 +115,8 @@ def test_weight_of_the_wrong_shape_is_refused():
 
 def _weighted_dataset(tmp_path, name="pseudo", weights=None, n=6):
     from recordio_tools.manifest import SAMPLE_WEIGHTS_FILE, read_dataset_info, write_dataset_info
-    from recordio_tools.shards import DatasetWriter, atomic_directory
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.shards import DatasetWriter
     from recordio_tools.synthetic import SIZE
     from recordio_tools.images import encode_jpeg
     from PIL import Image

@@ -75,7 +75,8 @@ def write_clean_set(out: str, manifest, records, *, drop_keys: np.ndarray, compo
     from tqdm import tqdm
 
     from recordio_tools.manifest import write_manifest
-    from recordio_tools.shards import DatasetWriter, atomic_directory
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.shards import DatasetWriter
 
     _check_out(out, manifest)
     class_dataset = manifest.class_dataset()

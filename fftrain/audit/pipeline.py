@@ -9,7 +9,6 @@ figure (`analyse`), writes the outputs into a work folder and publishes it as `-
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import numpy as np
@@ -91,13 +90,16 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     timing["embed_ms_per_image"] = 1000 * train.seconds / max(1, len(records))
     timing["analysis_ms_per_image"] = 1000 * timing["analysis_s"] / max(1, len(records))
     timing["analysis_fraction_of_embedding"] = timing["analysis_s"] / max(train.seconds, 1e-9)
-    from fftrain.commands.eval import write_json_atomic
+    from recordio_tools.files import json_safe, write_json_atomic
 
-    write_json_atomic(os.path.join(work, "audit.json"), report)
+    write_json_atomic(os.path.join(work, "audit.json"), json_safe(report), indent=2, allow_nan=False)
     if not args.keep_embeddings:
         for name in (EMBEDDINGS_FILE, LABELS_FILE):
             os.remove(os.path.join(work, name))
-    _publish(work, args.out)
+    from recordio_tools.files import replace_directory
+
+    # --out (absent, empty or an earlier audit, checked at start) is replaced by the finished work folder
+    replace_directory(work, args.out, old=os.path.abspath(args.out) + ".audit-old")
     if args.write_clean:
         from fftrain.audit.clean import write_clean_set
 
@@ -110,16 +112,6 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     from fftrain.audit.report import summary_lines
 
     print("\n".join(summary_lines(report)))
-
-
-def _publish(work: str, out: str) -> None:
-    """Replace OUT (absent, empty or an earlier audit, checked at start) by the finished work folder."""
-    out = os.path.abspath(out)
-    old = out + ".audit-old"
-    if os.path.exists(out):
-        os.replace(out, old)
-    os.replace(work, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dict]:

@@ -41,13 +41,13 @@ def _csv_text(header: list[str], rows) -> str:
 
 
 def write_csv(path: str, header: list[str], rows) -> None:
-    from recordio_tools.recordio import write_text_atomic
+    from recordio_tools.files import write_text_atomic
 
     write_text_atomic(path, _csv_text(header, rows))
 
 
 def _save_png(path: str, fig) -> None:
-    from recordio_tools.recordio import write_bytes_atomic
+    from recordio_tools.files import write_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

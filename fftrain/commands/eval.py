@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
+
+from recordio_tools.files import json_safe, write_json_atomic
 
 from fftrain.errors import UserError
 
@@ -105,31 +105,6 @@ def _bin_paths(args) -> list[str]:
     return paths
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """`obj` as JSON at `path`, written under a temporary name and renamed."""
-    head, tail = os.path.split(os.path.abspath(path))
-    os.makedirs(head, exist_ok=True)
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def fail(command: str, e: Exception) -> int:
     print(f"fftrain {command}: error: {e}", file=sys.stderr)
     return 2
@@ -163,8 +138,9 @@ def run_eval(args) -> int:
         if ctx.is_main:
             print(format_table(results))
             if args.json_out:
-                write_json_atomic(args.json_out, {"checkpoint": os.path.abspath(args.checkpoint),
-                                                  "world_size": ctx.world_size, "results": results})
+                body = {"checkpoint": os.path.abspath(args.checkpoint), "world_size": ctx.world_size,
+                        "results": results}
+                write_json_atomic(args.json_out, json_safe(body), indent=2, allow_nan=False, make_parents=True)
                 print(f"wrote {args.json_out}")
     except (EvalUsageError, VerificationBinError) as e:
         return fail("eval", e)

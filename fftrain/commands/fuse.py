@@ -41,7 +41,7 @@ def _default_out(checkpoint: str, t1: float) -> str:
 
 
 def run_fuse(args) -> int:
-    from recordio_tools.recordio import write_text_atomic
+    from recordio_tools.files import write_text_atomic
 
     from fftrain.fusion import SourceInfo, run_fusion
     from fftrain.training.checkpoint import load_proxies_and_labels

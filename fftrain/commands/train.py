@@ -173,7 +173,7 @@ def lock_output(cfg: TrainConfig, ctx: DistContext):
 
 def write_config(cfg: TrainConfig, resume_meta: dict | None) -> None:
     """config.yaml for a fresh run; a resumed run keeps it and adds config-resume-<step>.yaml."""
-    from recordio_tools.recordio import write_text_atomic
+    from recordio_tools.files import write_text_atomic
 
     name = "config.yaml" if resume_meta is None else f"config-resume-{resume_meta['step']:08d}.yaml"
     write_text_atomic(os.path.join(cfg.output_dir, name), dump_config(cfg))

@@ -49,16 +49,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     Written under a temporary name in the same directory and renamed, so `path` is either the
     complete model or untouched.
     """
+    from recordio_tools.files import atomic_path
+
     path = os.fspath(path)
-    head, tail = os.path.split(os.path.abspath(path))
-    os.makedirs(head, exist_ok=True)
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
     net = _plain(model)
     was_training = net.training
     net.eval()
     example = torch.randn(2, 3, input_size, input_size, device=_model_device(net))
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path, suffix="", make_parents=True) as tmp, warnings.catch_warnings():
             # The tracer warns on the backbones' input-shape checks (constants in the graph; only
             # the batch axis is dynamic) and on the legacy exporter itself; neither is actionable.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -66,11 +65,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
             torch.onnx.export(net, (example,), tmp, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        os.replace(tmp, path)
     finally:
         net.train(was_training)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -81,7 +81,7 @@ class SourceInfo:
 
 def _atomic_write(path: str, write) -> None:
     """`write(file)` into memory, then to `path` atomically with the umask's mode (not mkstemp's 0600)."""
-    from recordio_tools.recordio import write_bytes_atomic
+    from recordio_tools.files import write_bytes_atomic
 
     buffer = io.BytesIO()
     write(buffer)

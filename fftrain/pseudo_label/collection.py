@@ -43,9 +43,9 @@ class UnlabeledImages:
                 for _, offset in read_index(os.path.join(self.path, s.idx))]
 
     def _image_items(self) -> list:
-        from recordio_tools.commands.convert import _images_below
+        from recordio_tools.image_folders import images_below
 
-        return _images_below(self.path, self.path)
+        return images_below(self.path, self.path)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -122,7 +122,8 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
     """Shards (round robin, as DatasetWriter does), sample_weights.npy in record order, assignments,
     report; all or nothing."""
     from recordio_tools.manifest import SAMPLE_WEIGHTS_FILE, read_dataset_info, write_dataset_info
-    from recordio_tools.shards import DatasetWriter, atomic_directory
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.shards import DatasetWriter
 
     from fftrain.pseudo_label.report import write_report
 

@@ -22,6 +22,8 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
+from recordio_tools.files import write_text_atomic
+
 from fftrain.errors import UserError
 
 LOCK_FILE = ".fftrain.lock"
@@ -113,10 +115,7 @@ class OutputLock:
         if holder is not None and not (self.me.run_id and holder.run_id == self.me.run_id):
             self._warn(f"fftrain: warning: {os.path.dirname(self.path)} was locked by pid {holder.pid} on "
                        f"{holder.host} (since {holder.since}), which is no longer running; taking the lock over")
-        tmp = f"{self.path}.{self.me.pid}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(body)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, body, tmp=f"{self.path}.{self.me.pid}.tmp")
         if read_holder(self.path) != self.me:  # another trainer took it over at the same moment
             holder = read_holder(self.path)
             raise OutputLockedError(self._refusal(holder) if holder else f"{self.path}: lost a race for the lock")

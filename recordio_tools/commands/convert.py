@@ -26,7 +26,7 @@ import numpy as np
 
 from ..cli import UsageError
 from ..files import atomic_directory, write_text_atomic
-from ..image_folders import (UNALIGNED_FILE, ImageTask, check_missing_landmarks, encode_in_order, images_below,
+from ..image_folders import (UNALIGNED_FILE, ImageTask, check_missing_landmarks, encode_in_order,
                              list_identities, load_landmarks, make_tasks, unlabeled_images)
 from ..images import FACE_SIZE
 from ..manifest import SKIPPED_FILE, write_classes
@@ -34,7 +34,6 @@ from ..scan import progress
 from ..shards import DatasetWriter, check_out
 from .options import add_class_offset, add_dataset_out, add_overwrite
 
-_images_below = images_below  # temporary: fftrain/pseudo_label/cli.py imports it from here
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="image folder tree (one folder per identity) -> dataset folder",
