@@ -8,7 +8,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("FFTRAIN_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "mxnet"
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # the helpers (dist_harness, watchdog, ...) for tests in the tier folders
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 

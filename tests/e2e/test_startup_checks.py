@@ -11,8 +11,8 @@ import pytest
 from fftrain.commands.train import main as train_main
 from recordio_tools.verification_bin import write_verification_bin
 from watchdog import run_watched
+from repo_paths import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

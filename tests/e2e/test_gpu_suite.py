@@ -10,7 +10,7 @@ import gpu_suite
 @pytest.mark.slow
 def test_gpu_suite_dry_run_on_the_cpu_writes_json_and_markdown(tmp_path):
     out = tmp_path / "suite.json"
-    assert gpu_suite.main(["--device", "cpu", "--small", "--no-compile", "--pytest-args", "tests/test_gpu_paths.py",
+    assert gpu_suite.main(["--device", "cpu", "--small", "--no-compile", "--pytest-args", "tests/unit/test_gpu_paths.py",
                            "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert "skipped" in report["tests"]["summary"] or report["tests"].get("skipped")

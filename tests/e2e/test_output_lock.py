@@ -11,8 +11,8 @@ import time
 import pytest
 
 from fftrain.training.output_lock import LOCK_FILE, OutputLock, OutputLockedError, read_holder
+from repo_paths import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _dead_pid() -> int:

@@ -22,9 +22,9 @@ from fftrain.training.checkpoint import (CheckpointError, ShardedRows, complete_
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import single_process_context
 from recordio_tools.verification_bin import write_verification_bin
+from repo_paths import REPO
 
 NUM_CLASSES, DIM = 7, 3
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Payload:
@@ -171,7 +171,7 @@ def test_non_tensor_entry_in_dcp_files_is_refused_without_running(two_rank_root,
 def test_metadata_payload_is_refused_by_the_commands(two_rank_root, tmp_path, marker):
     root, path = _copy_root(two_rank_root, tmp_path)
     _plant(os.path.join(path, ".metadata"), marker)
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     write_verification_bin(tmp_path / "none.bin", [b"not read"] * 2, [True])  # the checkpoint is refused first
     for command in (["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run"],
                     ["eval", "--checkpoint", path, str(tmp_path / "none.bin")],

@@ -14,6 +14,7 @@ from fftrain.fusion.reshard import _segment_sum
 from fftrain.head.margins import build_margin
 from fftrain.model.embedding import EmbeddingModel
 from fftrain.head.partial_fc import PartialFCHead
+from repo_paths import REPO
 
 D = 16
 
@@ -240,7 +241,7 @@ def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(tmp_path, monkeypa
 def test_faiss_cpu_is_an_extra_that_the_launch_scripts_install():
     import pathlib
 
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = REPO
     setup = (repo / "setup.py").read_text()
     assert '"cpu": ["faiss-cpu' in setup and '"gpu": ["faiss-gpu' in setup
     assert "faiss-cpu>=1.8\",\n" not in setup.split("extras_require")[0]   # not a hard requirement

@@ -26,8 +26,8 @@ from recordio_tools.overlaps import read_overlaps
 from recordio_tools.recordio import (IRHeader, RecordIOError, RecordReader, RecordWriter, class_id_of, pack,
                                      unpack)
 from recordio_tools.synthetic import generate_synthetic_set
+from repo_paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_bad_label_maps_are_refused_naming_the_file(pristine, tmp_path, capsys, 
 
 
 def _start(folder, kill=None, source=None):
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(relabel_mod.KILL_ENV, None)
     if kill:
         env[relabel_mod.KILL_ENV] = kill

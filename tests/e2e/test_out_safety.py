@@ -12,8 +12,8 @@ import pytest
 from cli_helpers import make_dataset, make_tree, run_cli
 from recordio_tools.files import OUTPUT_MARKER
 from watchdog import children_of, is_alive
+from repo_paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _snapshot(folder):
@@ -102,7 +102,7 @@ def test_stale_temporaries_of_dead_processes_are_removed_by_the_next_run(tmp_pat
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_convert_workers_exit_when_the_parent_is_killed(tmp_path):
     make_tree(tmp_path / "imgs", {f"id{i}": 40 for i in range(20)}, size=(400, 400))
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "recordio_tools", "convert", str(tmp_path / "imgs"), "--out",
                              str(tmp_path / "out"), "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -14,6 +14,7 @@ from fftrain.training.checkpoint import (CheckpointError, ShardedRows, check_com
                                 latest_checkpoint, load_checkpoint, load_partial, load_weights_file, save_checkpoint)
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import single_process_context
+from repo_paths import TESTS
 
 NUM_CLASSES, DIM = 11, 3
 
@@ -69,7 +70,7 @@ def test_save_on_four_ranks_load_on_two_and_one(tmp_path):
 
 _SAVE_FOREVER = """
 import sys, torch
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{here!r}, {tests!r}]
 from test_checkpoint import _save
 from fftrain.distributed import single_process_context
 ctx = single_process_context()
@@ -84,7 +85,7 @@ while True:
 @pytest.mark.parametrize("delay", [0.3, 0.9, 1.7, 2.3, 3.1])
 def test_kill_during_save_leaves_only_complete_checkpoints(tmp_path, delay):
     root = str(tmp_path / "ck")
-    script = _SAVE_FOREVER.format(tests=os.path.dirname(__file__), root=root)
+    script = _SAVE_FOREVER.format(here=os.path.dirname(os.path.abspath(__file__)), tests=str(TESTS), root=root)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not complete_checkpoints(root) and time.time() < deadline:

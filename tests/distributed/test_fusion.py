@@ -1,6 +1,6 @@
 """The FaceFusion step (fftrain.fusion): kNN, components and guards, reshard, report.
 
-Run: pytest tests/test_fusion.py
+Run: pytest tests/distributed/test_fusion.py
 World size 1 runs in this process (group=None); 2 and 4 are one gloo spawn each (module-scoped
 fixture), whose results several tests read.
 """

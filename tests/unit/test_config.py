@@ -3,8 +3,8 @@ import pathlib
 import pytest
 
 from fftrain.config import ConfigError, TrainConfig, config_from_dict, dump_config, load_config
+from repo_paths import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_paper_setting():

@@ -15,10 +15,10 @@ import torch
 
 from fftrain.training.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
 from watchdog import children_of, communicate_within, kill_session, rank_of, run_watched
+from repo_paths import REPO
 
 pytestmark = pytest.mark.slow  # every test here runs torchrun end to end
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fftrain" / "train.py")
 
 

@@ -1,7 +1,7 @@
 """Backbones: shapes, insightface key compatibility, parameter counts, channels_last, gradient
 checkpointing, autocast, the registry and pretrained loading. CPU, about half a minute.
 
-Run: pytest tests/test_backbones.py
+Run: pytest tests/unit/test_backbones.py
 """
 
 from __future__ import annotations
