@@ -30,16 +30,12 @@ def make_checkpoint(root, manifest, *, proxies: torch.Tensor | None = None, embe
     num_fused = int(label_map.max()) + 1
     if proxies is None:
         proxies = torch.randn(num_fused, embedding_size)
-    class_dataset = torch.as_tensor(manifest.class_dataset())
-    fused_dataset = torch.zeros(num_fused, dtype=torch.long)
-    fused_dataset[label_map.flip(0)] = class_dataset.flip(0)  # dataset of the smallest source class
     meta = {"backbone": cfg.model.backbone, "embedding_size": embedding_size, "num_classes_source": num_src,
             "num_datasets": len(manifest.datasets),
             "datasets": [{"name": d.name, "num_classes": d.num_classes} for d in manifest.datasets],
             "num_classes_fused": num_fused, "fused": num_fused < num_src, "phase": "dail",
             "config": config_to_dict(cfg)}
     return save_checkpoint(str(root), 1, ctx=single_process_context(),
-                           replicated={"model": model.state_dict(), "label_map": label_map,
-                                       "class_dataset_fused": fused_dataset},
+                           replicated={"model": model.state_dict(), "label_map": label_map},
                            sharded={"fc_weight": ShardedRows(proxies.float().clone(), num_fused)},
                            meta=meta, rank_state={}, keep_last=0)

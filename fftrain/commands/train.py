@@ -134,6 +134,18 @@ def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
     return data
 
 
+def check_pretrained(cfg: TrainConfig) -> None:
+    """`model.pretrained` (used by a fresh run) must exist and fit the configured backbone."""
+    from fftrain.model.backbones import build_backbone
+    from fftrain.model.backbones.pretrained import PretrainedError, load_pretrained
+
+    model = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout)
+    try:
+        load_pretrained(model, cfg.model.pretrained)
+    except PretrainedError as e:
+        raise ConfigError(f"model.pretrained: {e}") from None
+
+
 def check_resume(cfg: TrainConfig, ctx: DistContext, data) -> tuple[str | None, dict | None]:
     """The checkpoint this run resumes from and its meta, after the resume rules accepted it."""
     from fftrain.training.resume_rules import check_resume as apply_rules, data_position
@@ -189,7 +201,9 @@ def run_training(cfg: TrainConfig) -> int:
     try:
         cfg, manifest = resolve_data(cfg, ctx)
         data = agree(ctx, lambda: check_inputs(cfg, ctx, manifest))
-        _, resume_meta = check_resume(cfg, ctx, data)
+        resume_path, resume_meta = check_resume(cfg, ctx, data)
+        if cfg.model.pretrained and resume_path is None:
+            agree(ctx, lambda: check_pretrained(cfg))
         lock = lock_output(cfg, ctx)
         log = setup_logging(cfg.output_dir, ctx.rank)
         if ctx.is_main:

@@ -13,7 +13,7 @@ Where the numbers come from:
   op keeps for the backward; that count scales linearly with the batch. Peak during backward adds
   the largest transient (one layer's output gradient), also from the same trace.
 - the head's per-step tensors follow PartialFCHead's code (see `head_parts`); its constants were
-  checked against the CPU peaks in benchmarks/RESULTS.md (tests/test_plan.py, within 10%).
+  checked against the CPU peaks in benchmarks/RESULTS.md (tests/unit/test_plan.py, within 10%).
 - CUDA context, NCCL buffers and the allocator's fragmentation are not measurable without a GPU:
   a fixed `--overhead-gib` (default 2.0) and a 5 % reserve, stated in the output.
 """

@@ -60,6 +60,8 @@ BAD_SETTINGS = [
     ({"optim.warmup_steps": 50}, "optim.warmup_steps: 50 warm-up steps do not fit in optim.total_steps=10"),
     ({"data.batch_size": 5000}, "data.batch_size: "),
     ({"nope.key": 1}, "unknown key 'nope'"),
+    ({"model.pretrained": "/nonexistent/backbone.pth"},
+     "model.pretrained: /nonexistent/backbone.pth: no such checkpoint file"),
 ]
 
 
@@ -137,3 +139,17 @@ def test_train_help_lists_every_config_key_with_its_default(capsys):
         assert any(line.strip().startswith(f"{key} = ") for line in lines), key
     assert any(line.strip().startswith("optim.lr = 0.005 ") and "learning rate" in line for line in lines)
     assert any(line.strip().startswith("data.bad_records = stop ") for line in lines)
+
+
+def test_pretrained_weights_of_another_network_are_refused_at_start(synth, tmp_path, capsys):
+    import torch
+
+    from fftrain.model.backbones import build_backbone
+
+    weights = tmp_path / "other.pth"
+    torch.save(build_backbone("iresnet_tiny", embedding_size=64).state_dict(), weights)  # the demo net is 128-d
+    out_dir = tmp_path / "run"
+    code, err, _ = run_main(capsys, settings(synth, out_dir, **{"model.pretrained": str(weights)}))
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"fftrain: error: model.pretrained: {weights}: does not fit") and "shape mismatch" in err[0]
+    assert not out_dir.exists()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fftrain.model.backbones import available_backbones, build_backbone, load_pretrained
+from fftrain.model.backbones.pretrained import PretrainedError
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -302,5 +303,5 @@ def test_load_pretrained_refuses_pickled_modules(tmp_path):
 
 
 def test_load_pretrained_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(PretrainedError, match="nope.pth: no such checkpoint file"):
         load_pretrained(build_backbone("iresnet_tiny"), tmp_path / "nope.pth")

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fftrain.errors import UserError
+
 #: Container keys a state dict may be wrapped under (checked in this order, possibly nested);
 #: "state_dict_backbone" is the backbone in arcface_torch's resume checkpoints (checkpoint_gpu_*.pt).
 WRAPPER_KEYS = ("state_dict", "model", "backbone", "state_dict_backbone")
@@ -22,16 +24,20 @@ STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 _LISTED = 8
 
 
+class PretrainedError(UserError, ValueError):
+    """A pretrained weights file that is missing, not a plain state dict, or does not fit the backbone."""
+
+
 def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The flat `{name: tensor}` state dict inside `obj`, unwrapped and prefix-stripped."""
     while isinstance(obj, Mapping) and not _is_flat(obj):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
-            raise ValueError(f"{source}: no state dict found; top-level keys: {_names(list(obj))}; "
+            raise PretrainedError(f"{source}: no state dict found; top-level keys: {_names(list(obj))}; "
                              f"expected tensors or a dict under one of {list(WRAPPER_KEYS)}")
         obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
+        raise PretrainedError(f"{source}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
     state = dict(obj)
     changed = True
     while changed and state:
@@ -77,19 +83,19 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     The file may hold a bare state dict or one wrapped under one of `WRAPPER_KEYS`;
     a "module." (DDP) or "_orig_mod." (torch.compile) prefix on every key is stripped.
-    Raises ValueError naming missing/unexpected keys and shape mismatches.
+    Raises PretrainedError naming the file and the missing/unexpected keys and shape mismatches.
     """
     source = str(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{source}: no such checkpoint file")
+        raise PretrainedError(f"{source}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{source}: not a plain state dict; torch.load(weights_only=True) refused it "
+        raise PretrainedError(f"{source}: not a plain state dict; torch.load(weights_only=True) refused it "
                          f"(save model.state_dict(), not the model): {e}") from e
     state = extract_state_dict(obj, source)
     problems = state_dict_problems(model, state)
     if problems:
-        raise ValueError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise PretrainedError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)  # strictness checked above (num_batches_tracked aside)
     return model
