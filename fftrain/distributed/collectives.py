@@ -71,11 +71,13 @@ def all_gather_rows_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None, 
     """Differentiable `all_gather_rows`; rank r's input gets grad_scale * (sum over ranks of the
     gradient of its rows). Every rank must run the backward."""
     if _is_single(group):
-        return x if grad_scale == 1.0 else _ScaleGrad.apply(x, grad_scale)
+        return x if grad_scale == 1.0 else scale_grad(x, grad_scale)
     return _AllGatherRows.apply(x, group, grad_scale)
 
 
 class _ScaleGrad(torch.autograd.Function):
+    """y = x; dL/dx = scale * dL/dy."""
+
     @staticmethod
     def forward(ctx, x, scale):
         ctx.scale = scale
@@ -84,3 +86,8 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The identity forward; the gradient multiplied by `scale` backward (a negative scale reverses it)."""
+    return _ScaleGrad.apply(x, scale)

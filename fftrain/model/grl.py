@@ -15,22 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class GradReverse(torch.autograd.Function):
-    """y = x; dL/dx = -lam * dL/dy."""
-
-    @staticmethod
-    def forward(ctx, x, lam):
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * -ctx.lam, None
+from fftrain.distributed.collectives import scale_grad
 
 
 def grad_reverse(x: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
-    return GradReverse.apply(x, lam)
+    """y = x; dL/dx = -lam * dL/dy."""
+    return scale_grad(x, -lam)
 
 
 class DatasetClassifier(nn.Module):
