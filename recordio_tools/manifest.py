@@ -250,3 +250,35 @@ def write_manifest(out_dir: str, datasets: Sequence[DatasetInfo], dataset_dirs: 
             "datasets": [_info_body(d) for d in relative]}
     write_text_atomic(os.path.join(out_dir, MANIFEST_FILE), json.dumps(body, indent=1) + "\n")
     return manifest
+
+
+# ---- per-sample loss weights ------------------------------------------------------------------
+
+def _load_weights_file(path: str, num_images: int, name: str) -> np.ndarray:
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: sample-weight file of dataset {name!r} not found") from None
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: not a .npy array of sample weights ({e})") from None
+    if weights.shape != (num_images,) or not np.issubdtype(weights.dtype, np.floating):
+        raise ManifestError(f"{path}: expected {num_images} float weights (one per image of {name!r}), "
+                        f"got {weights.dtype} {weights.shape}")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ManifestError(f"{path}: weight {weights[bad[0]]} of image {bad[0]} is not a finite number >= 0")
+    return weights.astype(np.float32)
+
+
+def load_sample_weights(manifest: Manifest) -> np.ndarray | None:
+    """A dataset's `sample_weights` file (named in its dataset.json, carried into manifest.json by
+    `build`): a float32 .npy with one weight per image in record order (the shards in order, each in
+    its .idx order, which is the order of the dataset's keys in the combined index). Returns
+    [num_images] float32 over the combined index (datasets without a file weigh 1), or None when no
+    dataset has weights. Loaded with allow_pickle=False."""
+    if not any(d.sample_weights for d in manifest.datasets):
+        return None
+    parts = [np.ones(d.num_images, np.float32) if not d.sample_weights else
+             _load_weights_file(os.path.join(manifest.root, d.sample_weights), d.num_images, d.name)
+             for d in manifest.datasets]
+    return np.concatenate(parts)

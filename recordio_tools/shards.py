@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .files import output_owner
-from .manifest import DatasetInfo, Shard, shard_name, write_dataset_info
+from .manifest import SAMPLE_WEIGHTS_FILE, DatasetInfo, Shard, shard_name, write_dataset_info
 from .recordio import RecordWriter, image_header, pack
 
 
@@ -87,8 +89,10 @@ class DatasetWriter:
         self._count += 1
         self._max_label = max(self._max_label, local_label)
 
-    def finish(self, num_classes: int | None = None) -> DatasetInfo:
-        """Commit the shards and dataset.json; `num_classes` defaults to max label + 1."""
+    def finish(self, num_classes: int | None = None, sample_weights: np.ndarray | None = None) -> DatasetInfo:
+        """Commit the shards and dataset.json; `num_classes` defaults to max label + 1. `sample_weights`:
+        one loss weight per image in the order they were added, written as sample_weights.npy in record
+        order (the shards in order, each in its .idx order) and named in dataset.json."""
         num_classes = self._max_label + 1 if num_classes is None else num_classes
         if num_classes <= self._max_label:
             raise ValueError(f"{self.name}: label {self._max_label} but num_classes={num_classes}")
@@ -97,8 +101,18 @@ class DatasetWriter:
             writer.commit()
             shards.append(Shard(shard_name(i) + ".rec", shard_name(i) + ".idx", len(writer)))
         info = DatasetInfo(self.name, num_classes, self._count, self.class_offset, shards)
+        if sample_weights is not None:
+            info.sample_weights = self._write_weights(np.asarray(sample_weights, dtype=np.float32))
         write_dataset_info(self.folder, info)
         return info
+
+    def _write_weights(self, weights: np.ndarray) -> str:
+        if weights.shape != (self._count,):
+            raise ValueError(f"{self.name}: {weights.shape} sample weights for {self._count} images")
+        n = len(self._writers)
+        record_order = np.concatenate([weights[s::n] for s in range(n)])  # how `add` dealt them
+        np.save(os.path.join(self.folder, SAMPLE_WEIGHTS_FILE), record_order, allow_pickle=False)
+        return SAMPLE_WEIGHTS_FILE
 
     def abort(self) -> None:
         for writer in self._writers:

@@ -61,7 +61,9 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
         return Prepared(manifest.manifest, manifest.records, manifest.labels,
                         steps_per_epoch(len(manifest.records), num_shards, batch_size), manifest.sample_weights)
     if not isinstance(manifest, Manifest):
-        manifest = training_view(load_manifest(manifest))
+        manifest = load_manifest(manifest)
+    weights = load_sample_weights(manifest)  # before the view: a set fused in place keeps its datasets' weights
+    manifest = training_view(manifest)
     records = RecordSet(manifest, on_bad_record)
     if validate:
         records.validate(seed=seed)
@@ -70,4 +72,4 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e} (the training set {manifest.root})") from None
     labels = LabelSpace.from_manifest(manifest, device, label_map)
-    return Prepared(manifest, records, labels, steps, load_sample_weights(manifest))
+    return Prepared(manifest, records, labels, steps, weights)

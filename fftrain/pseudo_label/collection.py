@@ -119,9 +119,8 @@ def check_out(out: str) -> None:
 
 
 def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: dict, shards: int) -> None:
-    """Shards (round robin, as DatasetWriter does), sample_weights.npy in record order, assignments,
-    report; all or nothing."""
-    from recordio_tools.manifest import SAMPLE_WEIGHTS_FILE, read_dataset_info, write_dataset_info
+    """Shards with the cluster labels and their loss weights (DatasetWriter), assignments, report; all or
+    nothing."""
     from recordio_tools.files import atomic_directory
     from recordio_tools.shards import DatasetWriter
 
@@ -137,16 +136,10 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
                     for i, jpeg in zip(range(lo, hi), images.jpegs(lo, hi)):
                         if result.labels[i] >= 0:
                             writer.add(int(result.labels[i]), jpeg)
-            writer.finish(result.num_classes)
+            writer.finish(result.num_classes, sample_weights=result.weights[written])
         except BaseException:
             writer.abort()
             raise
-        weights = result.weights[written]
-        record_order = np.concatenate([weights[s::shards] for s in range(shards)]).astype(np.float32)
-        np.save(os.path.join(tmp, SAMPLE_WEIGHTS_FILE), record_order, allow_pickle=False)
-        info = read_dataset_info(tmp)
-        info.sample_weights = SAMPLE_WEIGHTS_FILE
-        write_dataset_info(tmp, info)
         np.savez(os.path.join(tmp, ASSIGNMENTS_FILE), score=result.scores, nearest_class=result.nearest_class,
                  overlap=result.overlap, disjoint=result.disjoint, label=result.labels, weight=result.weights,
                  p_wrong=result.p_wrong)

@@ -1,5 +1,6 @@
 """Relabelling into a new training set (`relabel --out DIR`): one dataset of the fused classes with exact
-two-float labels, the images copied unchanged, manifest.json + train.idx and the map applied."""
+two-float labels, the images copied unchanged (with their per-sample loss weights, when the set has any),
+manifest.json + train.idx and the map applied."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 import re
 
-from ..manifest import MANIFEST_FILE, Manifest, load_manifest, write_manifest
+from ..manifest import MANIFEST_FILE, Manifest, load_manifest, load_sample_weights, write_manifest
 from ..recordio import RecordIOError, RecordReader, class_id_of, unpack
 from .helpers import JOURNAL_FILE, OUT_LABEL_MAP, _manifest_file, _read_json_body
 from .in_place import journal_state
@@ -61,7 +62,7 @@ def relabel_copy(trainset: str, label_map: LabelMap, out: str, name: str = "fuse
         try:
             for shard in shards:
                 _copy_shard(shard, writer, label_map)
-            info = writer.finish(label_map.num_fused)
+            info = writer.finish(label_map.num_fused, sample_weights=load_sample_weights(manifest))
         except BaseException:
             writer.abort()
             raise

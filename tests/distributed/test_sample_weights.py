@@ -192,3 +192,73 @@ def test_bad_weight_files_are_named(tmp_path, weights, message):
     train = _build(tmp_path, _weighted_dataset(tmp_path, weights=weights))
     with pytest.raises(DataError, match=message):
         load_sample_weights(load_manifest(str(train)))
+
+
+def _distinct_weighted_dataset(tmp_path, n=10, shards=2):
+    """Images i = 0..n-1 of grey level 10 * i (so a record tells which image it is), weight i / n each."""
+    from PIL import Image
+
+    from recordio_tools.files import atomic_directory
+    from recordio_tools.images import encode_jpeg
+    from recordio_tools.shards import DatasetWriter
+    from recordio_tools.synthetic import SIZE
+
+    folder = tmp_path / "pseudo"
+    with atomic_directory(str(folder)) as tmp:
+        writer = DatasetWriter(tmp, "pseudo", shards)
+        for i in range(n):
+            writer.add(i % 3, encode_jpeg(Image.new("RGB", (SIZE, SIZE), (10 * i,) * 3), 95))
+        writer.finish(3, sample_weights=np.arange(n, dtype=np.float32) / n)
+    return folder
+
+
+def _image_ids(manifest) -> np.ndarray:
+    """Which image (its grey level / 10) each record of the combined index holds."""
+    import io
+
+    from PIL import Image
+
+    from fftrain.data.records import RecordSet
+
+    records = RecordSet(manifest)
+    ids = []
+    for key in range(len(records)):
+        jpeg, _ = records.read(key)
+        ids.append(round(np.asarray(Image.open(io.BytesIO(jpeg.tobytes())).convert("L")).mean() / 10))
+    records.close()
+    return np.array(ids)
+
+
+def _label_map_file(tmp_path) -> str:
+    path = tmp_path / "label_map.json"
+    path.write_text(json.dumps({"format": "fftrain-label-map", "datasets": [{"name": "pseudo", "num_classes": 3}],
+                                "num_classes_fused": 2, "label_map": [0, 1, 1]}))
+    return str(path)
+
+
+def test_weights_follow_their_images_through_the_writer_and_relabel_copy(tmp_path):
+    from recordio_tools.cli import main
+    from recordio_tools.manifest import load_manifest, load_sample_weights
+
+    train = _build(tmp_path, _distinct_weighted_dataset(tmp_path))
+    manifest = load_manifest(str(train))
+    np.testing.assert_allclose(load_sample_weights(manifest), _image_ids(manifest) / 10, rtol=1e-6)
+    out = tmp_path / "fused"
+    assert main(["relabel", str(train), "--label-map", _label_map_file(tmp_path), "--out", str(out),
+                 "--shards", "3"]) == 0
+    fused = load_manifest(str(out))
+    weights = load_sample_weights(fused)
+    assert weights is not None and len(weights) == 10
+    np.testing.assert_allclose(weights, _image_ids(fused) / 10, rtol=1e-6)
+
+
+def test_a_set_fused_in_place_keeps_its_weights_for_training(tmp_path):
+    from fftrain.data.read_spec import prepare
+    from recordio_tools.cli import main
+
+    train = _build(tmp_path, _distinct_weighted_dataset(tmp_path))
+    before = prepare(str(train), num_shards=1, batch_size=2, device=torch.device("cpu")).sample_weights
+    assert main(["relabel", str(train), "--label-map", _label_map_file(tmp_path), "--in-place", "--copy-referenced"]) == 0
+    after = prepare(str(train), num_shards=1, batch_size=2, device=torch.device("cpu"))
+    assert after.manifest.dataset_names == ["fused"]
+    np.testing.assert_array_equal(after.sample_weights, before)
