@@ -228,7 +228,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     label_map = torch.arange(split["num_classes"])
     class_dataset = table.clone()
     fused = cfg.agnostic_from_start
-    boundary = cfg.fusion_step
+    boundary = cfg.t2_step
     stop = boundary if dynamics_only else cfg.optim.total_steps
     gen = torch.Generator().manual_seed(seed)
     order, cursor = torch.randperm(len(images), generator=gen), 0

@@ -68,7 +68,7 @@ def train(synth: str, out_dir: str, fault: str | None, deadline_s: float) -> dic
 
 def outcome(out_dir: str) -> dict:
     """The losses per step (the last logged value of each step) and the final checkpoint's label map."""
-    from fftrain.training.checkpoint import complete_checkpoints, load_partial, read_meta
+    from fftrain.training.checkpoint import complete_checkpoints, load_proxies_and_labels
 
     losses = {}
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
@@ -77,11 +77,7 @@ def outcome(out_dir: str) -> dict:
                 losses[row["step"]] = (row["loss/cls"], row["loss/dom"])
     checkpoints = complete_checkpoints(os.path.join(out_dir, "checkpoints"))
     last_step, last = checkpoints[-1] if checkpoints else (0, None)
-    label_map = None
-    if last is not None:
-        meta = read_meta(last)
-        label_map = load_partial(last, {"label_map": torch.empty(meta["num_classes_source"], dtype=torch.long)})[
-            "label_map"]
+    label_map = load_proxies_and_labels(last).label_map if last is not None else None
     return {"losses": losses, "last_checkpoint_step": last_step, "label_map": label_map}
 
 

@@ -308,7 +308,7 @@ class TrainConfig:
         return self.method == "facefusion"
 
     @property
-    def fusion_step(self) -> int | None:
+    def t2_step(self) -> int | None:
         """The step of the phase boundary (fusion, or naive's switch to agnostic), or None when there is
         none: T2 at or beyond the end, method 'dail', or a method agnostic from the start."""
         if self.method == "dail" or self.agnostic_from_start:

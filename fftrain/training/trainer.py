@@ -1,7 +1,7 @@
 """The training loop: phases, the fusion hook, checkpoints, logging, verification.
 
-Phases (docs/ARCHITECTURE.md): 'dail' (dataset-aware softmax) for steps [0, fusion_step), then at
-`fusion_step` the fusion hook rewrites the label map and the FC shards, then 'agnostic'
+Phases (docs/ARCHITECTURE.md): 'dail' (dataset-aware softmax) for steps [0, T2), then at
+T2 (`cfg.t2_step`) the fusion call rewrites the label map and the FC shards, then 'agnostic'
 (softmax over all fused classes). With fusion off (t2 >= 1) the run stays 'dail'. The
 gradient-reversal dataset classifier is weighted in from `grl.start_step`. `method` changes the
 phases (config.py): 'naive' switches to 'agnostic' at the boundary without merging, 'naive0' and
@@ -115,7 +115,7 @@ class Trainer:
 
     @property
     def fusion_due(self) -> bool:
-        return not self.state.fused and self.cfg.fusion_step is not None and self.state.step >= self.cfg.fusion_step
+        return not self.state.fused and self.cfg.t2_step is not None and self.state.step >= self.cfg.t2_step
 
     def on_phase_boundary(self) -> None:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
@@ -211,7 +211,7 @@ class Trainer:
         global_batch = cfg.data.batch_size * self.ctx.world_size
         self.log.info(f"training {total} steps from step {self.state.step}: {self.ctx.world_size} rank(s) x "
                       f"{cfg.data.batch_size} images, {self.head.num_classes} classes, phase {self.phase}, "
-                      f"fusion at step {cfg.fusion_step}")
+                      f"fusion at step {cfg.t2_step}")
         throughput = Throughput(self.state.step, total)
         data_wait = 0.0
         batches = iter(self.loader)

@@ -13,19 +13,19 @@ def test_defaults_are_the_paper_setting():
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 5e-4)
     assert cfg.optim.lr_milestones == [80_000, 140_000, 200_000] and cfg.optim.total_steps == 480_000
     assert (cfg.fusion.t1, cfg.fusion.t2, cfg.grl.weight) == (0.7, 0.21, 0.1)
-    assert cfg.fusion_step == round(0.21 * 480_000)
+    assert cfg.t2_step == round(0.21 * 480_000)
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 0.1\n  total_steps: 1000\n  lr_milestones: [800]\nfusion:\n  t2: 0.5\n")
     cfg = load_config(str(path), ["optim.lr=1e-2", "data.verification=[a.bin, b.bin]", "model.backbone=iresnet18"])
-    assert cfg.optim.lr == 0.01 and cfg.optim.total_steps == 1000 and cfg.fusion_step == 500
+    assert cfg.optim.lr == 0.01 and cfg.optim.total_steps == 1000 and cfg.t2_step == 500
     assert cfg.data.verification == ["a.bin", "b.bin"] and cfg.model.backbone == "iresnet18"
 
 
 def test_t2_at_or_past_the_end_never_fuses():
-    assert config_from_dict({"fusion": {"t2": 1.0}}).fusion_step is None
+    assert config_from_dict({"fusion": {"t2": 1.0}}).t2_step is None
 
 
 @pytest.mark.parametrize("method, boundary, agnostic_at_0, merges", [
@@ -33,7 +33,7 @@ def test_t2_at_or_past_the_end_never_fuses():
     ("dail", None, False, False), ("interclass", None, True, False)])
 def test_methods_as_the_paper_defines_them(method, boundary, agnostic_at_0, merges):
     cfg = config_from_dict({"method": method, "head": {"interclass_threshold": 0.4 if method == "interclass" else 0}})
-    assert (cfg.fusion_step, cfg.agnostic_from_start, cfg.merges) == (boundary, agnostic_at_0, merges)
+    assert (cfg.t2_step, cfg.agnostic_from_start, cfg.merges) == (boundary, agnostic_at_0, merges)
 
 
 @pytest.mark.parametrize("values, message", [
@@ -95,7 +95,7 @@ def test_shipped_configs_load_and_demo_yaml_matches_embedded():
 
     paper = load_config(str(REPO / "configs/six_datasets_r50.yaml"))
     assert paper.optim.total_steps == 480_000 and paper.data.batch_size * 8 == 1024
-    assert paper.fusion_step == 100_800
+    assert paper.t2_step == 100_800
     demo_yaml = yaml.safe_load(open(REPO / "configs/demo_cpu.yaml"))
     assert demo_yaml == DEMO_CONFIG
     load_config(str(REPO / "configs/demo_cpu.yaml"))
