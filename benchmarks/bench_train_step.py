@@ -130,7 +130,7 @@ def _status_kib(field: str) -> int:
 
 
 class InMemoryData:
-    """Stands in for `fftrain.data.TrainingData` in memory mode: label tables for `classes`
+    """Stands in for `fftrain.data.TrainingData` in memory mode: a label space for `classes`
     classes split evenly over the datasets, and a loader that yields one fixed batch forever."""
 
     def __init__(self, classes: int, batch_size: int, device, channels_last: bool = False, seed: int = 0):
@@ -169,7 +169,7 @@ class InMemoryData:
 
 
 def pipeline_data(cfg, ctx, manifest: str, classes: int):
-    """The real `TrainingData` over `manifest`, its label tables padded to `classes` source
+    """The real `TrainingData` over `manifest`, its label space padded to `classes` source
     classes (the extra ones spread over the datasets, never drawn) so the head has that size."""
     import torch
 

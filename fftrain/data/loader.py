@@ -79,7 +79,7 @@ def build_loader_from_config(cfg, ctx, *, manifest: str | Manifest | Prepared | 
 
 @dataclass
 class TrainingData:
-    """The data side of a run, checked once at start-up: the manifest, the label tables the
+    """The data side of a run, checked once at start-up: the manifest, the label space the
     trainer swaps at fusion, and `make_loader(start_step)` for an endless stream of this rank's
     batches from a global step on (fresh runs: 0; resumed runs: the checkpoint's step)."""
 

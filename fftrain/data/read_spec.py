@@ -52,12 +52,12 @@ class Prepared:
 
 def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size: int, device: torch.device,
             label_map=None, validate: bool = True, seed: int = 0, on_bad_record: str = "stop") -> Prepared:
-    """Load and check the manifest and its shards (errors name the file), build the label tables.
-    A `Prepared` passes through (its checks are done; its label tables are shared). `on_bad_record`:
+    """Load and check the manifest and its shards (errors name the file), build the label space.
+    A `Prepared` passes through (its checks are done; its label space is shared). `on_bad_record`:
     what reading a bad record mid-run does, 'stop' or 'skip' (`records.RecordSet.read_batch`)."""
     if isinstance(manifest, Prepared):
         if label_map is not None:
-            raise ValueError("a prepared training set shares its label tables: swap the map there, not per loader")
+            raise ValueError("a prepared training set shares its label space: swap the map there, not per loader")
         return Prepared(manifest.manifest, manifest.records, manifest.labels,
                         steps_per_epoch(len(manifest.records), num_shards, batch_size), manifest.sample_weights)
     if not isinstance(manifest, Manifest):

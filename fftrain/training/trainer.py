@@ -64,7 +64,7 @@ class Trainer:
     """Owns the model, the sharded head, the optimizers and the loader for one run on one rank."""
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, data):
-        """`data` is a `fftrain.data.TrainingData` (loader factory + label tables + manifest)."""
+        """`data` is a `fftrain.data.TrainingData` (loader factory + label space + manifest)."""
         self.cfg, self.ctx, self.data = cfg, ctx, data
         self.log = get_logger()
         self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
