@@ -20,7 +20,6 @@ Criteria, written before the first measured run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_common import machine_info  # noqa: E402
+from recordio_tools.files import write_json_atomic  # noqa: E402
 
 from fftrain.pseudo_label.clustering import BACKENDS, cluster, knn_graph  # noqa: E402
 from fftrain.pseudo_label.metrics import clustering_scores  # noqa: E402
@@ -163,9 +163,7 @@ def main(argv=None) -> int:
         report["quality"] = quality_part(seeds)
     if "timing" in parts:
         report["timing"] = timing_part([int(s) for s in args.sizes.split(",")], args.timing_backends.split(","))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json_atomic(args.out, report, indent=1, newline=False, make_parents=True)
     print(f"wrote {args.out}")
     return 0
 

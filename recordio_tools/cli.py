@@ -19,13 +19,9 @@ import importlib
 import os
 import sys
 
-from .errors import UserError, report_user_error
+from .errors import UsageError, UserError, report_user_error
 
 COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap", "relabel"]
-
-
-class UsageError(UserError, ValueError):
-    """Bad arguments or input found by a command; printed as one line."""
 
 
 def _module(command: str):

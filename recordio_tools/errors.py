@@ -17,6 +17,10 @@ class UserError(Exception):
     """Input the user can fix (a file, a record, an argument or config key); the message names it."""
 
 
+class UsageError(UserError, ValueError):
+    """Bad arguments or input found by a command; printed as one line."""
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (multi-line messages joined with '; ')."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -21,7 +21,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 
-from .cli import UsageError
+from .errors import UsageError
 from .images import IMAGE_EXTENSIONS, ImageError, LandmarksError, prepare_face
 from .shards import exit_with_parent
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .cli import UsageError
+from .errors import UsageError
 from .insightface import detect_layout
 from .manifest import DATASET_FILE, MANIFEST_FILE, DatasetInfo, fused_in_place, load_manifest, read_dataset_info
 from .recordio import RecordIOError, RecordReader, class_id_of, read_index, unpack

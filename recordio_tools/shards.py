@@ -40,7 +40,7 @@ def check_out(out: str, inputs: list[str], command: str, overwrite: bool = False
     """Refuse, before any work, an --out that would destroy what this command did not write: an input, a
     folder inside an input or holding one, or a non-empty folder that is not an earlier `command` output
     (unless `overwrite`). Returns the absolute --out."""
-    from .cli import UsageError
+    from .errors import UsageError
 
     out = os.path.abspath(out)
     real_out = os.path.realpath(out)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import UsageError
+from .errors import UsageError
 from .files import atomic_directory
 from .manifest import (CLASSES_FILE, DATASET_FILE, SAMPLE_WEIGHTS_FILE, SKIPPED_FILE, DatasetInfo, Manifest,
                        ManifestError, Shard, read_dataset_info, shard_name, write_dataset_info, write_manifest)

@@ -6,5 +6,6 @@ Modules: `inputs` (checks, one-line errors), `embed` (the one embedding pass, sh
 ranks), `intra` (class centres, intra-class noise), `inter` (duplicate classes within and across
 datasets; the fusion step's twin), `leakage` (verification identities in training),
 `distributions` (genuine / impostor histograms, EER), `report` (files and summary), `clean`
-(the cleaned training set), `cli` (the subcommand).
+(the cleaned training set), `pipeline` (the steps together, from the parsed options to --out).
+The command is fftrain/commands/audit.py.
 """

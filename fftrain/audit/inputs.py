@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fftrain.errors import UserError
 
-class AuditError(ValueError):
+
+class AuditError(UserError, ValueError):
     """Bad audit input; the CLI prints it as one line and exits with status 2."""
 
 
@@ -30,7 +32,7 @@ class CheckpointView:
     """[C_fused, D] float32, as saved (not normalised)."""
     label_map: np.ndarray
     """[C_src] int64 source class -> fused class."""
-    class_dataset_fused: np.ndarray
+    fused_dataset: np.ndarray
     """[C_fused] int64 dataset of each fused class."""
     datasets: list[dict]
     """name, num_classes of each dataset, in class-offset order."""
@@ -58,7 +60,7 @@ def load_checkpoint_view(path: str) -> CheckpointView:
                          f"and proxies are {dim}-d")
     return CheckpointView(path=path, backbone=backbone, embedding_size=dim,
                           proxies=saved.proxies.float(), label_map=saved.label_map.numpy().astype(np.int64),
-                          class_dataset_fused=saved.fused_dataset.numpy().astype(np.int64),
+                          fused_dataset=saved.fused_dataset.numpy().astype(np.int64),
                           datasets=list(meta["datasets"]), fused=bool(meta.get("fused")))
 
 

@@ -143,7 +143,7 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     lap("inter_s")
     twin_kw = dict(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
                    same_dataset_policy=args.same_dataset_policy, backend=args.backend)
-    twin_proxies = fusion_twin(proxies, checkpoint.class_dataset_fused, checkpoint.label_map, **twin_kw)
+    twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, **twin_kw)
     twin_centres = fusion_twin(centres, class_dataset, None, **twin_kw)
     lap("fusion_twin_s")
     leaks = [leakage(os.path.splitext(os.path.basename(path))[0], emb, issame, centres,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 
 from fftrain.audit.inputs import AuditError
+from fftrain.errors import EXIT_USER_ERROR, UserError, one_line, report_user_error
 from fftrain.audit.pipeline import DEFAULT_INTER, DEFAULT_INTRA, DEFAULT_LEAK, prepare, run, work_dir
 
 
@@ -74,27 +74,21 @@ def run_audit(args) -> int:
         try:
             prepared = prepare(args, ctx)
             error = None
-        except AuditError as e:
-            prepared, error = None, str(e)
+        except UserError as e:
+            prepared, error = None, one_line(e)
         errors = [e for e in all_gather_object(error, ctx.group) if e]
-        if errors:
-            if ctx.is_main:
-                print(f"fftrain audit: error: {errors[0]}", file=sys.stderr)
-            return 2
+        if errors:  # every rank met the same check: rank 0 says it
+            return report_user_error("fftrain audit", AuditError(errors[0])) if ctx.is_main else EXIT_USER_ERROR
         work = work_dir(args.out)
         if ctx.is_main:
             shutil.rmtree(work, ignore_errors=True)  # our own fixed-name work folder of a killed run
             os.makedirs(work)
         barrier(ctx.group)
-        from fftrain.data.records import DataError
-        from recordio_tools.verification_bin import VerificationBinError
-
         try:
             run(args, ctx, work, *prepared)
-        except (DataError, VerificationBinError, AuditError) as e:  # a record or image found bad mid-pass
+        except UserError as e:  # a record or image found bad mid-pass: the rank that met it says it
             shutil.rmtree(work, ignore_errors=True)
-            print(f"fftrain audit: error: {e}", file=sys.stderr)
-            return 2
+            return report_user_error("fftrain audit", e)
         except BaseException:
             if ctx.is_main:
                 shutil.rmtree(work, ignore_errors=True)

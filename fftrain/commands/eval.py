@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from recordio_tools.files import json_safe, write_json_atomic
 
-from fftrain.errors import UserError
+from fftrain.errors import UserError, report_user_error
 
 
 class EvalUsageError(UserError, ValueError):
@@ -106,8 +105,7 @@ def _bin_paths(args) -> list[str]:
 
 
 def fail(command: str, e: Exception) -> int:
-    print(f"fftrain {command}: error: {e}", file=sys.stderr)
-    return 2
+    return report_user_error(f"fftrain {command}", e)
 
 
 def run_eval(args) -> int:

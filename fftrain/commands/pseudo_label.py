@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
+from fftrain.errors import report_user_error
 from fftrain.pseudo_label.collection import (UnlabeledImages, check_out, embed_share, load_embeddings_file,
                                                score_against_truth, write_dataset)
 from fftrain.pseudo_label.pipeline import OVERLAP_MODES, OVERLAPPING, RULES, PseudoLabelError, PseudoLabelOptions
@@ -81,8 +81,7 @@ def _options(args) -> PseudoLabelOptions:
 
 
 def _fail(e: Exception) -> int:
-    print(f"fftrain pseudo-label: error: {e}", file=sys.stderr)
-    return 2
+    return report_user_error("fftrain pseudo-label", e)
 
 
 def run_pseudo_label(args) -> int:

@@ -12,8 +12,8 @@ rank; (3) deterministic components with the guards; (4) contiguous new ids order
 source class (`components`); (5) all-to-all reshard of the weight and optimizer state with the
 merge rule (`reshard`); (6) JSON + PNG report on rank 0 (`report`).
 
-The inputs are plain tensors: the caller (trainer, `fftrain fuse`) swaps the results into the
-head, its optimizer state, the label map and the dataset table.
+The inputs are plain tensors: the caller (the trainer, `fftrain fuse`) swaps the results into the
+head, its optimizer state and the label map (the label space derives the fused classes' datasets).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Modules: `evt` (Otsu, Weibull MLE, two-Weibull EM), `separation` (max cosine to 
 overlapping vs disjoint identities), `clustering` (faiss kNN graph; infomap, leiden, connected
 components), `uncertainty` (cluster margin, p-(x), weights), `pipeline` (the steps together),
 `report` (JSON, PNGs), `metrics` (pairwise / BCubed / NMI), `planted` (a feature-level world with
-ground truth), `cli` (`fftrain pseudo-label`). Heavy imports (faiss, infomap, igraph, sklearn,
+ground truth), `collection` (the unlabeled input, the pseudo-labeled dataset folder out). The command
+is fftrain/commands/pseudo_label.py. Heavy imports (faiss, infomap, igraph, sklearn,
 matplotlib) happen inside the functions that use them.
 """
 

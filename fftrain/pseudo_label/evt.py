@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import optimize, stats
 
+from fftrain.errors import UserError
+
 OTSU_BINS = 256
 
 
-class FitError(ValueError):
+class FitError(UserError, ValueError):
     """Scores that a threshold or a Weibull cannot be fitted to (too few, constant, not finite)."""
 
 

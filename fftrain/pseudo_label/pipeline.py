@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fftrain.errors import UserError
 from fftrain.pseudo_label.clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES, cluster, drop_small, knn_graph
 from fftrain.pseudo_label.evt import FitError
 from fftrain.pseudo_label.separation import Separation, max_cosine, separate_overlap
@@ -30,7 +31,7 @@ RULES = ("weibull", "otsu")
 MIN_ASHMAN_D = 3.0  # two separate modes: D > 2 (Ashman 1994); one mode split by EM gave D <= 2.05 on planted worlds
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(UserError, ValueError):
     """Unlabeled data the method cannot work on (empty, one mode only, nothing left to cluster)."""
 
 

@@ -49,6 +49,8 @@ META_FILE = "meta.json"
 STATE_FILE = "state.json"
 DCP_METADATA_FILE = ".metadata"
 FORMAT_VERSION = 2
+MODEL = "model"  # the replicated state: the backbone and the dataset classifier
+OPTIMIZER = "optim"
 FC_WEIGHT = "fc_weight"
 FC_MOMENTUM = "fc_momentum"
 LABEL_MAP = LabelSpace.CHECKPOINT_KEY
@@ -566,8 +568,8 @@ def load_backbone_from_checkpoint(path: str) -> torch.nn.Module:
     meta = check_complete(path)
     cfg = config_from_dict(meta["config"])
     model = EmbeddingModel(cfg.model, cfg.grl, meta["num_datasets"])
-    state = load_partial(path, {"model": model.state_dict()})
-    model.load_state_dict(state["model"])
+    state = load_partial(path, {MODEL: model.state_dict()})
+    model.load_state_dict(state[MODEL])
     return model.backbone.eval()
 
 

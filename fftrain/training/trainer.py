@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from fftrain.training.checkpoint import (FC_MOMENTUM, FC_WEIGHT, ShardedRows, check_compatible, load_checkpoint,
-                                         model_and_optimizer_state, read_meta, resolve_resume, save_checkpoint,
-                                         set_model_and_optimizer_state)
+from fftrain.training.checkpoint import (FC_MOMENTUM, FC_WEIGHT, MODEL, OPTIMIZER, ShardedRows, check_compatible,
+                                         load_checkpoint, model_and_optimizer_state, read_meta, resolve_resume,
+                                         save_checkpoint, set_model_and_optimizer_state)
 from fftrain.config import TrainConfig, config_to_dict
 from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, comm_device
 from fftrain.errors import UserError
@@ -304,7 +304,7 @@ class Trainer:
 
     def _state_templates(self) -> tuple[dict, dict]:
         model_sd, optim_sd = model_and_optimizer_state(self.ddp, self.optimizer)
-        replicated = {"model": model_sd, "optim": optim_sd, **self.labels.checkpoint_state()}
+        replicated = {MODEL: model_sd, OPTIMIZER: optim_sd, **self.labels.checkpoint_state()}
         sharded = {FC_WEIGHT: ShardedRows(self.head.weight.data, self.head.num_classes)}
         if self.head.momentum_buffer is not None:
             sharded[FC_MOMENTUM] = ShardedRows(self.head.momentum_buffer, self.head.num_classes)
@@ -331,7 +331,7 @@ class Trainer:
         check_compatible(meta, self._shape_meta(), path)
         replicated, sharded = self._state_templates()  # the head was built with the meta's fused class count
         rank_state = load_checkpoint(path, ctx=self.ctx, replicated=replicated, sharded=sharded)
-        set_model_and_optimizer_state(self.ddp, self.optimizer, replicated["model"], replicated["optim"])
+        set_model_and_optimizer_state(self.ddp, self.optimizer, replicated[MODEL], replicated[OPTIMIZER])
         self.labels.load_checkpoint_state(replicated)
         self.head.sample_step = meta["sample_step"]
         self.state = TrainState(step=meta["step"], fused=meta["fused"])

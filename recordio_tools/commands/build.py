@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..files import atomic_directory
 from ..manifest import DATASET_FILE, MANIFEST_FILE, Manifest, load_manifest
 from ..recordio import RecordIOError

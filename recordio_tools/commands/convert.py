@@ -24,7 +24,7 @@ from contextlib import closing
 
 import numpy as np
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..files import atomic_directory, write_text_atomic
 from ..image_folders import (UNALIGNED_FILE, ImageTask, check_missing_landmarks, encode_in_order,
                              list_identities, load_landmarks, make_tasks, unlabeled_images)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..insightface import Layout, copy_shuffled, local_labels, read_layout, resolve_rec
 from ..manifest import write_classes
 from ..recordio import RecordIOError, RecordReader

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..manifest import MANIFEST_FILE, load_manifest
 from .options import add_overwrite
 

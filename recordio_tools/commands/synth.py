@@ -18,7 +18,7 @@ import dataclasses
 import sys
 import time
 
-from ..cli import UsageError
+from ..errors import UsageError
 from .options import add_overwrite
 
 # argument name -> SynthConfig field; None in argparse means "the preset's value"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..manifest import DatasetInfo, Manifest, ManifestError
-from ..recordio import (IRHEADER_SIZE, MAGIC_BYTES, FramingError, RecordIOError, class_id_of, class_label, iter_parts,
-                        join_parts, read_index, unpack)
+from ..recordio import (IRHEADER_SIZE, MAGIC_BYTES, PART_HEADER_SIZE, FramingError, RecordIOError, class_id_of,
+                        class_label, iter_parts, join_parts, read_index, unpack)
 from ..scan import read_header_at
 from .helpers import BUFFER, _KillHook
 from .label_maps import LabelMap
@@ -89,7 +89,7 @@ def _read_raw_record(f: BinaryIO, pos: int, path: str) -> tuple[bytearray, list[
     parts: list[tuple[int, int]] = []
     try:
         for _, head, _, length, body in iter_parts(f, pos):
-            parts.append((len(raw) + 8, length))
+            parts.append((len(raw) + PART_HEADER_SIZE, length))
             raw += head
             raw += body
     except FramingError as e:
@@ -99,10 +99,10 @@ def _read_raw_record(f: BinaryIO, pos: int, path: str) -> tuple[bytearray, list[
 
 def _patch_label(raw: bytearray, parts: list[tuple[int, int]], label_map: LabelMap, shard: _Shard, key: int) -> None:
     """Replace the label bytes of the record in `raw`, nothing else."""
-    pieces, have = [], -4
+    pieces, have = [], -len(MAGIC_BYTES)
     for start, length in parts:  # only as many parts as the label needs
         pieces.append(raw[start:start + length])
-        have += 4 + length  # the magic word dropped before every part but the first
+        have += len(MAGIC_BYTES) + length  # the magic word dropped before every part but the first
         if have >= _HEADER_PREFIX:
             break
     prefix = join_parts(pieces)
@@ -117,7 +117,7 @@ def _patch_label(raw: bytearray, parts: list[tuple[int, int]], label_map: LabelM
     payload_pos = 0
     for i, (start, length) in enumerate(parts):
         if i:
-            payload_pos += 4  # the magic word dropped between parts
+            payload_pos += len(MAGIC_BYTES)  # the magic word dropped between parts
         if payload_pos <= at and at + len(label) <= payload_pos + length:
             begin = start + at - payload_pos
             raw[begin:begin + len(label)] = label

@@ -43,7 +43,7 @@ def _save(ctx, root, step, rows=None):
     full = _full(step) if rows is None else rows
     start, end = shard_range(len(full), ctx.rank, ctx.world_size)
     replicated = {"model": {"w": torch.full((2,), float(step))}, "label_map": torch.arange(NUM_CLASSES),
-                  "class_dataset_fused": torch.zeros(NUM_CLASSES, dtype=torch.long),
+                  "table": torch.zeros(NUM_CLASSES, dtype=torch.long),
                   "optim": {"param_groups": [{"lr": 0.1 * step, "betas": (0.9, 0.99), "params": ["w"],
                                               "foreach": None}]}}
     meta = {"num_classes_fused": NUM_CLASSES, "num_classes_source": NUM_CLASSES, "embedding_size": DIM,
@@ -56,7 +56,7 @@ def _save(ctx, root, step, rows=None):
 def _templates(ctx):
     start, end = shard_range(NUM_CLASSES, ctx.rank, ctx.world_size)
     replicated = {"model": {"w": torch.zeros(2)}, "label_map": torch.zeros(NUM_CLASSES, dtype=torch.long),
-                  "class_dataset_fused": torch.ones(NUM_CLASSES, dtype=torch.long), "optim": {"param_groups": []}}
+                  "table": torch.ones(NUM_CLASSES, dtype=torch.long), "optim": {"param_groups": []}}
     return replicated, {"fc_weight": ShardedRows(torch.zeros(end - start, DIM), NUM_CLASSES)}
 
 
@@ -124,7 +124,7 @@ def test_valid_checkpoint_loads_on_the_same_and_another_number_of_ranks(two_rank
     replicated, fc, rank_keys = _load(single_process_context(), path)
     assert torch.equal(fc, _full(2)) and rank_keys == []
     assert torch.equal(replicated["model"]["w"], torch.full((2,), 2.0))
-    assert torch.equal(replicated["class_dataset_fused"], torch.zeros(NUM_CLASSES, dtype=torch.long))
+    assert torch.equal(replicated["table"], torch.zeros(NUM_CLASSES, dtype=torch.long))
     # non-tensor state comes back from state.json with its types
     assert replicated["optim"]["param_groups"] == [{"lr": 0.2, "betas": (0.9, 0.99), "params": ["w"], "foreach": None}]
 
@@ -162,7 +162,7 @@ def test_non_tensor_entry_in_dcp_files_is_refused_without_running(two_rank_root,
         if name.endswith(".distcp") or name == ".metadata":
             os.remove(os.path.join(path, name))
     dcp.save({"model": {"w": _Payload(marker)}, "label_map": torch.arange(NUM_CLASSES),
-              "class_dataset_fused": torch.zeros(NUM_CLASSES, dtype=torch.long),
+              "table": torch.zeros(NUM_CLASSES, dtype=torch.long),
               "sharded": {"fc_weight": _full(2)}}, checkpoint_id=path, no_dist=True)
     with pytest.raises(CheckpointError, match="model.w: refused, a non-tensor entry"):
         _load(single_process_context(), path)

@@ -125,3 +125,45 @@ def test_recordio_framing_defined_once():
         if "= 0xCED7230A" in text or 'struct.pack("<I", MAGIC)' in text:  # the magic word, or its bytes
             definers.append(str(path.relative_to(REPO)))
     assert sorted(set(definers)) == ["recordio_tools/recordio.py"]
+
+
+#: the layers of docs/ARCHITECTURE.md, bottom up: a module may import its own layer and the ones below
+LAYERS = [
+    ("recordio_tools", "fftrain", "fftrain.errors"),
+    ("fftrain.distributed",),
+    ("fftrain.config",),
+    ("fftrain.data", "fftrain.model", "fftrain.head"),
+    ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
+     "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
+     "fftrain.training.capacity", "fftrain.training.demo", "fftrain.training"),
+    ("fftrain.evaluation",),
+    ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
+    ("fftrain.commands", "fftrain.cli", "fftrain.train"),
+]
+#: the one upward import: the config checks `model.backbone` against the backbone registry
+ALLOWED_UPWARD = {("fftrain.config", "fftrain.model.backbones")}
+
+
+def _layer_of(module: str) -> int:
+    best, rank = "", None
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, rank = prefix, i
+    assert rank is not None, f"{module} is in no layer"
+    return rank
+
+
+def test_imports_go_down_the_layers():
+    upward = sorted(f"{a} -> {b}" for a, targets in _import_graph(everywhere=True).items() for b in targets
+                    if _layer_of(b) > _layer_of(a) and (a, b) not in ALLOWED_UPWARD)
+    assert upward == []
+
+
+def test_the_layer_check_sees_function_level_imports_and_orders_the_layers():
+    graph = _import_graph(everywhere=True)
+    assert "fftrain.evaluation.verification" in graph["fftrain.training.trainer"]  # imported inside a method
+    assert _layer_of("recordio_tools.recordio") < _layer_of("fftrain.distributed.comm") < _layer_of("fftrain.head")
+    assert _layer_of("fftrain.training.checkpoint") < _layer_of("fftrain.evaluation.verification")
+    assert _layer_of("fftrain.evaluation.verification") < _layer_of("fftrain.training.trainer")
+    assert _layer_of("fftrain.training.trainer") < _layer_of("fftrain.commands.train")
