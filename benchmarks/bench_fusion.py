@@ -110,7 +110,7 @@ def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, bac
         mp.start_processes(_worker, args=(world, os.path.join(tmp, "init"), max(1, threads // world),
                                           (path, k, t1, backend), tmp),
                            nprocs=world, join=True, start_method="spawn")
-        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(world)]
     out = {key: max(p[key] for p in per_rank) for key in ("knn_s", "components_s", "reshard_s", "total_s")}
     out.update(merged=per_rank[0]["merged"], num_classes_new=per_rank[0]["num_classes_new"])
     return out
