@@ -97,9 +97,13 @@ def make_world(seed: int, *, ids: int, images_per_id: int, heldout_ids: int, hel
         x = np.tanh(np.concatenate([v, u], 1) @ a1) @ a2 + pixel_noise * rng.standard_normal((n * per_id, input_dim))
         return x.astype(np.float32), np.repeat(np.arange(n), per_id)
 
-    x, y = render(identities(ids), images_per_id)
+    z = identities(ids)
+    x, y = render(z, images_per_id)
     xh, yh = render(identities(heldout_ids), heldout_images)
-    return {"x": x, "y": y, "x_heldout": xh, "y_heldout": yh, "ids": ids}
+    # z, identities and render (which continue the world's generator) let another experiment draw more images of
+    # the same identities, or new identities, in the same world; nothing here uses them
+    return {"x": x, "y": y, "x_heldout": xh, "y_heldout": yh, "ids": ids, "z": z, "identities": identities,
+            "render": render}
 
 
 def make_split(world: dict, k: int, ratio: float, seed: int, share_images: bool) -> dict:
@@ -200,8 +204,11 @@ def _fuse(head, table, args, t1, apply):
     return result
 
 
-def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_only: bool = False) -> dict:
-    """One training run; returns the metrics (and, for FaceFusion, what was seen at T2)."""
+def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_only: bool = False,
+              keep_model: bool = False) -> dict:
+    """One training run; returns the metrics (and, for FaceFusion, what was seen at T2). A split may carry
+    "weight" (a loss weight per entry of split["image"]; absent: all 1); keep_model adds out["model"] =
+    (backbone, head) in eval mode."""
     import torch
     import torch.nn.functional as F
 
@@ -224,6 +231,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
                          init_std=args.init_std, interclass_threshold=cfg.head.interclass_threshold)
     x_all = torch.from_numpy(world["x"])
     images, labels = torch.from_numpy(split["image"]), torch.from_numpy(split["label"])
+    weights = torch.from_numpy(np.asarray(split["weight"], np.float32)) if "weight" in split else None
     table = torch.from_numpy(split["class_dataset"]).long()
     label_map = torch.arange(split["num_classes"])
     class_dataset = table.clone()
@@ -252,7 +260,8 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
         x = x_all[images[idx]]
         source = labels[idx]
         emb = backbone(x)
-        loss = head(emb, label_map[source], table[source], class_dataset=None if fused else class_dataset)
+        loss = head(emb, label_map[source], table[source], class_dataset=None if fused else class_dataset,
+                    sample_weight=None if weights is None else weights[idx])
         if args.grl_weight > 0:
             loss = loss + F.cross_entropy(classifier(emb), table[source])
         if not torch.isfinite(loss):
@@ -277,6 +286,8 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
                                  else head.num_classes)
     out["seconds"] = time.perf_counter() - started
     out["cpu_seconds"] = time.process_time() - cpu_started
+    if keep_model:
+        out["model"] = (backbone.eval(), head.eval())
     return out
 
 
@@ -587,28 +598,12 @@ def world_kwargs(args) -> dict:
                 render_gain=args.render_gain)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the test's small preset (~20 s)")
-    p.add_argument("--ids", type=int, help="training identities N (default 1000; quick 160)")
-    p.add_argument("--k", type=int, help="subsets (default 8; quick 4)")
-    p.add_argument("--ratios", help="comma-separated overlap ratios r, fractions of N (default 0,0.2,0.4,0.6)")
-    p.add_argument("--seeds", type=int, help="seeds; each is its own world, split and init (default 3)")
-    p.add_argument("--steps", type=int, help="training steps per run (default 800; quick 100)")
-    p.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default: all but naive0)")
+def add_world_args(p) -> None:
+    """The world's and the training loop's flags with fixed defaults (shared with other feature-level experiments)."""
     p.add_argument("--t1", type=float, default=0.7, help="FaceFusion's merge threshold (default 0.7, the paper's)")
     p.add_argument("--t2", type=float, default=0.21, help="fraction of steps before fusion (default 0.21)")
-    p.add_argument("--share-images", action="store_true",
-                   help="a shared identity's images go to both subsets (the paper's Table 5 S'); default: dealt")
     p.add_argument("--scope", choices=("all", "cross"), default="all",
                    help="fusion candidates: all pairs of proxies (the paper's Eq. 4; default) or cross-subset only")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "replication"), metavar="DIR",
-                   help="output folder for result.json, table.md and the PNGs")
-    p.add_argument("--workers", type=int, default=2, help="parallel runs, one torch thread each (default 2)")
-    p.add_argument("--batch", type=int, help="images per step (default 256; quick 128)")
-    p.add_argument("--images-per-id", type=int, help="training images per identity (default 10)")
-    p.add_argument("--heldout-ids", type=int, help="held-out identities for verification (default 400)")
-    p.add_argument("--heldout-images", type=int, help="images per held-out identity (default 8)")
     p.add_argument("--latent", type=int, default=32, help="identity latent dimensions (default 32)")
     p.add_argument("--nuisance", type=int, default=8, help="per-image nuisance dimensions (default 8)")
     p.add_argument("--input-dim", type=int, default=128, help="rendering dimensions (default 128)")
@@ -631,6 +626,27 @@ def parse_args(argv=None):
                    help="the 'interclass' method's cosine threshold (default 0.4)")
     p.add_argument("--grl-weight", type=float, default=0.0,
                    help="gradient-reversal weight for every method (default 0: the paper's §4.5 setting)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the test's small preset (~20 s)")
+    p.add_argument("--ids", type=int, help="training identities N (default 1000; quick 160)")
+    p.add_argument("--k", type=int, help="subsets (default 8; quick 4)")
+    p.add_argument("--ratios", help="comma-separated overlap ratios r, fractions of N (default 0,0.2,0.4,0.6)")
+    p.add_argument("--seeds", type=int, help="seeds; each is its own world, split and init (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 800; quick 100)")
+    p.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default: all but naive0)")
+    p.add_argument("--share-images", action="store_true",
+                   help="a shared identity's images go to both subsets (the paper's Table 5 S'); default: dealt")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "replication"), metavar="DIR",
+                   help="output folder for result.json, table.md and the PNGs")
+    p.add_argument("--workers", type=int, default=2, help="parallel runs, one torch thread each (default 2)")
+    p.add_argument("--batch", type=int, help="images per step (default 256; quick 128)")
+    p.add_argument("--images-per-id", type=int, help="training images per identity (default 10)")
+    p.add_argument("--heldout-ids", type=int, help="held-out identities for verification (default 400)")
+    p.add_argument("--heldout-images", type=int, help="images per held-out identity (default 8)")
+    add_world_args(p)
     p.add_argument("--dynamics-norms", metavar="LIST",
                    help="further proxy-dynamics arms: FaceFusion to T2 at each of these proxy norms (default 0.25,0.5,1; "
                         "quick none)")
