@@ -403,8 +403,7 @@ def plot(path: str, summary: dict) -> None:
     means = [row["tar@0.001"] * 100 for row in table]
     half = [0 if row["tar@0.001_ci"]["hi"] is None else (row["tar@0.001_ci"]["hi"] - row["tar@0.001_ci"]["mean"]) * 100
             for row in table]
-    axes[0].bar(range(len(names)), means, yerr=half, capsize=4, color="tab:blue", alpha=0.8)
-    axes[0].set_ylim(min(means) - 3 - max(half), max(means) + 2 + max(half))
+    axes[0].errorbar(range(len(names)), means, yerr=half, fmt="o", capsize=4, color="tab:blue")
     axes[0].set_ylabel("TAR@FAR=1e-3 (%)")
     axes[0].set_title("mean over seeds, 95% t-interval of the mean", fontsize=9)
     diffs = summary["diffs"]["tar@0.001"]
