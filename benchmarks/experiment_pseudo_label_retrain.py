@@ -1,8 +1,10 @@
 """Re-training on pseudo-labeled data (RoyChowdhury et al., ECCV 2020, Tables 4 and 8) in the feature-level world of
 benchmarks/experiment_replication.py, with the project's pseudo-label pipeline and training loop.
 
-    python benchmarks/experiment_pseudo_label_retrain.py                      # the default: 4 seeds x 7 arms (~5 min idle, ~12 under load 8)
-    python benchmarks/experiment_pseudo_label_retrain.py --quick --out /tmp/q # the test's preset (~1 min)
+    python benchmarks/experiment_pseudo_label_retrain.py              # default: 4 seeds x 7 arms, 6 CPU-min (18 min
+                                                                      # wall at load 8 on 2 cores, ~4 idle)
+    python benchmarks/experiment_pseudo_label_retrain.py --quick --out /tmp/q   # the test's preset (~1 min)
+    python benchmarks/experiment_pseudo_label_retrain.py --arms truth # + the ground-truth bound (GT-2)
     python benchmarks/experiment_pseudo_label_retrain.py --seeds 3 --arms labeled,all,disjoint
 
 The world, per seed (`make_pl_world`): the replication's world (`experiment_replication.make_world`, same flags and
@@ -454,7 +456,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help="training steps of every run (default 800; quick 200)")
     p.add_argument("--batch", type=int, help="images per step (default 256; quick 128)")
     p.add_argument("--arms", default=",".join(ARMS),
-                   help=f"comma-separated, from {','.join(ARMS + EXTRA_ARMS)} (default: all but {','.join(EXTRA_ARMS)})")
+                   help=f"comma-separated, from {','.join(ARMS + EXTRA_ARMS)} "
+                        f"(default: all but {','.join(EXTRA_ARMS)})")
     p.add_argument("--gamma", type=float, default=1.0, help="uncertainty weight exponent (default 1, the paper's)")
     p.add_argument("--cluster-threshold", type=float, default=0.65,
                    help="infomap's kNN edge threshold (default 0.65: the best pairwise F on the development seed 100 "
