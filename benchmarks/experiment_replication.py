@@ -312,13 +312,20 @@ def evaluate(backbone, world: dict) -> dict:
     """TAR@FAR over all pairs of held-out images and rank-1 identification (first image of each id = gallery)."""
     import torch
 
-    from fftrain.evaluation.metrics import tar_at_far
-
     backbone.eval()
     with torch.no_grad():
         emb = torch.nn.functional.normalize(backbone(torch.from_numpy(world["x_heldout"])), dim=1)
     backbone.train()
-    y = torch.from_numpy(world["y_heldout"])
+    return all_pairs_metrics(emb, torch.from_numpy(world["y_heldout"]))
+
+
+def all_pairs_metrics(emb, y) -> dict:
+    """TAR@FAR 1e-3 / 1e-4 over all pairs of L2-normalised embeddings [N, D] and rank-1 identification (first
+    image of each identity = gallery); `y` [N] identity per row, each identity's rows contiguous."""
+    import torch
+
+    from fftrain.evaluation.metrics import tar_at_far
+
     sims = emb @ emb.T
     upper = torch.triu_indices(len(y), len(y), offset=1)
     scores = sims[upper[0], upper[1]].numpy()
