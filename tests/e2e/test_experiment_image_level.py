@@ -15,7 +15,7 @@ from recordio_tools.overlap_split import planted_counts
 
 def _run(out):
     return subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "experiment_image_level.py"), "--quick",
-                           "--methods", "facefusion", "--steps", "12", "--nproc", "1", "--out", str(out)],
+                           "--methods", "facefusion", "--t1", "0.7", "--steps", "12", "--nproc", "1", "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=900)
 
 
