@@ -481,6 +481,11 @@ def parse_args(argv=None):
         p.error(f"--overlap {args.overlap}: must be in [0, 1]")
     if args.t2 <= 0 or args.t2 >= 1:
         p.error(f"--t2 {args.t2}: must be in (0, 1)")
+    try:  # --grl-weight and --grl-start name the replication's methods: fusion arms are facefusion, others naive0
+        args.grl_weight = ER.per_method(args.grl_weight, "--grl-weight", low=0.0, high=float("inf"))
+        args.grl_start = ER.per_method(args.grl_start, "--grl-start", low=0.0, high=1.0)
+    except ValueError as exc:
+        p.error(str(exc))
     args.k = NUM_DATASETS  # train_run's dataset classifier (unused with the GRL off, the default)
     return args
 

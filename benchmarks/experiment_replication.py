@@ -22,7 +22,8 @@ seed, data order and initialisation:
 - dail: dataset-aware throughout;
 - facefusion: dataset-aware until T2, `run_fusion` at T1 on the live head, then agnostic over the fused classes;
 - interclass: naive0 with the head's inter-class filtering (negatives with cosine > --interclass-threshold dropped).
-The GRL is off for every method (the paper's §4.5/4.6 setting; `--grl-weight` turns it on for all). The loop is the
+The GRL is off for every method (the paper's §4.5/4.6 setting); `--grl-weight` and `--grl-start` set it for all
+methods or per method (`dail=0.1,facefusion=0.1`). The loop is the
 trainer's: fftrain.head.partial_fc.PartialFCHead (ArcFace s=64 m=0.5, momentum 0.9, wd 5e-4, proxies renormalised to
 `--proxy-norm`), fftrain.training.lr_schedule.lr_at with the paper's milestones scaled to `--steps` (80k/140k/200k of 480k),
 fftrain.config.TrainConfig for the method's phases, fftrain.fusion.run_fusion at T2.
@@ -159,7 +160,7 @@ def method_config(method: str, args):
         "head": {"scale": args.scale, "m": args.margin, "proxy_norm": args.proxy_norm,
                  "interclass_threshold": args.interclass_threshold if method == "interclass" else 0.0},
         "fusion": {"t1": args.t1, "t2": args.t2, "allow_same_dataset": args.scope == "all"},
-        "grl": {"weight": args.grl_weight},
+        "grl": {"weight": args.grl_weight[method], "start_step": round(args.grl_start[method] * steps)},
         "optim": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": steps,
                   "lr_milestones": milestones}})
 
@@ -222,7 +223,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     torch.manual_seed(seed)
     started, cpu_started = time.perf_counter(), time.process_time()
     backbone = build_backbone(world["x"].shape[1], args.dim, args.width)
-    classifier = DatasetClassifier(args.dim, args.k, hidden=64, lam=args.grl_weight)
+    classifier = DatasetClassifier(args.dim, args.k, hidden=64, lam=cfg.grl.weight)
     params = list(backbone.parameters()) + list(classifier.parameters())
     optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, weight_decay=5e-4)
     head = PartialFCHead(split["num_classes"], args.dim, margin=build_margin("arcface", scale=cfg.head.scale,
@@ -262,7 +263,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
         emb = backbone(x)
         loss = head(emb, label_map[source], table[source], class_dataset=None if fused else class_dataset,
                     sample_weight=None if weights is None else weights[idx])
-        if args.grl_weight > 0:
+        if cfg.grl.weight > 0 and step >= cfg.grl.start_step:
             loss = loss + F.cross_entropy(classifier(emb), table[source])
         if not torch.isfinite(loss):
             raise RuntimeError(f"{method} seed {seed}: non-finite loss at step {step}")
@@ -322,13 +323,20 @@ def evaluate(backbone, world: dict) -> dict:
     """TAR@FAR over all pairs of held-out images and rank-1 identification (first image of each id = gallery)."""
     import torch
 
-    from fftrain.evaluation.metrics import tar_at_far
-
     backbone.eval()
     with torch.no_grad():
         emb = torch.nn.functional.normalize(backbone(torch.from_numpy(world["x_heldout"])), dim=1)
     backbone.train()
-    y = torch.from_numpy(world["y_heldout"])
+    return all_pairs_metrics(emb, torch.from_numpy(world["y_heldout"]))
+
+
+def all_pairs_metrics(emb, y) -> dict:
+    """TAR@FAR 1e-3 / 1e-4 over all pairs of L2-normalised embeddings [N, D] and rank-1 identification (first
+    image of each identity = gallery); `y` [N] identity per row, each identity's rows contiguous."""
+    import torch
+
+    from fftrain.evaluation.metrics import tar_at_far
+
     sims = emb @ emb.T
     upper = torch.triu_indices(len(y), len(y), offset=1)
     scores = sims[upper[0], upper[1]].numpy()
@@ -624,8 +632,11 @@ def add_world_args(p) -> None:
     p.add_argument("--init-std", type=float, default=0.01, help="proxy init std when --proxy-norm 0 (default 0.01)")
     p.add_argument("--interclass-threshold", type=float, default=0.4,
                    help="the 'interclass' method's cosine threshold (default 0.4)")
-    p.add_argument("--grl-weight", type=float, default=0.0,
-                   help="gradient-reversal weight for every method (default 0: the paper's §4.5 setting)")
+    p.add_argument("--grl-weight", default="0", metavar="W|METHOD=W,...",
+                   help="gradient-reversal weight: one for every method, or per method, e.g. dail=0.1,facefusion=0.1 "
+                        "(unnamed methods 0; default 0 for all: the paper's §4.5 setting)")
+    p.add_argument("--grl-start", default="0", metavar="F|METHOD=F,...",
+                   help="fraction of the steps before the GRL starts, for all or per method (default 0)")
 
 
 def parse_args(argv=None):
@@ -665,7 +676,36 @@ def parse_args(argv=None):
         p.error(f"--methods: unknown {bad}; available: {list(METHODS)}")
     if args.t2 <= 0 or args.t2 >= 1:
         p.error(f"--t2 {args.t2}: must be in (0, 1)")
+    try:
+        args.grl_weight = per_method(args.grl_weight, "--grl-weight", low=0.0, high=math.inf)
+        args.grl_start = per_method(args.grl_start, "--grl-start", low=0.0, high=1.0)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+def per_method(text: str, flag: str, *, low: float, high: float) -> dict[str, float]:
+    """'0.1' (every method) or 'dail=0.1,facefusion=0.2' (the others 0) -> {method: value}."""
+    if "=" not in text:
+        values = dict.fromkeys(METHODS, _number(text, flag))
+    else:
+        values = dict.fromkeys(METHODS, 0.0)
+        for item in text.split(","):
+            method, _, number = item.partition("=")
+            if method.strip() not in METHODS:
+                raise ValueError(f"{flag}: unknown method {method.strip()!r}; available: {list(METHODS)}")
+            values[method.strip()] = _number(number, flag)
+    bad = {m: v for m, v in values.items() if not low <= v <= high}
+    if bad:
+        raise ValueError(f"{flag}: {bad} outside [{low:g}, {high:g}]")
+    return values
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a number") from None
 
 
 def _machine_line(info: dict) -> str:

@@ -73,3 +73,34 @@ def test_quick_preset_end_to_end(tmp_path):
     (dyn,) = report["meta"]["dynamics"]  # the plain-SGD arm measured at T2 beside the renormalised runs
     assert dyn["t2_quantiles"]["top1_non_duplicate"]["q50"] is not None and dyn["t2_quantiles"]["alignment"]["q50"] <= 1
     assert all(t["merged_pairs_by_t1"] for t in report["t2"])
+
+
+def test_grl_weight_and_start_per_method():
+    args = ER.parse_args(["--quick", "--steps", "100", "--grl-weight", "dail=0.1,facefusion=0.2",
+                          "--grl-start", "dail=0.5"])
+    dail, fusion, naive = (ER.method_config(m, args).grl for m in ("dail", "facefusion", "naive"))
+    assert (dail.weight, dail.start_step) == (0.1, 50)
+    assert (fusion.weight, fusion.start_step) == (0.2, 0)
+    assert naive.weight == 0.0
+    every = ER.parse_args(["--quick", "--grl-weight", "0.3"])
+    assert set(every.grl_weight.values()) == {0.3}
+    for bad in (["--grl-weight", "dial=0.1"], ["--grl-start", "1.5"], ["--grl-weight", "x"]):
+        with pytest.raises(SystemExit):
+            ER.parse_args(["--quick"] + bad)
+
+
+def _short_run(*flags):
+    args = ER.parse_args(["--quick", "--ids", "64", "--images-per-id", "4", "--heldout-ids", "16", "--heldout-images",
+                          "4", "--steps", "12", "--batch", "32", *flags])
+    world = ER.make_world(0, **ER.world_kwargs(args))
+    split = ER.make_split(world, args.k, 0.5, 0, False)
+    return np.asarray(ER.train_run(world, split, "facefusion", 0, args, dynamics_only=True)["t2"]["duplicate"])
+
+
+def test_grl_changes_training_only_from_its_start_step():
+    """The duplicates' proxy cosines at T2 (a continuous readout of the whole run to T2)."""
+    off = _short_run()
+    never = _short_run("--grl-weight", "facefusion=1.0", "--grl-start", "facefusion=0.5")  # starts after T2
+    on = _short_run("--grl-weight", "facefusion=1.0", "--grl-start", "dail=0.5")  # on from step 0
+    np.testing.assert_array_equal(never, off)
+    assert np.abs(on - off).max() > 1e-4
