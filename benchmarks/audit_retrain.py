@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     from recordio_tools.files import write_json_atomic, write_text_atomic
 
     if args.json_out:
-        write_json_atomic(args.json_out, result)
+        write_json_atomic(args.json_out, result, indent=1)
     if args.md_out:
         write_text_atomic(args.md_out, table + "\n")
     return 0
