@@ -238,7 +238,8 @@ def _rows_of(run: dict) -> list[tuple[str, float | None, str]]:
         rows.append((f"accuracy, {name} ({m['pairs']} pairs)", m["accuracy"], "pct"))
     for name, m in run["tar_all_pairs"].items():
         for far in FARS:
-            rows.append((f"TAR at FAR {far:g}, all pairs of {name} ({m['images']} images)", m[far_key(far)], "pct"))
+            point = far_key(far)[len("tar_far_"):]
+            rows.append((f"TAR at FAR {point}, all pairs of {name} ({m['images']} images)", m[far_key(far)], "pct"))
     f = run["fusion"]
     rows += [("fusion: merged components", f["merged_components"], "count"),
              ("fusion: true pairs (overlaps.json, mapped)", f["true_pairs"], "count"),

@@ -96,3 +96,21 @@ def test_comparison_before_the_trainings_names_the_missing_steps(tmp_path, capsy
     assert AR.main(["--work", str(tmp_path), "--print-commands", "--thresholds", "0.7", "0.82"]) == 0
     out = capsys.readouterr().out
     assert out.count("--write-clean") == 2 and f"data.manifest={tmp_path}/clean_t0.82/manifest.json" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_tiny_pipeline_end_to_end(tmp_path):
+    """--tiny --run-all: synth, train, audit --write-clean, retrain, compare (a few minutes on 2 cores)."""
+    work = tmp_path / "work"
+    out = tmp_path / "r.json"
+    assert AR.main(["--work", str(work), "--tiny", "--nproc", "1", "--thresholds", "0.7", "--run-all",
+                    "--json-out", str(out), "--md-out", str(tmp_path / "r.md")]) == 0
+    c = json.loads(out.read_text())["comparisons"]["t0.7"]
+    assert c["cleaned"]["images"] < c["noisy"]["images"] and c["cleaning"]["outliers_dropped"] > 0
+    for run in (c["noisy"], c["cleaned"]):
+        assert run["trainer_verification"]["verification"]["accuracy"] == pytest.approx(
+            run["accuracy"]["all pairs"]["accuracy"], abs=1e-4)  # the trainer's figure, recomputed here
+        assert run["tar_all_pairs"]["all images"]["images"] == 80
+    table = (tmp_path / "r.md").read_text()
+    assert "| training images | 1127 |" in table and "TAR at FAR 1e-3" in table
