@@ -85,14 +85,19 @@ def pipeline(work: str, thresholds, *, nproc: int = 2, tiny: bool = False) -> li
     return out
 
 
-def run_all(steps: list[dict]) -> None:
+def run_all(steps: list[dict]) -> int:
+    """Run the steps not yet done, in order; the exit status of the first that fails, else 0."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for step in steps:
         if os.path.exists(step["done"]):
             print(f"[done] {step['name']}", flush=True)
             continue
         print(f"[run ] {step['name']}: {' '.join(step['argv'])}", flush=True)
-        subprocess.run(step["argv"], env=env, cwd=REPO, check=True)
+        code = subprocess.run(step["argv"], env=env, cwd=REPO).returncode
+        if code:
+            print(f"audit_retrain: step '{step['name']}' failed (exit {code})", file=sys.stderr)
+            return code
+    return 0
 
 
 # ---- measurements ----------------------------------------------------------------------------------
@@ -301,8 +306,8 @@ def main(argv=None) -> int:
             print(f"# {step['name']}{' (done)' if os.path.exists(step['done']) else ''}\n"
                   f"PYTHONPATH={REPO} {' '.join(step['argv'])}")
         return 0
-    if args.run_all:
-        run_all(steps)
+    if args.run_all and (code := run_all(steps)):
+        return code
     missing = [s["name"] for s in steps if not os.path.exists(s["done"])]
     if missing:
         print(f"audit_retrain: not done yet: {', '.join(missing)} (--print-commands, or --run-all)", file=sys.stderr)
