@@ -15,6 +15,7 @@ Scores against noise.json (and overlaps.json), each as precision / recall:
 Fusion with and without cleaning, from the kept embeddings: the fusion step's merge (its twin, at
 --t1) on the image centres of all images vs of the images the audit kept, scored pairwise against
 overlaps.json; and the run's own fusion (its fusion report), for reference.
+Retraining on the cleaned set (verification and fusion of a second run): benchmarks/audit_retrain.py.
 """
 
 from __future__ import annotations
