@@ -104,6 +104,7 @@ def train(args, split: str, ratio: float, label: str, method: str, t1: float) ->
         "optim.lr_milestones": f"[{milestones[0]},{milestones[1]}]", "optim.warmup_steps": max(1, args.steps // 20),
         "checkpoint.every": 0, "log.eval_every": 0, "log.tensorboard": "false",
         "head.interclass_threshold": args.interclass_threshold if method == "interclass" else 0.0,
+        "head.proxy_norm": args.proxy_norm,
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            os.path.join(REPO, "fftrain", "train.py"), "--config", os.path.join(REPO, "configs", "demo_cpu.yaml")]
@@ -208,6 +209,8 @@ def parse_args(argv=None):
                                                    "paper's, and 0.82, the CPU demo's)")
     p.add_argument("--t2", type=float, default=0.5, help="fraction of steps before fusion (default 0.5, the demo's)")
     p.add_argument("--interclass-threshold", type=float, default=0.4, help="the 'interclass' method's threshold")
+    p.add_argument("--proxy-norm", type=float, default=0.0,
+                   help="head.proxy_norm: 0 = the demo's plain SGD proxies (default); 1 = the feature-level experiment's")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set, the split and the training")
     p.add_argument("--nproc", type=int, default=2, help="gloo ranks per training run (default 2)")
     args = p.parse_args(argv)
