@@ -17,12 +17,9 @@ import argparse
 import errno
 import importlib
 import os
-import signal
 import sys
-import threading
 
 from .errors import UsageError, UserError, report_user_error
-from .files import record_interrupts
 
 COMMANDS = ["convert", "import", "build", "inspect", "verify", "synth", "split-overlap", "relabel"]
 
@@ -43,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = record_interrupts() if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.run(args) or 0)
     except (UserError, FileNotFoundError) as e:
@@ -58,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recordio_tools {args.command}: error: no space left on {os.path.abspath(where)}; nothing was "
               "written there (partial output removed)", file=sys.stderr)
         return 2
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,6 @@ Folders are built under `.NAME.tmp-PID` beside the target and swapped in at the 
 runs (processes no longer alive) are removed by the next run. With a `command`, the folder is
 marked as that command's output (`OUTPUT_MARKER`, read back by `output_owner`).
 
-A Ctrl-C must not be lost on the way: Python raises KeyboardInterrupt wherever the main thread is,
-and one raised inside a finalizer or a weakref callback is printed and dropped, after which a command
-would finish and replace its output. `record_interrupts` (the CLI's) also records the signal, and
-every commit here checks the record first.
-
 This module imports nothing else from the package, so both packages can use it.
 """
 
@@ -29,31 +24,10 @@ import math
 import os
 import re
 import shutil
-import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 OUTPUT_MARKER = ".recordio_tools-output.json"
-_interrupted = False
-
-
-def record_interrupts():
-    """Install the recording Ctrl-C handler (main thread only); returns the previous handler."""
-    global _interrupted
-    _interrupted = False
-    return signal.signal(signal.SIGINT, _on_interrupt)
-
-
-def _on_interrupt(signum, frame):
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt
-
-
-def raise_if_interrupted() -> None:
-    """KeyboardInterrupt if a Ctrl-C was received since `record_interrupts`, even one dropped on the way."""
-    if _interrupted:
-        raise KeyboardInterrupt
 
 
 def temp_name(path: str | os.PathLike, suffix: str = "") -> str:
@@ -143,7 +117,6 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, make_parents
     tmp = temp_name(path, os.path.splitext(path)[1] if suffix is None else suffix)
     try:
         yield tmp
-        raise_if_interrupted()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -187,7 +160,6 @@ def atomic_directory(target: str, command: str | None = None) -> Iterator[str]:
     os.makedirs(tmp)
     try:
         yield tmp
-        raise_if_interrupted()
         if command:
             write_text_atomic(os.path.join(tmp, OUTPUT_MARKER), json.dumps({"command": command}) + "\n")
     except BaseException:

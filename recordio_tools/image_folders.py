@@ -22,7 +22,6 @@ from typing import Generator, Iterator
 import numpy as np
 
 from .errors import UsageError
-from .files import raise_if_interrupted
 from .images import IMAGE_EXTENSIONS, ImageError, LandmarksError, prepare_face
 from .shards import exit_with_parent
 
@@ -160,7 +159,6 @@ def encode_in_order(root: str, tasks: list[ImageTask], quality: int,
         pending: deque = deque()
         try:
             for batch in _batches(tasks, _BATCH):
-                raise_if_interrupted()
                 pending.append((batch, pool.submit(_encode_batch, root, quality, batch)))
                 if len(pending) >= 4 * workers:
                     done_batch, future = pending.popleft()

@@ -2,8 +2,6 @@
 
 import json
 import os
-import pathlib
-import signal
 
 import pytest
 
@@ -63,37 +61,3 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (tmp_path / f".out.tmp-{os.getpid()}").mkdir()
     assert files.remove_stale_temporaries(str(tmp_path), "out") == [f".out.tmp-{dead}"]
     assert os.listdir(tmp_path) == [f".out.tmp-{os.getpid()}"]
-
-
-class _DropsInterrupts:
-    """A finalizer in which the Ctrl-C lands: Python prints the KeyboardInterrupt and drops it."""
-
-    def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(1000):  # the handler runs at a bytecode boundary inside this finalizer
-            pass
-
-
-def test_a_ctrl_c_dropped_on_the_way_still_stops_the_commit(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("previous output")
-    previous = files.record_interrupts()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with files.atomic_directory(str(target)) as tmp:
-                (pathlib.Path(tmp) / "new.txt").write_text("half of a new output")
-                obj = _DropsInterrupts()
-                del obj  # the interrupt is raised inside __del__ and dropped there; the work goes on
-                (pathlib.Path(tmp) / "more.txt").write_text("the rest")
-        with pytest.raises(KeyboardInterrupt):
-            with files.atomic_path(tmp_path / "file.bin") as tmp:
-                pathlib.Path(tmp).write_bytes(b"x")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert sorted(os.listdir(target)) == ["old.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
-    files.record_interrupts()  # a fresh record: the next command commits
-    signal.signal(signal.SIGINT, previous)
-    with files.atomic_directory(str(target)) as tmp:
-        (pathlib.Path(tmp) / "new.txt").write_text("x")
-    assert os.listdir(target) == ["new.txt"]
