@@ -181,7 +181,10 @@ def test_ctrl_c_leaves_the_previous_output_intact(tmp_path, capsys):
     assert run_cli(capsys, "convert", tmp_path / "small", "--out", previous, "--workers", 1)[0] == 0
     before = folder_snapshot(previous)
     command = [sys.executable, "-m", "recordio_tools", "convert", str(tree), "--out", str(previous), "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background of a script inherits SIGINT ignored (POSIX shells do that to `&` jobs),
+    # and Python keeps an ignored SIGINT ignored: give the command the default a user's terminal gives it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not leftover_temporaries(tmp_path) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
