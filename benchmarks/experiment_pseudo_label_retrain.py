@@ -387,14 +387,7 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], quality: list
                          f"{dj['pairwise_r']:.3f} / {dj['pairwise_f']:.3f}, {dj['overlap_images_kept']} | "
                          f"{al['clusters']}, {al['pairwise_f']:.3f} | {_opt(dj['mean_weight_right'])} / "
                          f"{_opt(dj['mean_weight_wrong'])} |")
-    lines += ["", "Criteria (fixed before the run):", ""]
-    for c in criteria:
-        lines.append(f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}")
-    text = "\n".join(lines) + "\n"
-    from recordio_tools.files import write_text_atomic
-
-    write_text_atomic(path, text)
-    return text
+    return ER.write_with_criteria(path, lines, criteria)
 
 
 def _opt(x) -> str:

@@ -522,12 +522,16 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], t2_summary: l
                          f"{q['alignment']['q50']:.3f} | {'-' if dup is None else f'{dup:.3f}'} | "
                          f"{q['top1_non_duplicate']['q50']:.3f} / {q['top1_non_duplicate']['q99']:.3f} | "
                          f"{q['t1_max_disagreement']:.4f} |")
-    lines += ["", "Criteria (fixed before the run):", ""]
-    for c in criteria:
-        lines.append(f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}")
-    text = "\n".join(lines) + "\n"
+    return write_with_criteria(path, lines, criteria)
+
+
+def write_with_criteria(path: str, lines: list[str], criteria: list[dict]) -> str:
+    """Write a table's markdown `lines` followed by the criteria, each MET or NOT MET; returns the text."""
     from recordio_tools.files import write_text_atomic
 
+    lines = lines + ["", "Criteria (fixed before the run):", ""]
+    lines += [f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}" for c in criteria]
+    text = "\n".join(lines) + "\n"
     write_text_atomic(path, text)
     return text
 
