@@ -35,3 +35,14 @@ def mxnet_fixtures() -> pathlib.Path:
         pytest.fail(f"MXNet fixtures not found at {FIXTURES}; check out ../shared beside the repo "
                     "or set FFTRAIN_SHARED")
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """The tiny synthetic set with every kind of planted noise (the audit's tests read its ground truth)."""
+    from recordio_tools import cli
+
+    out = tmp_path_factory.mktemp("synth") / "noisy"
+    assert cli.main(["synth", "--out", str(out), "--tiny", "--quiet", "--workers", "1", "--noise-mislabel", "0.05",
+                     "--noise-duplicates", "0.1", "--noise-leaked-ids", "4"]) == 0
+    return out

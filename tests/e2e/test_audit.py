@@ -186,16 +186,6 @@ def test_clean_label_space_merges_removes_and_renumbers_per_dataset():
 # planted noise in the synthetic set
 
 
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    from recordio_tools import cli
-
-    out = tmp_path_factory.mktemp("synth") / "noisy"
-    assert cli.main(["synth", "--out", str(out), "--tiny", "--quiet", "--workers", "1", "--noise-mislabel", "0.05",
-                     "--noise-duplicates", "0.1", "--noise-leaked-ids", "4"]) == 0
-    return out
-
-
 def test_planted_noise_ground_truth_matches_the_records(noisy):
     from recordio_tools.recordio import RecordReader, class_id_of, unpack
     from recordio_tools.synthetic import (_NOISE_IMAGES, STYLES, _latent, make_plan, plant_noise, render_person,

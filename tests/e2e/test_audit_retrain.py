@@ -12,16 +12,6 @@ import pytest
 import audit_retrain as AR
 
 
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    from recordio_tools import cli
-
-    out = tmp_path_factory.mktemp("synth") / "noisy"
-    assert cli.main(["synth", "--out", str(out), "--tiny", "--quiet", "--workers", "1", "--noise-mislabel", "0.05",
-                     "--noise-duplicates", "0.1", "--noise-leaked-ids", "4"]) == 0
-    return out
-
-
 def test_verification_persons_follow_the_plan_and_the_bin(noisy):
     from fftrain.evaluation.verification import load_bin
 
