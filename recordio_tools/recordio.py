@@ -197,14 +197,14 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 # Such records carry EXACT_ID_MARK in the header's id2 field (unused by MXNet and insightface), so
 # a foreign two-float label like [identity, variant] is never mistaken for one: a record without
 # the mark is read as MXNet multi-label records are by insightface, class = label[0].
-_EXACT_LIMIT = 1 << 48
+EXACT_LIMIT = 1 << 48  # class ids the two-float label stores exactly
 _FLOAT32_EXACT = 1 << 24
 EXACT_ID_MARK = int.from_bytes(b"FFEXACT1", "little")
 
 
 def class_label(class_id: int) -> np.ndarray:
     """The two-float label that stores `class_id` exactly."""
-    if not 0 <= class_id < _EXACT_LIMIT:
+    if not 0 <= class_id < EXACT_LIMIT:
         raise ValueError(f"class id {class_id} outside [0, 2^48)")
     approx = np.float32(class_id)
     return np.array([approx, np.float32(class_id - int(approx))], dtype="<f4")
