@@ -236,11 +236,12 @@ def mark_status(folder: str) -> tuple[str | None, str]:
         return None, "not an output of recordio_tools"
     if body.get("folder") != _folder_identity(folder) or not isinstance(body.get("files"), list):
         return None, f"its {OUTPUT_MARKER} was not written in this folder (copied or unpacked from elsewhere)"
+    program = body["command"] if body["command"].startswith("fftrain ") else f"recordio_tools {body['command']}"
     extra = sorted(set(_listing(folder)) - set(map(str, body["files"])))
     if extra:
-        return None, (f"an output of `recordio_tools {body['command']}` that now also holds "
+        return None, (f"an output of `{program}` that now also holds "
                       f"{', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}, which it did not write")
-    return body["command"], f"an output of `recordio_tools {body['command']}`"
+    return body["command"], f"an output of `{program}`"
 
 
 def output_owner(folder: str) -> str | None:

@@ -264,6 +264,9 @@ def parse_image_header(payload: bytes) -> tuple[int, int]:
 # Index files
 
 
+INDEX_LIMIT = 1 << 63  # keys and offsets are int64 wherever they are used
+
+
 def read_index(idx_path: str | os.PathLike) -> list[tuple[int, int]]:
     """(key, offset) pairs of a .idx file in file order."""
     entries = []
@@ -276,9 +279,13 @@ def read_index(idx_path: str | os.PathLike) -> list[tuple[int, int]]:
                 if len(fields) != 2:
                     raise RecordIOError(idx_path, f"line {line_no}", f"expected 'key<TAB>offset', got {line.strip()!r}")
                 try:
-                    entries.append((int(fields[0]), int(fields[1])))
+                    key, offset = int(fields[0]), int(fields[1])
                 except ValueError:
-                    raise RecordIOError(idx_path, f"line {line_no}", f"not integers: {line.strip()!r}") from None
+                    raise RecordIOError(idx_path, f"line {line_no}", f"not integers: {line.strip()[:80]!r}") from None
+                if not (0 <= key < INDEX_LIMIT and 0 <= offset < INDEX_LIMIT):
+                    raise RecordIOError(idx_path, f"line {line_no}", f"key or offset outside [0, 2^63): "
+                                                                   f"{line.strip()[:80]!r}")
+                entries.append((key, offset))
     except FileNotFoundError:
         raise RecordIOError(idx_path, "open", "index file not found") from None
     except UnicodeDecodeError as e:

@@ -23,8 +23,8 @@ class JsonFileError(UserError, ValueError):
     """A JSON file that is not what strict reading accepts; the message names the file."""
 
 
-class _Refused(ValueError):
-    pass
+class _Refused(UserError, ValueError):
+    """Raised inside the parser's hooks; turned into the caller's error naming the file."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:

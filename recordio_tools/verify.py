@@ -25,7 +25,7 @@ import numpy as np
 
 from .images import decode_problem
 from .manifest import DATASET_FILE, ManifestError, fused_in_place, parse_manifest, read_dataset_info, startup_check
-from .recordio import FramingError, RecordIOError, class_id_of, next_record_start, read_record_at, record_end, unpack
+from .recordio import INDEX_LIMIT, FramingError, RecordIOError, class_id_of, next_record_start, read_record_at, record_end, unpack
 from .scan import progress
 
 _MAX_INDEX_MISMATCHES = 20  # train.idx lines listed one by one before a count
@@ -101,6 +101,8 @@ def read_index_entries(idx: str, report: Report) -> IndexEntries | None:
             if len(fields) != 2:
                 raise ValueError
             key, offset = int(fields[0]), int(fields[1])
+            if not (-INDEX_LIMIT <= key < INDEX_LIMIT and -INDEX_LIMIT <= offset < INDEX_LIMIT):
+                raise ValueError
         except ValueError:
             report.add(idx, f"line {line_no}", f"expected 'key<TAB>offset', got {line[:60]!r}")
             continue

@@ -109,8 +109,7 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
     enough pairs for the 10-fold protocol (this rank's share is decoded now and cached for later)."""
     from recordio_tools.verification_bin import VerificationBinError
 
-    from fftrain.evaluation.metrics import N_FOLDS
-    from fftrain.evaluation.verification import load_bin
+    from fftrain.evaluation.verification import check_pair_count, load_bin
 
     missing = [path for path in cfg.data.verification if not os.path.isfile(path)]
     if missing:
@@ -118,11 +117,9 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
     for path in cfg.data.verification:
         try:
             _, issame = load_bin(path, part=(ctx.rank, ctx.world_size))
+            check_pair_count(path, len(issame))  # the check `fftrain eval` makes too
         except VerificationBinError as e:
             raise ConfigError(f"data.verification: {e}") from None
-        if len(issame) < N_FOLDS:
-            raise ConfigError(f"data.verification: {path}: {len(issame)} pairs; the {N_FOLDS}-fold protocol needs "
-                              f"at least {N_FOLDS}")
 
 
 def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):
