@@ -2,12 +2,14 @@
 
 `main` parses the arguments and loads the config; `run_training` does the rest: distributed
 set-up, start-up checks, data, trainer, clean errors. The order is what makes a bad setting cost
-nothing: every check that can fail on the user's input (the data, the verification files, the
-batch size against the data, the checkpoint to resume and what the resume changes) runs before
-anything is written to `output_dir`; then global rank 0 takes the folder's lock; then the logs,
-the config and the checkpoints are written. A `UserError` ends the run with one line and exit
-status 2: a start-up refusal is agreed by all ranks and printed by rank 0 only; an error found
-mid-run (a bad record, a diverged loss) is printed by the rank that met it.
+nothing: every check of the user's input that does not read `output_dir` (the data, the verification
+files, the batch size against the data) runs before anything is written there; then global rank 0
+takes the folder's lock (its only write before the remaining checks, removed on a refusal), and only
+then is the folder read: the checkpoint to resume and what the resume changes, so a running trainer's
+pruning is never mistaken for damage; then the logs, the config and the checkpoints are written. A
+`UserError` ends the run with one line and exit status 2: a start-up refusal is agreed by all ranks and
+printed by rank 0 only; an error found mid-run (a bad record, a diverged loss) is printed by the rank
+that met it.
 """
 
 from __future__ import annotations
@@ -194,14 +196,18 @@ def run_training(cfg: TrainConfig) -> int:
     except StartupTimeout as e:  # not the user's doing: exit 1, and torchrun's next restart round tries again
         print(f"fftrain: {e}", file=sys.stderr)
         return 1
-    lock, log = None, None
+    lock, log, created = None, None, False
     try:
         cfg, manifest = resolve_data(cfg, ctx)
         data = agree(ctx, lambda: check_inputs(cfg, ctx, manifest))
+        # the lock before anything reads the folder: `--resume auto` must not see another trainer's
+        # checkpoints half-pruned (the lock file is the one thing written before the checks below; released
+        # on a refusal)
+        created = not os.path.exists(cfg.output_dir)
+        lock = lock_output(cfg, ctx)
         resume_path, resume_meta = check_resume(cfg, ctx, data)
         if cfg.model.pretrained and resume_path is None:
             agree(ctx, lambda: check_pretrained(cfg))
-        lock = lock_output(cfg, ctx)
         log = setup_logging(cfg.output_dir, ctx.rank)
         if ctx.is_main:
             write_config(cfg, resume_meta)
@@ -224,7 +230,16 @@ def run_training(cfg: TrainConfig) -> int:
     finally:
         if lock is not None:
             lock.release()
+            if created:
+                _remove_if_empty(cfg.output_dir)  # a refusal after the lock leaves no folder behind
         destroy_distributed(ctx)
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty: the run wrote there
+        pass
 
 
 def report(error: UserError, ctx: DistContext, log) -> int:
