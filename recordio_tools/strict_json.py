@@ -74,7 +74,7 @@ def read_json(path: str, error: type[Exception] = JsonFileError, what: str = "fi
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise error(f"{path}: not valid JSON (not UTF-8 text: {e.reason} at byte {e.start})") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
     return parse_json(text, path, error)

@@ -23,8 +23,9 @@ from typing import Any, Callable
 from fftrain.errors import UserError
 
 
-class CheckpointFieldError(UserError, ValueError):
-    """A checkpoint file whose content is refused; the message names the file and the field."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, incomplete, or does not fit the current run (or whose files claim what
+    they cannot hold); the message names the file and the field."""
 
 
 # ---- meta.json -----------------------------------------------------------------------------------
@@ -41,29 +42,29 @@ def check_meta_fields(meta: dict, meta_path: str) -> dict:
     """The types and relations of meta.json's fields (those present; `world_size` and `step` always)."""
     for key in ("world_size", "step"):
         if key not in meta:
-            raise CheckpointFieldError(f"{meta_path}: field {key!r} missing")
+            raise CheckpointError(f"{meta_path}: field {key!r} missing")
     for key, lower in _INT_FIELDS.items():
         if key in meta and (not _is_int(meta[key]) or meta[key] < lower):
-            raise CheckpointFieldError(f"{meta_path}: field {key!r} must be an integer >= {lower}, got "
+            raise CheckpointError(f"{meta_path}: field {key!r} must be an integer >= {lower}, got "
                                        f"{meta[key]!r}"[:300])
     if "fused" in meta and not isinstance(meta["fused"], bool):
-        raise CheckpointFieldError(f"{meta_path}: field 'fused' must be true or false, got {meta['fused']!r}"[:300])
+        raise CheckpointError(f"{meta_path}: field 'fused' must be true or false, got {meta['fused']!r}"[:300])
     if "config" in meta and not isinstance(meta["config"], dict):
-        raise CheckpointFieldError(f"{meta_path}: field 'config' must be an object")
+        raise CheckpointError(f"{meta_path}: field 'config' must be an object")
     if "datasets" in meta:
         datasets = meta["datasets"]
         if not isinstance(datasets, list) or not all(
                 isinstance(d, dict) and isinstance(d.get("name"), str) and _is_int(d.get("num_classes"))
                 and d["num_classes"] >= 0 for d in datasets):
-            raise CheckpointFieldError(f"{meta_path}: field 'datasets' must be a list of {{name, num_classes >= 0}}")
+            raise CheckpointError(f"{meta_path}: field 'datasets' must be a list of {{name, num_classes >= 0}}")
         if "num_classes_source" in meta and sum(d["num_classes"] for d in datasets) != meta["num_classes_source"]:
-            raise CheckpointFieldError(f"{meta_path}: the datasets' class counts do not add up to "
+            raise CheckpointError(f"{meta_path}: the datasets' class counts do not add up to "
                                        f"num_classes_source {meta['num_classes_source']}")
         if "num_datasets" in meta and len(datasets) != meta["num_datasets"]:
-            raise CheckpointFieldError(f"{meta_path}: {len(datasets)} datasets but num_datasets "
+            raise CheckpointError(f"{meta_path}: {len(datasets)} datasets but num_datasets "
                                        f"{meta['num_datasets']}")
     if meta.get("num_classes_fused", 0) > meta.get("num_classes_source", math.inf):
-        raise CheckpointFieldError(f"{meta_path}: num_classes_fused {meta['num_classes_fused']} exceeds "
+        raise CheckpointError(f"{meta_path}: num_classes_fused {meta['num_classes_fused']} exceeds "
                                    f"num_classes_source {meta['num_classes_source']}")
     return meta
 
@@ -72,7 +73,7 @@ def require_fields(meta: dict, keys: tuple[str, ...], meta_path: str) -> None:
     """The fields a reader needs (their types already checked)."""
     missing = [key for key in keys if key not in meta]
     if missing:
-        raise CheckpointFieldError(f"{meta_path}: field {missing[0]!r} missing (this reader needs "
+        raise CheckpointError(f"{meta_path}: field {missing[0]!r} missing (this reader needs "
                                    f"{', '.join(keys)})")
 
 
@@ -96,17 +97,17 @@ def check_meta_against_dcp(meta: dict, metadata, meta_path: str, fc_key: str, la
         needed = math.prod(size) * itemsize
         _, stored = _stored_tensor(metadata, fqn)
         if needed > stored:
-            raise CheckpointFieldError(f"{meta_path}: the checkpoint metadata claims {fqn} of shape {size} "
+            raise CheckpointError(f"{meta_path}: the checkpoint metadata claims {fqn} of shape {size} "
                                        f"({needed} bytes) but stores {stored} bytes for it")
     fc, _ = _stored_tensor(metadata, f"sharded.{fc_key}")
     if fc is not None and "num_classes_fused" in meta and "embedding_size" in meta:
         if list(fc.size) != [meta["num_classes_fused"], meta["embedding_size"]]:
-            raise CheckpointFieldError(f"{meta_path}: num_classes_fused {meta['num_classes_fused']} and "
+            raise CheckpointError(f"{meta_path}: num_classes_fused {meta['num_classes_fused']} and "
                                        f"embedding_size {meta['embedding_size']} do not match the stored FC "
                                        f"weight {list(fc.size)}")
     label_map, _ = _stored_tensor(metadata, label_map_key)
     if label_map is not None and "num_classes_source" in meta and list(label_map.size) != [meta["num_classes_source"]]:
-        raise CheckpointFieldError(f"{meta_path}: num_classes_source {meta['num_classes_source']} does not match "
+        raise CheckpointError(f"{meta_path}: num_classes_source {meta['num_classes_source']} does not match "
                                    f"the stored label map {list(label_map.size)}")
 
 
@@ -132,9 +133,9 @@ def check_state_value(template: Any, value: Any, where: str, state_path: str) ->
     if template is None:
         return
     if _kind(template) != _kind(value):
-        raise CheckpointFieldError(f"{state_path}: {where} must be {_kind(template)}, got {value!r}"[:300])
+        raise CheckpointError(f"{state_path}: {where} must be {_kind(template)}, got {value!r}"[:300])
     if isinstance(value, float) and not math.isfinite(value):
-        raise CheckpointFieldError(f"{state_path}: {where} must be a finite number, got {value!r}")
+        raise CheckpointError(f"{state_path}: {where} must be a finite number, got {value!r}")
     if isinstance(template, dict):
         for key in template.keys() & value.keys():
             check_state_value(template[key], value[key], f"{where}.{key}", state_path)
