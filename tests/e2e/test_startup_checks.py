@@ -153,3 +153,22 @@ def test_pretrained_weights_of_another_network_are_refused_at_start(synth, tmp_p
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"fftrain: error: model.pretrained: {weights}: does not fit") and "shape mismatch" in err[0]
     assert not out_dir.exists()
+
+
+def test_the_lock_is_taken_before_the_resume_point_is_read(synth, tmp_path, capsys):
+    """A second trainer on a folder whose checkpoints the first is pruning is told the folder is in use,
+    not that its checkpoints are damaged: `--resume auto` is resolved after the lock."""
+    import json
+    import socket
+
+    from fftrain.training.output_lock import LOCK_FILE
+
+    out_dir = tmp_path / "run"
+    damaged = out_dir / "checkpoints" / "step-00000004"
+    damaged.mkdir(parents=True)
+    (damaged / "meta.json").write_text("{")  # mid-prune, as the other trainer sees it
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": 0.0, "run_id": "", "since": "earlier"}
+    (out_dir / LOCK_FILE).write_text(json.dumps(holder))
+    code, err, _ = run_main(capsys, settings(synth, out_dir) + ["--resume", "auto"])
+    assert code == 2 and len(err) == 1 and "is in use by another trainer" in err[0], err
+    assert (out_dir / LOCK_FILE).exists() and (damaged / "meta.json").read_text() == "{"

@@ -145,9 +145,11 @@ def _from_json(value):
     return value
 
 
-def merge_extras(state: dict, path: str) -> None:
+def merge_extras(state: dict, path: str, templates: list | None = None) -> None:
     """Put the JSON leaves of the checkpoint's replicated state back where they were (top-level keys
-    of `state` only)."""
+    of `state` only). `templates`: the run's own leaves (`split_tensors`' second result); a loaded value
+    must be of the same kind as the one it replaces."""
+    expected = {tuple(keys): value for keys, value in templates or []}
     state_path = os.path.join(path, STATE_FILE)
     body = read_json(state_path, CheckpointError, "state file")
     entries = body.get("entries") if isinstance(body, dict) else None
@@ -167,6 +169,6 @@ def merge_extras(state: dict, path: str) -> None:
             loaded = _from_json(value)
         except (ValueError, TypeError):
             raise CheckpointError(f"{state_path}: entry {'.'.join(keys)[:200]} is malformed") from None
-        check_state_value(node.get(keys[-1]), loaded, ".".join(keys), state_path)
+        check_state_value(_from_json(expected.get(tuple(keys))), loaded, ".".join(keys), state_path)
         node[keys[-1]] = loaded
 

@@ -20,10 +20,10 @@ def meta_file(path: str) -> str:
 def load_partial(path: str, state: dict) -> dict:
     """Fill the given subset of a checkpoint's state (templates of the right shapes) in one process."""
     check_complete(path)
-    tensors, _ = split_tensors(state)
+    tensors, templates = split_tensors(state)
     safe_dcp_load(tensors, path, None)
     state.update(tensors)
-    merge_extras(state, path)
+    merge_extras(state, path, templates)
     return state
 
 
