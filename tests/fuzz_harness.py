@@ -117,6 +117,25 @@ def _verification_bin(path: pathlib.Path, pairs: int) -> None:
     write_verification_bin(path, images, [i % 2 == 0 for i in range(pairs)])
 
 
+def _checkpoint(root: pathlib.Path) -> str:
+    """A one-process checkpoint of 7 classes in 3 dimensions, its state.json holding optimizer settings."""
+    import torch
+
+    from fftrain.distributed import single_process_context
+    from fftrain.training.checkpoint import ShardedRows, save_checkpoint
+
+    classes, dim = 7, 3
+    replicated = {"model": {"w": torch.ones(2)}, "label_map": torch.arange(classes),
+                  "optim": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": ["w"], "foreach": None}]}}
+    meta = {"num_classes_fused": classes, "num_classes_source": classes, "embedding_size": dim,
+            "datasets": [{"name": "a", "num_classes": 3}, {"name": "b", "num_classes": 4}]}
+    with contextlib.redirect_stderr(io.StringIO()):
+        return save_checkpoint(str(root / "run" / "checkpoints"), 4, ctx=single_process_context(),
+                               replicated=replicated,
+                               sharded={"fc_weight": ShardedRows(torch.randn(classes, dim), classes)}, meta=meta,
+                               rank_state={"torch_rng": torch.get_rng_state()}, keep_last=2)
+
+
 def build_workspace(root: pathlib.Path) -> pathlib.Path:
     """The inputs every target reads (see the module doc); returns `root`."""
     from recordio_tools import cli
@@ -132,9 +151,11 @@ def build_workspace(root: pathlib.Path) -> pathlib.Path:
     (root / "map.json").write_text(json.dumps(label_map))
     with contextlib.redirect_stderr(io.StringIO()):  # refused (train references `a`); leaves its lock file
         assert cli.main(["relabel", str(root / "train"), "--label-map", str(root / "map.json"), "--in-place"]) == 2
-    (root / "config.yaml").write_text("optim:\n  lr: 0.1\n  total_steps: 10\nhead:\n  scale: 64.0\n"
+    (root / "config.yaml").write_text("optim:\n  lr: 0.1\n  total_steps: 10\n  lr_milestones: [8]\n  warmup_steps: 2\n"
+                                      "head:\n  scale: 64.0\n"
                                       "data:\n  batch_size: 8\n")
     _verification_bin(root / "v.bin", pairs=10)
+    _checkpoint(root)
     return root
 
 
@@ -186,6 +207,30 @@ def _startup_check(root: pathlib.Path) -> int:
     return _library(lambda: prepare(str(root / "train"), num_shards=1, batch_size=2, device=torch.device("cpu")))
 
 
+CHECKPOINT = "run/checkpoints/step-00000004"
+
+
+def _fuse(root: pathlib.Path) -> int:
+    from fftrain import cli
+
+    return cli.main(["fuse", "--checkpoint", str(root / CHECKPOINT), "--t1", "0.7", "--dry-run", "--backend", "torch",
+                     "--out", str(root / "out")])
+
+
+def _resume_point(root: pathlib.Path) -> int:
+    """What `fftrain train --resume auto` reads of the run folder at start."""
+    from fftrain.distributed import single_process_context
+    from fftrain.training.checkpoint import read_meta, resolve_resume
+
+    def call():
+        path = resolve_resume("auto", str(root / "run" / "checkpoints"), single_process_context())
+        if path:
+            read_meta(path)
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return _library(call)
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("manifest-verify", "train/manifest.json", "json", _verify("train"), codes=(0, 1, 2)),
     Target("manifest-inspect", "train/manifest.json", "json", lambda r: _recordio_tools("inspect", r / "train")),
@@ -205,6 +250,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            outputs=("out",)),
     Target("config-yaml", "config.yaml", "yaml", _load_config),
     Target("verification-bin", "v.bin", "bytes", _load_bin),
+    Target("meta-json-fuse", f"{CHECKPOINT}/meta.json", "json", _fuse, outputs=("out",)),
+    Target("meta-json-resume", f"{CHECKPOINT}/meta.json", "json", _resume_point),
+    Target("state-json-fuse", f"{CHECKPOINT}/state.json", "json", _fuse, outputs=("out",)),
+    Target("dcp-metadata-fuse", f"{CHECKPOINT}/.metadata", "bytes", _fuse, outputs=("out",)),
 ]}
 
 

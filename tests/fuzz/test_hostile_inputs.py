@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fuzz_harness import TARGETS, Mutation, build_workspace, json_paths, mutations, run_case
 
-FAST_BUDGET = 12  # cases per target in the fast tier
+FAST_BUDGET = 8  # cases per target in the fast tier
 SLOW_BUDGET = 300
 
 
@@ -60,3 +60,15 @@ def test_mutated_inputs_end_cleanly_long(workspace, name):
 def test_named_hostile_inputs_are_refused(workspace, name, mutation):
     outcome = run_case(workspace, TARGETS[name], mutation)
     assert outcome.ok and outcome.code in (1, 2), outcome.problem()  # verify: 1, problems listed
+
+
+@pytest.mark.parametrize("name,mutation", [
+    ("meta-json-fuse", Mutation("replace", path=("num_classes_fused",), value=10 ** 12)),
+    ("meta-json-fuse", Mutation("replace", path=("world_size",), value="1")),
+    ("meta-json-fuse", Mutation("delete", path=("world_size",))),
+    ("meta-json-fuse", Mutation("replace", path=("datasets",), value="ab")),
+    ("state-json-fuse", Mutation("deep", path=("entries",))),
+])
+def test_named_hostile_checkpoint_files_are_refused(workspace, name, mutation):
+    outcome = run_case(workspace, TARGETS[name], mutation)
+    assert outcome.ok and outcome.code == 2, outcome.problem()
