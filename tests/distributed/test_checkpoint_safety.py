@@ -310,3 +310,21 @@ def test_state_json_values_of_the_wrong_kind_are_refused_naming_the_key(two_rank
     replicated["optim"] = {"param_groups": [{"lr": 0.5, "betas": (0.9, 0.99), "params": ["w"], "foreach": None}]}
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path, ctx=ctx, replicated=replicated, sharded=sharded)
+
+
+def test_fuse_out_never_replaces_what_fuse_did_not_write(two_rank_root, tmp_path, capsys):
+    from fftrain.cli import main
+
+    path = os.path.join(two_rank_root, "step-00000002")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fusion_report.json").write_text("my own notes")
+    code = main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--backend", "torch", "--out", str(mine)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not an output of recordio_tools" in err, err
+    assert (mine / "fusion_report.json").read_text() == "my own notes"
+    out = tmp_path / "fuse"
+    for _ in range(2):  # an earlier fuse output is replaced
+        assert main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--backend", "torch",
+                     "--out", str(out)]) == 0
+    assert (out / "fusion_report.json").exists()
