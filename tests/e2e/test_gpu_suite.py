@@ -58,3 +58,23 @@ def test_gpu_suite_refuses_cuda_without_a_gpu(capsys):
         pytest.skip("a GPU is here")
     assert gpu_suite.main(["--device", "cuda"]) == 2
     assert "--device cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_the_suite_and_what_its_parts_import_need_no_yaml_pil_faiss_or_dali():
+    """The lent GPU machine has torch, numpy and scipy only: import everything the parts use there."""
+    import subprocess
+    import sys
+
+    from repo_paths import REPO
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('yaml', 'PIL', 'faiss', 'nvidia'):\n"
+            "            raise ImportError('the GPU machine has no ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import gpu_suite, fftrain.fusion, fftrain.head.partial_fc, fftrain.model.backbones\n"
+            "import fftrain.training.capacity\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": f"{REPO}:{REPO}/benchmarks", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
