@@ -141,7 +141,7 @@ def _margin():
 
 
 def _plan_input(**kw):
-    from fftrain.training.capacity import PlanInput
+    from fftrain.capacity import PlanInput
 
     return PlanInput(gpus=1, device="cuda", overhead_gib=0.0, **kw)
 
@@ -151,7 +151,7 @@ def _plan_input(**kw):
 def run_train_step(args, s: dict, device: torch.device, emit) -> None:
     from fftrain.head.partial_fc import PartialFCHead
     from fftrain.model.backbones import build_backbone
-    from fftrain.training.capacity import backbone_parts, head_parts
+    from fftrain.capacity import backbone_parts, head_parts
 
     cuda = device.type == "cuda"
     batch, classes, d = s["batch"], s["train_classes"], s["embedding"]
@@ -321,7 +321,7 @@ def largest_dense(s: dict, device: torch.device, emit) -> int | None:
 
 
 def run_head(args, s: dict, device: torch.device, emit) -> None:
-    from fftrain.training.capacity import head_parts
+    from fftrain.capacity import head_parts
 
     big = s["head_classes"]
     dense_classes = largest_dense(s, device, emit)
@@ -479,7 +479,7 @@ FUSION_VARIANTS = (("plain", "fp32"), ("fusion", "fp32"), ("plain", "tf32"), ("f
 
 
 def run_fusion_sizes(args, s: dict, device: torch.device, emit, deadline: float) -> None:
-    from fftrain.training.capacity import fusion_parts
+    from fftrain.capacity import fusion_parts
 
     last: dict[tuple, tuple[int, float]] = {}
     for n in s["fusion_sizes"]:

@@ -74,7 +74,7 @@ def test_the_suite_and_what_its_parts_import_need_no_yaml_pil_faiss_or_dali():
             "            raise ImportError('the GPU machine has no ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import gpu_suite, fftrain.fusion, fftrain.head.partial_fc, fftrain.model.backbones\n"
-            "import fftrain.training.capacity\n")
+            "import fftrain.capacity\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": f"{REPO}:{REPO}/benchmarks", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,7 +10,7 @@ import torch
 from fftrain.config import load_config
 from fftrain.data import TrainingData
 from fftrain.distributed import single_process_context
-from fftrain.training.demo import DEMO_CONFIG
+from fftrain.demo import DEMO_CONFIG
 from fftrain.training.run_log import setup_logging
 from fftrain.training.trainer import Trainer
 from host_syncs import HostSyncCounter
