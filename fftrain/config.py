@@ -15,7 +15,6 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-import yaml
 
 from fftrain.errors import UserError, one_line
 
@@ -375,23 +374,36 @@ def config_from_dict(values: dict) -> TrainConfig:
     return _build(TrainConfig, values)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last quietly)."""
+def _yaml():
+    """PyYAML, imported where a config is read or written: importing this module (for ConfigError and the
+    dataclasses, e.g. from the model, data and fusion code) must not need it."""
+    import yaml
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise ConfigError(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); give it once")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    return yaml
+
+
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last quietly)."""
+    yaml = _yaml()
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise ConfigError(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); give it once")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def parse_yaml(text, source: str):
-    """YAML `text` (or a file object) with the safe loader, duplicate keys refused; ConfigError names `source`."""
+    """YAML `text` with the safe loader, duplicate keys refused; a ConfigError names `source`."""
+    yaml = _yaml()
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return yaml.load(text, Loader=_unique_key_loader())
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
@@ -441,7 +453,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return _yaml().safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -474,6 +486,7 @@ def describe_keys(cls=TrainConfig, prefix: str = "") -> list[tuple[str, object, 
 
 def keys_help() -> str:
     """One line per config key: key, default, doc (for `fftrain train --help`)."""
+    yaml = _yaml()
     rows = [(key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), doc)
             for key, default, doc in describe_keys()]
     width = max(len(key) + len(default) for key, default, _ in rows) + 4
