@@ -246,7 +246,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("record-build", "b/shard-00000.rec", "bytes",
            lambda r: _recordio_tools("build", "--out", r / "out", r / "b"), outputs=("out",)),
     Target("label-map-relabel", "map.json", "json",
-           lambda r: _recordio_tools("relabel", r / "train2", "--label-map", r / "map.json", "--out", r / "out"),
+           lambda r: _recordio_tools("relabel", r / "train", "--label-map", r / "map.json", "--out", r / "out"),
            outputs=("out",)),
     Target("config-yaml", "config.yaml", "yaml", _load_config),
     Target("verification-bin", "v.bin", "bytes", _load_bin),

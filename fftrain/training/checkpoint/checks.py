@@ -102,9 +102,9 @@ def check_meta_against_dcp(meta: dict, metadata, meta_path: str, fc_key: str, la
     fc, _ = _stored_tensor(metadata, f"sharded.{fc_key}")
     if fc is not None and "num_classes_fused" in meta and "embedding_size" in meta:
         if list(fc.size) != [meta["num_classes_fused"], meta["embedding_size"]]:
-            raise CheckpointError(f"{meta_path}: num_classes_fused {meta['num_classes_fused']} and "
-                                       f"embedding_size {meta['embedding_size']} do not match the stored FC "
-                                       f"weight {list(fc.size)}")
+            raise CheckpointError(f"{meta_path}: num_classes_fused={meta['num_classes_fused']} and "
+                                  f"embedding_size={meta['embedding_size']} do not match the stored FC weight "
+                                  f"{list(fc.size)}")
     label_map, _ = _stored_tensor(metadata, label_map_key)
     if label_map is not None and "num_classes_source" in meta and list(label_map.size) != [meta["num_classes_source"]]:
         raise CheckpointError(f"{meta_path}: num_classes_source {meta['num_classes_source']} does not match "
