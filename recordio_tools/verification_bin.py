@@ -53,8 +53,22 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                      "(a verification .bin holds only lists of bytes and bools)")
 
 
+def _check_framing(data: bytes, source: str) -> None:
+    """Walk the opcodes (pickletools reads each counted string from the data, never allocating what a
+    length field claims), so that no opcode can make the unpickler allocate more than the file holds."""
+    import pickletools
+
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as e:  # noqa: BLE001 - any malformation: ValueError, struct.error, UnicodeDecodeError, ...
+        raise VerificationBinError(f"{source}: not loaded: pickle data was truncated or malformed "
+                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def loads_verification_bin(data: bytes, source: str = "<bytes>") -> tuple[list[bytes], list[bool]]:
     """Parse the bytes of a verification .bin; `source` names it in errors."""
+    _check_framing(data, source)
     try:
         # encoding="bytes": Python 2 str objects (insightface's original bins) come back as bytes.
         obj = _DataOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
