@@ -53,17 +53,24 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                      "(a verification .bin holds only lists of bytes and bools)")
 
 
-def _check_framing(data: bytes, source: str) -> None:
-    """Walk the opcodes (pickletools reads each counted string from the data, never allocating what a
-    length field claims), so that no opcode can make the unpickler allocate more than the file holds."""
+def pickle_framing_problem(data: bytes) -> str | None:
+    """What is wrong with the opcode framing of pickle `data`, or None. pickletools reads each counted
+    string from the data, never allocating what a length field claims, so a file that passes cannot make
+    an unpickler allocate more than it holds."""
     import pickletools
 
     try:
         for _ in pickletools.genops(data):
             pass
     except Exception as e:  # noqa: BLE001 - any malformation: ValueError, struct.error, UnicodeDecodeError, ...
-        raise VerificationBinError(f"{source}: not loaded: pickle data was truncated or malformed "
-                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def _check_framing(data: bytes, source: str) -> None:
+    problem = pickle_framing_problem(data)
+    if problem:
+        raise VerificationBinError(f"{source}: not loaded: pickle data was truncated or malformed ({problem})")
 
 
 def loads_verification_bin(data: bytes, source: str = "<bytes>") -> tuple[list[bytes], list[bool]]:

@@ -328,3 +328,22 @@ def test_fuse_out_never_replaces_what_fuse_did_not_write(two_rank_root, tmp_path
         assert main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--backend", "torch",
                      "--out", str(out)]) == 0
     assert (out / "fusion_report.json").exists()
+
+
+def test_a_length_field_in_metadata_cannot_order_memory(two_rank_root, tmp_path):
+    import tracemalloc
+
+    root, path = _copy_root(two_rank_root, tmp_path)
+    file = os.path.join(path, ".metadata")
+    with open(file, "rb") as f:
+        data = f.read()
+    with open(file, "wb") as f:  # BINBYTES claiming ~2.4 GB right after PROTO (found by the fuzz tier)
+        f.write(data[:1] + b"BM" + data[1:])
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"\.metadata: refused, not checkpoint metadata"):
+            _load(single_process_context(), path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20

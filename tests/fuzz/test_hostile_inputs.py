@@ -68,6 +68,7 @@ def test_named_hostile_inputs_are_refused(workspace, name, mutation):
     ("meta-json-fuse", Mutation("delete", path=("world_size",))),
     ("meta-json-fuse", Mutation("replace", path=("datasets",), value="ab")),
     ("state-json-fuse", Mutation("deep", path=("entries",))),
+    ("dcp-metadata-fuse", Mutation("insert", position=1e-05, data=b"BM")),  # BINBYTES claiming 2.4 GB
 ])
 def test_named_hostile_checkpoint_files_are_refused(workspace, name, mutation):
     outcome = run_case(workspace, TARGETS[name], mutation)

@@ -9,7 +9,9 @@ any load.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
 import zipfile
 from typing import Any
@@ -40,9 +42,15 @@ def read_dcp_metadata(file: str):
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata
 
+    from recordio_tools.verification_bin import pickle_framing_problem
+
     try:
         with open(file, "rb") as f:
-            metadata = RestrictedUnpickler(f, _DCP_METADATA_TYPES, _dtype).load()  # checked with torch 2.13
+            data = f.read()
+        problem = pickle_framing_problem(data)  # no length field may order memory from the unpickler
+        if problem:
+            raise pickle.UnpicklingError(f"truncated or malformed, {problem}")
+        metadata = RestrictedUnpickler(io.BytesIO(data), _DCP_METADATA_TYPES, _dtype).load()  # torch 2.13
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
     except Exception as e:  # the restricted unpickler's refusal, truncation (EOFError), garbage
