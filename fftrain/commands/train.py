@@ -30,6 +30,7 @@ from fftrain.training.run_log import setup_logging
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from fftrain.config import keys_help
+    from fftrain.configs import packaged_configs
 
     parser = argparse.ArgumentParser(prog="fftrain train", description="Train a face-recognition network on "
                                      "several datasets at once (FaceFusion).",
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog="config keys (--set KEY=VALUE; the defaults below are the paper's "
                                      "setting; with no --config the CPU demo, configs/demo_cpu.yaml, replaces "
                                      "some):\n" + keys_help())
-    parser.add_argument("--config", help="YAML run config (default: the embedded CPU demo)")
+    parser.add_argument("--config", help="a packaged config's name (" + ", ".join(packaged_configs()) + ") or a "
+                        "YAML file (default: the embedded CPU demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir), a checkpoint "
@@ -65,10 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
     try:
-        cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
+        cfg = load_config(config_file(args.config), overrides, base=None if args.config else DEMO_CONFIG)
     except UserError as e:  # every rank has the same config: rank 0 says it
         return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
     return run_training(cfg)
+
+
+def config_file(name_or_path: str | None) -> str | None:
+    """`--config`: a packaged config's name or a path; a name that is neither is a ConfigError."""
+    from fftrain.configs import packaged_configs, resolve_config
+
+    if name_or_path is None:
+        return None
+    path = resolve_config(name_or_path)
+    if not os.path.exists(path):
+        raise ConfigError(f"--config {name_or_path}: no such file and no packaged config of that name "
+                          f"(packaged: {', '.join(packaged_configs())})")
+    return path
 
 
 class StartupRefused(UserError):

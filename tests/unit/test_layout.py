@@ -131,7 +131,7 @@ def test_recordio_framing_defined_once():
 LAYERS = [
     ("recordio_tools", "fftrain", "fftrain.errors"),
     ("fftrain.distributed",),
-    ("fftrain.config",),
+    ("fftrain.config", "fftrain.configs"),
     ("fftrain.data", "fftrain.model", "fftrain.head"),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
