@@ -138,7 +138,7 @@ LAYERS = [
      "fftrain.training.capacity", "fftrain.training.demo", "fftrain.training"),
     ("fftrain.evaluation",),
     ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
-    ("fftrain.commands", "fftrain.cli", "fftrain.train"),
+    ("fftrain.commands", "fftrain.cli", "fftrain.train", "fftrain.__main__"),
 ]
 #: the one upward import: the config checks `model.backbone` against the backbone registry
 ALLOWED_UPWARD = {("fftrain.config", "fftrain.model.backbones")}
