@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lease(checkpoint: str | None):
+    """A read lease on the checkpoint a command reads, so a training run's pruning leaves it alone."""
+    import contextlib
+
+    from fftrain.training.read_lease import read_lease
+
+    return read_lease(checkpoint) if checkpoint else contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.errors import UserError, report_user_error
 
     try:
-        return int(args.run(args) or 0)
+        with _lease(getattr(args, "checkpoint", None)):
+            return int(args.run(args) or 0)
     except UserError as e:
         return report_user_error(f"fftrain {args.command}", e)
 

@@ -11,5 +11,5 @@ PYTHON_BIN=${PYTHON_BIN:-python}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 exec "$PYTHON_BIN" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" \
-  --local-ranks-filter "$LOG_RANK" --max-restarts "${MAX_RESTARTS:-0}" \
+  --local-ranks-filter "$LOG_RANK" --max-restarts "${MAX_RESTARTS:-3}" \
   fftrain/train.py --config "$CONFIG" --set data.manifest="$MANIFEST" --set output_dir="$OUTPUT_DIR" "$@"

@@ -135,7 +135,7 @@ LAYERS = [
     ("fftrain.data", "fftrain.model", "fftrain.head"),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
-     "fftrain.training.capacity", "fftrain.training.demo", "fftrain.training"),
+     "fftrain.training.capacity", "fftrain.training.demo", "fftrain.training.read_lease", "fftrain.training"),
     ("fftrain.evaluation",),
     ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
     ("fftrain.commands", "fftrain.cli", "fftrain.train", "fftrain.__main__"),
