@@ -6,6 +6,7 @@
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
     fftrain audit --checkpoint DIR --data MANIFEST --out DIR   # label noise, duplicates, test-set leakage
     fftrain pseudo-label --checkpoint DIR --unlabeled DATASET --out DIR   # cluster an unlabeled set into a dataset
+    fftrain demo-report runs/demo                        # classes after fusion, merge precision/recall, accuracy
     fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --max-classes   # per-GPU memory, fits?
 """
 
@@ -24,6 +25,7 @@ COMMANDS = (
     ("fftrain.commands.audit", "add_audit_parser"),
     ("fftrain.commands.pseudo_label", "add_pseudo_label_parser"),
     ("fftrain.commands.plan", "add_plan_parser"),
+    ("fftrain.commands.demo_report", "add_demo_report_parser"),
 )
 
 
