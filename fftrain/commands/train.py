@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir), a checkpoint "
                         "folder, or '' to start fresh; same as --set checkpoint.resume=...")
+    from fftrain.commands.launch import add_launch_arguments
+
+    add_launch_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -67,10 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
     try:
-        cfg = load_config(config_file(args.config), overrides, base=None if args.config else DEMO_CONFIG)
+        config_path = config_file(args.config)
+        cfg = load_config(config_path, overrides, base=None if args.config else DEMO_CONFIG)
     except UserError as e:  # every rank has the same config: rank 0 says it
         return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
-    return run_training(cfg)
+    if args.nproc_per_node is not None:  # the launcher: check here, then start the workers
+        from fftrain.commands.launch import launch
+
+        return launch(args, cfg, config_path)
+    try:
+        return run_training(cfg)
+    except KeyboardInterrupt:
+        return interrupted(launch_rank())
+
+
+def interrupted(rank: int) -> int:
+    """Ctrl-C: no traceback from every rank; one line (from rank 0, or from the launcher that started us)."""
+    from fftrain.commands.launch import LAUNCHED_ENV
+
+    if rank == 0 and not os.environ.get(LAUNCHED_ENV):
+        print("fftrain: interrupted; the newest complete checkpoint is kept: run the same command again to resume "
+              "(checkpoint.resume=auto)", file=sys.stderr, flush=True)
+    return 130
 
 
 def config_file(name_or_path: str | None) -> str | None:
