@@ -52,22 +52,6 @@ def _world_size(args) -> int:
     return int(nnodes) * args.nproc_per_node
 
 
-def check_before_spawn(cfg: TrainConfig, world_size: int) -> TrainConfig:
-    """What the workers check at start-up, here on one process seeing the whole world's data split."""
-    import torch
-
-    from fftrain.commands.train import check_inputs, check_pretrained, check_resume, resolve_data
-    from fftrain.distributed import DistContext
-
-    ctx = DistContext(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), group=None)
-    cfg, manifest = resolve_data(cfg, ctx)
-    data = check_inputs(cfg, ctx, manifest)
-    resume_path, _ = check_resume(cfg, ctx, data)
-    if cfg.model.pretrained and resume_path is None:
-        check_pretrained(cfg)
-    return cfg
-
-
 def worker_argv(args, config_path: str | None) -> list[str]:
     argv = ["-m", "fftrain.train"]
     if config_path:
@@ -79,7 +63,8 @@ def worker_argv(args, config_path: str | None) -> list[str]:
     return argv
 
 
-def launch(args, cfg: TrainConfig, config_path: str | None) -> int:
+def launch(args, cfg: TrainConfig, config_path: str | None, check_before_spawn) -> int:
+    """`check_before_spawn(cfg, world_size)` raises the UserError a worker would meet at start-up."""
     from fftrain.distributed.launcher import launch_workers
     from fftrain.errors import report_user_error
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc_per_node is not None:  # the launcher: check here, then start the workers
         from fftrain.commands.launch import launch
 
-        return launch(args, cfg, config_path)
+        return launch(args, cfg, config_path, check_before_spawn)
     try:
         return run_training(cfg)
     except KeyboardInterrupt:
@@ -217,6 +217,19 @@ def lock_output(cfg: TrainConfig, ctx: DistContext):
         return OutputLock(cfg.output_dir, elastic_run_id(), warn=lambda m: print(m, file=sys.stderr)).acquire()
 
     return agree(ctx, take)
+
+
+def check_before_spawn(cfg: TrainConfig, world_size: int) -> None:
+    """The launcher's check, before any worker starts: the start-up checks of `run_training`, on this one
+    process seeing the data split over `world_size` ranks (rank 0 generates the demo set if missing)."""
+    import torch
+
+    ctx = DistContext(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), group=None)
+    cfg, manifest = resolve_data(cfg, ctx)
+    data = check_inputs(cfg, ctx, manifest)
+    resume_path, _ = check_resume(cfg, ctx, data)
+    if cfg.model.pretrained and resume_path is None:
+        check_pretrained(cfg)
 
 
 def write_config(cfg: TrainConfig, resume_meta: dict | None) -> None:
