@@ -162,7 +162,7 @@ def measure_train_step(backbone: str, batch: int, classes: int, embedding: int, 
 
 
 def predicted_train_gib(backbone: str, batch: int, classes: int, embedding: int, dtype: str) -> float:
-    from fftrain.training.capacity import PlanInput, backbone_parts, head_parts
+    from fftrain.capacity import PlanInput, backbone_parts, head_parts
 
     inp = PlanInput(classes=classes, gpus=1, batch=batch, embedding=embedding, sample_rate=0.1, dtype=dtype,
                     backbone=backbone, device="cuda", overhead_gib=0.0)
@@ -198,7 +198,7 @@ def run_train_steps(args, s: dict, device: torch.device, clock: Clock) -> list[d
 def run_head(s: dict, device: torch.device, steps: int = 5) -> dict:
     from fftrain.head.margins import build_margin
     from fftrain.head.partial_fc import PartialFCHead
-    from fftrain.training.capacity import PlanInput, head_parts
+    from fftrain.capacity import PlanInput, head_parts
 
     classes, batch, d = s["head_classes"], s["head_batch"], s["embedding"]
     predicted = sum(head_parts(PlanInput(classes=classes, gpus=1, batch=batch, embedding=d, sample_rate=0.1,
@@ -246,7 +246,7 @@ def run_fusion_sizes(s: dict, device: torch.device, clock: Clock, reserve_s: flo
     if not _have("numpy"):
         return [{"skipped": "numpy is not installed here (fusion's components step uses it)"}]
     from fftrain.fusion import run_fusion
-    from fftrain.training.capacity import PlanInput, fusion_parts
+    from fftrain.capacity import PlanInput, fusion_parts
 
     rows, last = [], None
     for n in s["fusion_sizes"]:

@@ -5,7 +5,8 @@ import socket
 import subprocess
 import sys
 
-from fftrain.training.checkpoint import META_FILE, _prune, checkpoint_name, complete_checkpoints
+from fftrain.training.checkpoint import META_FILE, checkpoint_name, complete_checkpoints
+from fftrain.training.checkpoint.dcp_io import _prune
 from fftrain.training.read_lease import LEASE_DIR, is_leased, read_lease
 
 
