@@ -2,7 +2,7 @@
 
     fftrain eval --checkpoint runs/r50/ckpt-480000 --data-dir val/                 # the six usual sets
     fftrain eval --checkpoint CKPT val/lfw.bin val/cfp_fp.bin --dao --json-out eval.json
-    torchrun --nproc_per_node=8 -m fftrain.cli eval --checkpoint CKPT --data-dir val/   # spread over ranks
+    torchrun --nproc_per_node=8 -m fftrain eval --checkpoint CKPT --data-dir val/   # spread over ranks
 
     fftrain eval --checkpoint CKPT --ijb /data/IJB_release/IJBC --ijb-target IJBC --ijb-save out/   # TAR@FAR
     torchrun --nproc_per_node=8 -m fftrain eval --checkpoint CKPT --ijb DIR --ijb-target IJBC

@@ -288,9 +288,16 @@ def evaluate_ijb(model: nn.Module, meta: IjbMeta, *, device, group=None, batch_s
     from fftrain.evaluation.verification import rank_range
 
     start, stop = rank_range(len(meta.images), rank_of(group), world_size_of(group))
-    local = embed_images(model, meta, range(start, stop), device=device, batch_size=batch_size, flip=flip,
-                         progress=progress)
-    img_feats = np.concatenate([p for p in all_gather_object(local, group) if p.size])
+    try:
+        local = embed_images(model, meta, range(start, stop), device=device, batch_size=batch_size, flip=flip,
+                             progress=progress)
+    except IjbError as e:  # gathered like features, so no rank waits for one that has left
+        local = str(e)
+    parts = all_gather_object(local, group)
+    problems = [p for p in parts if isinstance(p, str)]
+    if problems:
+        raise IjbError(problems[0])
+    img_feats = np.concatenate([p for p in parts if p.size])
     result, scores, roc = evaluate_features(meta, img_feats, norm_score=norm_score, detector_score=detector_score)
     result["flip"] = flip
     return result, img_feats, scores, roc
