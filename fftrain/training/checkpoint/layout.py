@@ -19,7 +19,6 @@ the next save or resume removes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
