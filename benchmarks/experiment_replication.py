@@ -149,20 +149,22 @@ def build_backbone(input_dim: int, dim: int, width: int):
                          nn.Linear(width, dim), nn.BatchNorm1d(dim))
 
 
-def method_config(method: str, args):
-    """The method's phases from the trainer's own config (fftrain.config.TrainConfig)."""
+def method_config(method: str, args, seed: int = 0):
+    """The method's run config, the trainer's own (fftrain.config.TrainConfig): its phases, head, GRL, fusion
+    and optimiser; what is not set here is the trainer's default (e.g. optim.grad_clip unless --grad-clip)."""
     from fftrain.config import config_from_dict
 
     steps = args.steps
     milestones = sorted({max(1, round(steps * f / 480)) for f in (80, 140, 200)})
     return config_from_dict({
-        "method": method,
+        "method": method, "seed": seed,
+        "model": {"embedding_size": args.dim},
         "head": {"scale": args.scale, "m": args.margin, "proxy_norm": args.proxy_norm,
                  "interclass_threshold": args.interclass_threshold if method == "interclass" else 0.0},
-        "fusion": {"t1": args.t1, "t2": args.t2, "allow_same_dataset": args.scope == "all"},
-        "grl": {"weight": args.grl_weight[method], "start_step": round(args.grl_start[method] * steps)},
+        "fusion": {"t1": args.t1, "t2": args.t2, "allow_same_dataset": args.scope == "all", "backend": "torch"},
+        "grl": {"weight": args.grl_weight[method], "start_step": round(args.grl_start[method] * steps), "hidden": 64},
         "optim": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": steps,
-                  "lr_milestones": milestones}})
+                  "lr_milestones": milestones, "grad_clip": args.grad_clip}})
 
 
 def proxy_geometry(weight, split: dict, label_map: np.ndarray) -> dict:
@@ -193,92 +195,62 @@ def quantiles(values) -> dict:
     return {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}
 
 
-def _fuse(head, table, args, t1, apply):
-    from fftrain.fusion import run_fusion
-
-    states = [head.momentum_buffer] if head.momentum_buffer is not None else []
-    result = run_fusion(head.weight.data, states, class_dataset=table, label_map=None, source_info=None, t1=t1,
-                        knn_k=10, max_component=6, same_dataset_policy="skip",
-                        allow_same_dataset=args.scope == "all", group=None, backend="torch")
-    if apply:
-        head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None)
-    return result
-
-
 def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_only: bool = False,
               keep_model: bool = False) -> dict:
-    """One training run; returns the metrics (and, for FaceFusion, what was seen at T2). A split may carry
-    "weight" (a loss weight per entry of split["image"]; absent: all 1); keep_model adds out["model"] =
-    (backbone, head) in eval mode."""
+    """One training run of the product's step (fftrain.training.step) on in-memory batches; returns the metrics
+    (and, for FaceFusion, what was seen at T2). A split may carry "weight" (a loss weight per entry of
+    split["image"]; absent: all 1); keep_model adds out["model"] = (backbone, head) in eval mode."""
     import torch
-    import torch.nn.functional as F
 
-    from fftrain.evaluation.merge_quality import merge_quality
+    from fftrain.data.label_space import LabelSpace
+    from fftrain.model.embedding import EmbeddingModel
     from fftrain.model.grl import DatasetClassifier
-    from fftrain.training.lr_schedule import lr_at
-    from fftrain.head.margins import build_margin
-    from fftrain.head.partial_fc import PartialFCHead
+    from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
+                                       swap_in_fusion, train_step)
+    from fftrain.evaluation.merge_quality import merge_quality
 
-    cfg = method_config(method, args)
+    cfg = method_config(method, args, seed)
     torch.manual_seed(seed)
     started, cpu_started = time.perf_counter(), time.process_time()
     backbone = build_backbone(world["x"].shape[1], args.dim, args.width)
-    classifier = DatasetClassifier(args.dim, args.k, hidden=64, lam=cfg.grl.weight)
-    params = list(backbone.parameters()) + list(classifier.parameters())
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, weight_decay=5e-4)
-    head = PartialFCHead(split["num_classes"], args.dim, margin=build_margin("arcface", scale=cfg.head.scale,
-                                                                             margin=cfg.head.m),
-                         seed=seed, momentum=0.9, weight_decay=5e-4, proxy_norm=cfg.head.proxy_norm,
-                         init_std=args.init_std, interclass_threshold=cfg.head.interclass_threshold)
+    model = EmbeddingModel.from_parts(backbone, DatasetClassifier(args.dim, args.k, hidden=cfg.grl.hidden,
+                                                                  lam=cfg.grl.weight))
+    optimizer = build_optimizer(model, cfg)
+    head = build_head(cfg, split["num_classes"], group=None, device="cpu", compute_dtype=None, init_std=args.init_std)
     x_all = torch.from_numpy(world["x"])
     images, labels = torch.from_numpy(split["image"]), torch.from_numpy(split["label"])
     weights = torch.from_numpy(np.asarray(split["weight"], np.float32)) if "weight" in split else None
-    table = torch.from_numpy(split["class_dataset"]).long()
-    label_map = torch.arange(split["num_classes"])
-    class_dataset = table.clone()
+    space = LabelSpace(split["class_dataset"])
     fused = cfg.agnostic_from_start
-    boundary = cfg.t2_step
-    stop = boundary if dynamics_only else cfg.optim.total_steps
+    stop = cfg.t2_step if dynamics_only else cfg.optim.total_steps
+    watch = NonFiniteWatch("cpu")
     gen = torch.Generator().manual_seed(seed)
     order, cursor = torch.randperm(len(images), generator=gen), 0
     out = {"method": method, "seed": seed}
     for step in range(stop):
-        if step == boundary:
+        if step == cfg.t2_step:
+            _raise_if_diverged(watch, method, seed)
             if cfg.merges:
-                out["t2"] = _at_boundary(head, split, label_map, table, args)
-                result = _fuse(head, class_dataset, args, args.t1, apply=True)
-                label_map = result.old_to_new[label_map]
-                class_dataset = result.new_class_dataset
-                out["rejected"] = len(result.rejected)
+                out["t2"] = _at_boundary(head, split, space, cfg)
+                out["rejected"] = len(swap_in_fusion(head, space, cfg.fusion, group=None).rejected)
             fused = True
         if cursor + args.batch > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
         idx = order[cursor:cursor + args.batch]
         cursor += args.batch
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = x_all[images[idx]]
-        source = labels[idx]
-        emb = backbone(x)
-        loss = head(emb, label_map[source], table[source], class_dataset=None if fused else class_dataset,
-                    sample_weight=None if weights is None else weights[idx])
-        if cfg.grl.weight > 0 and step >= cfg.grl.start_step:
-            loss = loss + F.cross_entropy(classifier(emb), table[source])
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{method} seed {seed}: non-finite loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        head.step(lr)
+        dataset, fused_class = space.lookup(labels[idx])
+        batch = StepBatch(x_all[images[idx]], fused_class, dataset, None if weights is None else weights[idx])
+        train_step(model, head, optimizer, batch, step_settings(cfg, step),
+                   class_dataset=None if fused else space.fused_dataset, watch=watch, step=step)
+    _raise_if_diverged(watch, method, seed)
     if dynamics_only:
-        out["t2"] = _at_boundary(head, split, label_map, table, args)
+        out["t2"] = _at_boundary(head, split, space, cfg)
         out["t2"]["alignment"] = proxy_alignment(backbone, head, x_all, images, labels)
         out["cpu_seconds"] = time.process_time() - cpu_started
         return out
     out.update(evaluate(backbone, world))
     groups = {}
-    for source_class, f in enumerate(label_map.tolist()):
+    for source_class, f in enumerate(space.label_map.tolist()):
         groups.setdefault(f, []).append(source_class)
     quality = merge_quality([g for g in groups.values() if len(g) > 1], split["truth"])
     out["merge"] = quality.to_dict()
@@ -290,6 +262,12 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     if keep_model:
         out["model"] = (backbone.eval(), head.eval())
     return out
+
+
+def _raise_if_diverged(watch, method: str, seed: int) -> None:
+    bad = watch.first_bad(None)
+    if bad is not None:
+        raise RuntimeError(f"{method} seed {seed}: non-finite loss at step {bad}")
 
 
 def proxy_alignment(backbone, head, x_all, images, labels) -> dict:
@@ -306,14 +284,21 @@ def proxy_alignment(backbone, head, x_all, images, labels) -> dict:
     return quantiles(cos.numpy())
 
 
-def _at_boundary(head, split, label_map, table, args) -> dict:
-    """What T2 looks like: proxy geometry (Figure 3) and, for the T1 sweep, the merge set at each T1."""
-    geometry = proxy_geometry(head.weight, split, label_map.numpy())
+def _at_boundary(head, split, space, cfg) -> dict:
+    """What T2 looks like: proxy geometry (Figure 3) and, for the T1 sweep, the merge set at each T1 (fusion's
+    plan only: nothing changes)."""
+    import dataclasses
+
+    from fftrain.fusion import plan_fusion
+
+    geometry = proxy_geometry(head.weight, split, space.label_map.numpy())
     sweep = {}
     for t1 in T1_SWEEP:
-        result = _fuse(head, table, args, t1, apply=False)
-        merged = sorted(tuple(sorted(np.flatnonzero(result.old_to_new.numpy() == i).tolist()))
-                        for i in range(result.num_classes_new))
+        planned = plan_fusion(head.weight.data, class_dataset=space.fused_dataset, label_map=None,
+                              config=dataclasses.replace(cfg.fusion, t1=t1))
+        old_to_new = planned.old_to_new.numpy()
+        merged = sorted(tuple(sorted(np.flatnonzero(old_to_new == i).tolist()))
+                        for i in range(planned.plan.num_classes_new))
         sweep[str(t1)] = [list(g) for g in merged if len(g) > 1]
     return {"duplicate": geometry["duplicate"].tolist(), "top1_non_duplicate": geometry["top1_non_duplicate"].tolist(),
             "proxy_norm_median": geometry["proxy_norm_median"], "merges_by_t1": sweep}
@@ -633,6 +618,9 @@ def add_world_args(p) -> None:
     p.add_argument("--margin", type=float, default=0.5, help="ArcFace m (default 0.5, the paper's)")
     p.add_argument("--proxy-norm", type=float, default=1.0,
                    help="proxies renormalised to this norm after each step; 0: plain SGD (default 1)")
+    p.add_argument("--grad-clip", type=float, default=_trainer_grad_clip(),
+                   help="max global grad norm of the backbone and dataset classifier, 0: none (default: the "
+                        "trainer's, optim.grad_clip %(default)g; runs before 2026-12-05 had none)")
     p.add_argument("--init-std", type=float, default=0.01, help="proxy init std when --proxy-norm 0 (default 0.01)")
     p.add_argument("--interclass-threshold", type=float, default=0.4,
                    help="the 'interclass' method's cosine threshold (default 0.4)")
@@ -641,6 +629,12 @@ def add_world_args(p) -> None:
                         "(unnamed methods 0; default 0 for all: the paper's §4.5 setting)")
     p.add_argument("--grl-start", default="0", metavar="F|METHOD=F,...",
                    help="fraction of the steps before the GRL starts, for all or per method (default 0)")
+
+
+def _trainer_grad_clip() -> float:
+    from fftrain.config import OptimConfig
+
+    return OptimConfig().grad_clip
 
 
 def parse_args(argv=None):

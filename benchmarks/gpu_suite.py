@@ -245,6 +245,7 @@ def _planted_proxies(n: int, d: int, device: torch.device, seed: int = 0):
 def run_fusion_sizes(s: dict, device: torch.device, clock: Clock, reserve_s: float) -> list[dict]:
     if not _have("numpy"):
         return [{"skipped": "numpy is not installed here (fusion's components step uses it)"}]
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
     from fftrain.training.capacity import PlanInput, fusion_parts
 
@@ -265,8 +266,8 @@ def run_fusion_sizes(s: dict, device: torch.device, clock: Clock, reserve_s: flo
             momentum = torch.zeros_like(w)
             _sync(device)
             t0 = time.perf_counter()
-            result = run_fusion(w, [momentum], class_dataset=datasets, label_map=None, source_info=None, t1=0.7,
-                                knn_k=10, backend="torch")
+            result = run_fusion(w, [momentum], class_dataset=datasets, label_map=None, source_info=None,
+                                config=FusionConfig(t1=0.7, knn_k=10, backend="torch"))
             _sync(device)
             st = result.stats
             row.update(total_s=time.perf_counter() - t0, knn_s=st["knn_s"], components_s=st["components_s"],
