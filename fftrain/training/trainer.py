@@ -19,12 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from fftrain.training.checkpoint import (FC_MOMENTUM, FC_WEIGHT, MODEL, OPTIMIZER, ShardedRows, check_compatible,
-                                         load_checkpoint, model_and_optimizer_state, read_meta, resolve_resume,
-                                         save_checkpoint, set_model_and_optimizer_state)
+                                         load_checkpoint, model_and_optimizer_state, save_checkpoint,
+                                         set_model_and_optimizer_state)
 from fftrain.config import TrainConfig, config_to_dict
 from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, comm_device
 from fftrain.errors import UserError
 from fftrain.training.faults import fault_point
+from fftrain.training.startup import StartPoint, start_point
 from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
                                    swap_in_fusion, train_step)
 from fftrain.model.embedding import EmbeddingModel
@@ -53,8 +54,10 @@ def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 class Trainer:
     """Owns the model, the sharded head, the optimizers and the loader for one run on one rank."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, data):
-        """`data` is a `fftrain.data.TrainingData` (loader factory + label space + manifest)."""
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, data, start: StartPoint | None = None):
+        """`data` is a `fftrain.data.TrainingData` (loader factory + label space + manifest); `start` the
+        start point resolved at start-up (`fftrain.training.startup`; None: resolved here, for callers
+        that build the data themselves)."""
         self.cfg, self.ctx, self.data = cfg, ctx, data
         self.log = get_logger()
         self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
@@ -65,17 +68,15 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
         self.watch = NonFiniteWatch(ctx.device)
 
-        resume_path = resolve_resume(cfg.checkpoint.resume, self.checkpoint_root, ctx)
-        resume_meta = read_meta(resume_path) if resume_path else None
+        start = start if start is not None else start_point(cfg, ctx)
+        resume_path, resume_meta = start.resume_path, start.resume_meta
         num_fused = resume_meta["num_classes_fused"] if resume_meta else data.num_source_classes
 
         self.model = EmbeddingModel(cfg.model, cfg.grl, data.num_datasets).to(ctx.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.model.pretrained and not resume_path:
-            from fftrain.model.backbones import load_pretrained
-
-            load_pretrained(self.model.backbone, cfg.model.pretrained)
+        if start.pretrained is not None:
+            self.model.backbone.load_state_dict(start.pretrained)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
                     if ctx.group is not None else self.model)
         self.forward_model = torch.compile(self.ddp) if cfg.model.compile else self.ddp

@@ -137,7 +137,7 @@ LAYERS = [
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
      "fftrain.training.capacity", "fftrain.training.demo", "fftrain.training"),
     ("fftrain.evaluation",),
-    ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
+    ("fftrain.training.trainer", "fftrain.training.startup", "fftrain.audit", "fftrain.pseudo_label"),
     ("fftrain.commands", "fftrain.cli", "fftrain.train"),
 ]
 #: the one upward import: the config checks `model.backbone` against the backbone registry
