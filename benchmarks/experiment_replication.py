@@ -170,7 +170,7 @@ def check_criteria(summary: dict, runs: list[dict], ratios: list[float], methods
 
 
 def t1_disagreement(merges_by_t1: dict) -> float:
-    from fftrain.evaluation.merge_quality import group_pairs
+    from benchmarks.lib.merge_quality import group_pairs
 
     sets = [group_pairs(groups) for groups in merges_by_t1.values()]
     worst = 0.0

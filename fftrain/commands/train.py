@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.config import load_config
     from fftrain.distributed import launch_rank
     from fftrain.errors import report_user_error
-    from fftrain.training.demo import DEMO_CONFIG
+    from fftrain.demo import DEMO_CONFIG
 
     args = parse_args(argv)
     overrides = list(args.overrides)

@@ -113,7 +113,7 @@ def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
     synthetic set, and its held-out pairs are evaluated unless other .bin files are configured."""
     if cfg.data.manifest:
         return cfg, cfg.data.manifest
-    from fftrain.training.demo import ensure_synthetic_data
+    from fftrain.demo import ensure_synthetic_data
 
     manifest = agree(ctx, lambda: ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed,
                                                         generate=ctx.is_main))
