@@ -482,7 +482,7 @@ def parse_args(argv=None):
         args.grl_start = per_method(args.grl_start, "--grl-start", low=0.0, high=1.0)
     except ValueError as exc:
         p.error(str(exc))
-    args.k = NUM_DATASETS  # train_run's dataset classifier (unused with the GRL off, the default)
+    args.k = NUM_DATASETS  # train_run's dataset classifier (trained as the trainer does; its reversed gradient is 0 with the GRL off)
     return args
 
 
