@@ -43,7 +43,7 @@ def _rows(path: str) -> list[dict]:
 
 
 def detection(audit_dir: str, synth_dir: str) -> dict:
-    from benchmarks.lib.merge_quality import group_pairs
+    from fftrain.evaluation.merge_quality import group_pairs
     from recordio_tools.overlaps import read_overlaps
 
     truth = json.load(open(os.path.join(synth_dir, "noise.json"), encoding="utf-8"))
@@ -69,7 +69,7 @@ def fusion_with_and_without_cleaning(audit_dir: str, synth_dir: str, t1: float) 
     from fftrain.audit.inter import fusion_twin
     from fftrain.config import FusionConfig
     from fftrain.audit.intra import class_centres
-    from benchmarks.lib.merge_quality import merge_quality
+    from fftrain.evaluation.merge_quality import merge_quality
     from recordio_tools.manifest import load_manifest
     from recordio_tools.overlaps import read_overlaps
 
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     if args.diagnostics:
         result["threshold_diagnostics"] = threshold_diagnostics(args.audit, args.synth)
     if args.run:
-        from benchmarks.lib.merge_quality import merge_quality_of_run
+        from fftrain.evaluation.merge_quality import merge_quality_of_run
 
         result["run_fusion"] = merge_quality_of_run(args.run, os.path.join(args.synth, "overlaps.json")).to_dict()
     text = json.dumps(result, indent=1)

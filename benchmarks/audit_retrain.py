@@ -158,7 +158,7 @@ def mapped_truth(overlaps_path: str, clean_map: str | None) -> list[list[int]]:
 
 
 def run_fusion(run_dir: str, truth: list[list[int]]) -> dict:
-    from benchmarks.lib.merge_quality import FUSION_REPORT, merge_quality, merged_groups_from_report
+    from fftrain.evaluation.merge_quality import FUSION_REPORT, merge_quality, merged_groups_from_report
 
     report = os.path.join(run_dir, FUSION_REPORT)
     predicted = merged_groups_from_report(report) if os.path.exists(report) else []
@@ -168,7 +168,7 @@ def run_fusion(run_dir: str, truth: list[list[int]]) -> dict:
 def evaluate_run(run_dir: str, data_dir: str, synth_dir: str, steps: int, masks: dict, clean_map: str | None) -> dict:
     from fftrain.audit.embed import embed_verification_bin
     from fftrain.distributed import single_process_context
-    from benchmarks.lib.merge_quality import read_run_results
+    from fftrain.evaluation.merge_quality import read_run_results
     from fftrain.training.checkpoint import load_backbone_from_checkpoint
     from recordio_tools.manifest import load_manifest
 

@@ -14,7 +14,7 @@ Steps (each skipped when its output is already there, so an interrupted run resu
    0.82 by default: the demo's proxies at T2 are not in the paper's regime, see RESULTS.md).
 4. Each final checkpoint embeds every held-out image (fftrain.audit.embed, flip-summed): TAR@FAR 1e-3 / 1e-4
    over all pairs and rank-1 identification (benchmarks.lib.metrics.all_pairs_metrics); the fusion report is
-   scored against the split's overlaps.json (benchmarks.lib.merge_quality_of_run).
+   scored against the split's overlaps.json (fftrain.evaluation.merge_quality_of_run).
 Output under --out: result.json and table.md, beside the data and the runs.
 """
 
@@ -135,7 +135,7 @@ def evaluate_run(run_dir: str, split: str, heldout: str, steps: int) -> dict:
     import torch
 
     from benchmarks.lib.metrics import all_pairs_metrics
-    from benchmarks.lib.merge_quality import merge_quality_of_run, read_run_results
+    from fftrain.evaluation.merge_quality import merge_quality_of_run, read_run_results
 
     checkpoint = os.path.join(run_dir, "checkpoints", f"step-{steps:08d}")
     emb, labels = heldout_embeddings(checkpoint, heldout, os.path.join(run_dir, "heldout_embeddings"))

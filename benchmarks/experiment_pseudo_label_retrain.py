@@ -154,7 +154,7 @@ def arm_world_and_split(world: dict, data: dict) -> tuple[dict, dict]:
 def true_pairs(world: dict, data: dict) -> list[list[int]]:
     """Every two source classes of one planted person (a cluster stands for its majority person), as pairs: the
     form experiment_replication's T2 geometry reads, the same pair set for merge_quality."""
-    from benchmarks.lib.merge_quality import group_pairs
+    from fftrain.evaluation.merge_quality import group_pairs
 
     ids = world["ids"]
     is_cluster = data["label"] >= ids

@@ -32,7 +32,7 @@ fusion swap (`swap_in_fusion`).
 
 Metrics: TAR@FAR 1e-3 and 1e-4 over all pairs of the held-out images (fftrain.evaluation.metrics.tar_at_far);
 rank-1 identification (gallery: each held-out identity's first image); merge precision / recall against the planted
-truth (benchmarks/lib/merge_quality.py); classes in the final softmax against Table 4's columns (planted_counts);
+truth (fftrain/evaluation/merge_quality.py); classes in the final softmax against Table 4's columns (planted_counts);
 at T2 of the FaceFusion runs the Figure 3 analogue (true duplicates' proxy cosine vs each class's top-1 proxy of
 another subset that is not its duplicate) and merge sets at T1 in {0.5, 0.6, 0.7, 0.8} (Table 3's insensitivity).
 Paired differences across seeds (same world, split and init) with 95% t-intervals. Output under --out: result.json,
@@ -170,7 +170,7 @@ def check_criteria(summary: dict, runs: list[dict], ratios: list[float], methods
 
 
 def t1_disagreement(merges_by_t1: dict) -> float:
-    from benchmarks.lib.merge_quality import group_pairs
+    from fftrain.evaluation.merge_quality import group_pairs
 
     sets = [group_pairs(groups) for groups in merges_by_t1.values()]
     worst = 0.0

@@ -89,7 +89,7 @@ def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_o
     from fftrain.model.grl import DatasetClassifier
     from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
                                        swap_in_fusion, train_step)
-    from benchmarks.lib.merge_quality import merge_quality
+    from fftrain.evaluation.merge_quality import merge_quality
 
     cfg = method_config(method, args, seed)
     torch.manual_seed(seed)

@@ -64,15 +64,28 @@ def agree(ctx: DistContext, check):
 
 
 def start_up(cfg: TrainConfig, ctx: DistContext) -> Started:
-    """Every start-up check, fastest failure first (collective); nothing written but the lock."""
+    """Every start-up check, fastest failure first (collective), then the lock; nothing else written."""
+    cfg, data, point = checked_start(cfg, ctx)
+    return Started(cfg, data, point, lock_output(cfg, ctx))
+
+
+def checked_start(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, object, StartPoint]:
+    """The checks of `start_up` without the lock: resume point, pretrained weights, data, resume rules."""
     resume_path, resume_meta = resume_point(cfg, ctx)
     pretrained = agree(ctx, lambda: pretrained_weights(cfg)) if cfg.model.pretrained and not resume_path else None
     cfg, manifest = resolve_data(cfg, ctx)
     data = agree(ctx, lambda: check_inputs(cfg, ctx, manifest))
     if resume_path:
         check_resume_rules(cfg, ctx, data, resume_path, resume_meta)
-    lock = lock_output(cfg, ctx)
-    return Started(cfg, data, StartPoint(resume_path, resume_meta, pretrained), lock)
+    return cfg, data, StartPoint(resume_path, resume_meta, pretrained)
+
+
+def check_before_spawn(cfg: TrainConfig, world_size: int) -> None:
+    """The launcher's check, before any worker starts: the start-up checks, on this one process seeing the
+    data split over `world_size` ranks (rank 0 generates the demo set if missing)."""
+    import torch
+
+    checked_start(cfg, DistContext(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), group=None))
 
 
 def resume_point(cfg: TrainConfig, ctx: DistContext) -> tuple[str | None, dict | None]:

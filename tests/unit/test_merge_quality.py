@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.lib.merge_quality import (RunResultsError, group_pairs, merge_quality, merge_quality_of_run,
+from fftrain.evaluation.merge_quality import (RunResultsError, group_pairs, merge_quality, merge_quality_of_run,
                                               merged_groups_from_report, read_run_results)
 from recordio_tools.overlaps import make_groups, write_overlaps
 
