@@ -21,7 +21,7 @@ import numpy as np
 
 from fftrain.errors import UserError
 from fftrain.pseudo_label.clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES, cluster, drop_small, knn_graph
-from fftrain.pseudo_label.evt import FitError
+from fftrain.calibration.evt import FitError
 from fftrain.pseudo_label.separation import Separation, max_cosine, separate_overlap
 from fftrain.pseudo_label.uncertainty import Uncertainty, cluster_margins, fit_uncertainty
 

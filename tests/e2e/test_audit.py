@@ -323,7 +323,7 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
     fuse = json.loads((tmp_path / "fuse" / "fusion_report.json").read_text())
     code, out, err = _audit(capsys, "--checkpoint", ckpt, "--data", noisy, "--verification", noisy / "verification.bin",
                             "--out", tmp_path / "audit", "--write-clean", tmp_path / "clean", "--pairs-per-dataset",
-                            "300")
+                            "300", "--inter-threshold", "0.7")
     assert code == 0, err
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     twin = report["fusion_twin"]["proxies"]
@@ -335,7 +335,10 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
         assert (tmp_path / "audit" / name).exists(), name
     assert not (tmp_path / "audit" / "embeddings.npy").exists()
     assert "intra-class" in out and "leakage verification" in out and len(out.splitlines()) < 25
-    assert report["thresholds"]["intra"]["value"] == 0.3 and "ArcFace" in report["thresholds"]["intra"]["source"]
+    intra, inter = report["thresholds"]["intra"], report["thresholds"]["inter"]
+    assert intra["how"].startswith("auto: genuine lower tail 0.01") and "ArcFace" in intra["source"]
+    assert intra["paper"] == 0.3 and 0 <= intra["far"] <= 0.01 and intra["rate"] == "frr"
+    assert inter["value"] == 0.7 and inter["how"] == "given" and inter["target"] is None
     clean = json.loads((tmp_path / "clean" / "manifest.json").read_text())["audit_clean"]
     assert clean["images_out"] == clean["images_in"] - clean["outliers_dropped"] - clean["images_of_removed_classes"]
     from fftrain.data.records import RecordSet
