@@ -11,6 +11,11 @@ centres above a threshold, within and across datasets, as components), identity 
 verification image's nearest training centre; the accuracy recomputed without leaked pairs),
 and per-dataset genuine / impostor distributions with their EER. Writes audit.json, CSV lists,
 PNG plots to --out and prints a one-screen summary.
+
+The three thresholds default to auto: calibrated on the checkpoint's own impostor and genuine
+scores (fftrain/audit/calibrate.py), never laxer than the papers' values, each reported with the
+FAR (or FRR) it implies beside the paper's value and its rate; the summary's first line warns when
+the papers' 0.7 lets more than 1% of this model's impostors through.
 """
 
 from __future__ import annotations
