@@ -43,7 +43,7 @@ def _audit_args(checkpoint: str, synth: str, intra: str, inter: str, leak: str, 
                                       "--leak-threshold", leak, *extra])
 
 
-def _embed(checkpoint: str, synth: str, work: str):
+def _embed(checkpoint: str, synth: str, work: str, flip: bool):
     from fftrain.audit.embed import embed_training_set, embed_verification_bin
     from fftrain.audit.inputs import load_checkpoint_view, load_matching_manifest
     from fftrain.data.records import RecordSet
@@ -55,9 +55,9 @@ def _embed(checkpoint: str, synth: str, work: str):
     records = RecordSet(manifest)
     backbone = view.backbone.eval()
     train = embed_training_set(backbone, records, manifest.num_classes, view.embedding_size, ctx=ctx, work_dir=work,
-                               progress=False)
+                               flip=flip, progress=False)
     path = os.path.join(synth, "verification.bin")
-    sets = [(path, *embed_verification_bin(backbone, path, ctx=ctx))]
+    sets = [(path, *embed_verification_bin(backbone, path, ctx=ctx, flip=flip))]
     return view, manifest, records, train, sets
 
 
@@ -94,16 +94,16 @@ def _score(report: dict, extra: dict, manifest, records, train, truth: dict | No
     return out
 
 
-def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str]) -> dict:
+def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str], flip: bool = True) -> dict:
     from fftrain.audit.pipeline import analyse
 
     noise = os.path.join(synth, "noise.json")
     truth = json.load(open(noise, encoding="utf-8")) if os.path.exists(noise) else None
     with tempfile.TemporaryDirectory(prefix="audit-calibration-") as work:
         started = time.perf_counter()
-        view, manifest, records, train, sets = _embed(checkpoint, synth, work)
+        view, manifest, records, train, sets = _embed(checkpoint, synth, work, flip)
         result = {"checkpoint": os.path.abspath(checkpoint), "embed_s": time.perf_counter() - started,
-                  "planted": truth is not None}
+                  "planted": truth is not None, "flip": flip}
         for name, (intra, inter, leak) in SETTINGS.items():
             args = _audit_args(checkpoint, synth, intra, inter, leak, extra_args)
             report, extra = analyse(args, view, manifest, records, train, sets)
@@ -116,30 +116,40 @@ def _fmt(value) -> str:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| checkpoint | thresholds (intra / inter / leak) | leak FAR at paper's 0.7 | leaked pairs | "
-            "duplicate pairs within | mislabeled P / R | duplicates P / R | leaked images P / R | "
-            "leaked classes P / R |", "|---|---|---:|---:|---:|---|---|---|---|"]
+    rows = ["| checkpoint | thresholds | intra / inter / leak | their FRR / FAR / FAR | outlier images | "
+            "duplicate pairs within / across | leaked pairs | mislabeled P / R | duplicates P / R | "
+            "leaked images P / R | leaked classes P / R |", "|---|---|---|---|---:|---:|---:|---|---|---|---|"]
     for r in results:
         for name in SETTINGS:
             s = r[name]
             t, f, d = s["thresholds"], s["flagged"], s.get("detection")
             pr = (lambda k: f"{_fmt(d[k]['precision'])} / {_fmt(d[k]['recall'])}") if d else (lambda k: "-")
-            rows.append(f"| {os.path.basename(r['checkpoint'])} | {name}: {t['intra']['value']:.3f} / "
-                        f"{t['inter']['value']:.3f} / {t['leak']['value']:.3f} | {_fmt(t['leak']['paper_far'])} | "
+            rows.append(f"| {os.path.basename(r['checkpoint'])} | {name} | {t['intra']['value']:.3f} / "
+                        f"{t['inter']['value']:.3f} / {t['leak']['value']:.3f} | {t['intra']['far']:.2g} / "
+                        f"{t['inter']['far']:.2g} / {t['leak']['far']:.2g} | {f['outlier_images']} | "
+                        f"{f['duplicate_pairs_within']} / {f['duplicate_pairs_across']} | "
                         f"{f['leaked_pairs']} / {f['verification_pairs']} ({100 * f['leaked_pair_share']:.1f} %) | "
-                        f"{f['duplicate_pairs_within']} | {pr('mislabeled_images')} | {pr('duplicates_within_dataset')} "
+                        f"{pr('mislabeled_images')} | {pr('duplicates_within_dataset')} "
                         f"| {pr('leaked_images')} | {pr('leaked_classes')} |")
     return "\n".join(rows)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--synth", required=True, help="the set the checkpoints were trained on (noise.json: scored)")
-    p.add_argument("--checkpoint", nargs="+", required=True)
+    p.add_argument("--synth", help="the set the checkpoints were trained on (noise.json: scored)")
+    p.add_argument("--checkpoint", nargs="+", default=[])
+    p.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --json-out, nothing else")
     p.add_argument("--audit-args", default="", help="more `fftrain audit` options for both settings, one string")
+    p.add_argument("--no-flip", action="store_true", help="embed the image only (as fftrain audit --no-flip)")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
-    results = [run_checkpoint(c, args.synth, args.audit_args.split()) for c in args.checkpoint]
+    if args.table_from:
+        print(table(json.load(open(args.table_from, encoding="utf-8"))["results"]))
+        return 0
+    if not args.synth or not args.checkpoint:
+        p.error("--synth and --checkpoint are needed (or --table-from)")
+    extra = args.audit_args.split() + (["--no-flip"] if args.no_flip else [])
+    results = [run_checkpoint(c, args.synth, extra, not args.no_flip) for c in args.checkpoint]
     from bench_common import machine_info
 
     print(table(results))
