@@ -12,7 +12,7 @@ import torch
 
 from fftrain.training.checkpoint import ShardedRows, save_checkpoint
 from fftrain.config import config_from_dict, config_to_dict
-from fftrain.training.demo import DEMO_CONFIG
+from fftrain.demo import DEMO_CONFIG
 from fftrain.distributed import single_process_context
 from fftrain.model.embedding import EmbeddingModel
 

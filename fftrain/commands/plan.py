@@ -1,4 +1,4 @@
-"""`fftrain plan`: per-GPU memory of a run and whether it fits (fftrain.training.capacity).
+"""`fftrain plan`: per-GPU memory of a run and whether it fits (fftrain.capacity).
 
     fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --backbone iresnet50 --batch 128 \
         --embedding 512 --sample-rate 0.1 --dtype bf16 [--fc-storage bf16] [--max-classes]
@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from fftrain.training.capacity import PlanInput, as_dict, format_plan, local_classes, max_classes, plan
+from fftrain.capacity import PlanInput, as_dict, format_plan, local_classes, max_classes, plan
 
 
 def add_plan_parser(subparsers) -> None:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.config import load_config
     from fftrain.distributed import launch_rank
     from fftrain.errors import report_user_error
-    from fftrain.training.demo import DEMO_CONFIG
+    from fftrain.demo import DEMO_CONFIG
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -94,7 +94,7 @@ def resolve_data(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, str]:
     synthetic set, and its held-out pairs are evaluated unless other .bin files are configured."""
     if cfg.data.manifest:
         return cfg, cfg.data.manifest
-    from fftrain.training.demo import ensure_synthetic_data
+    from fftrain.demo import ensure_synthetic_data
 
     manifest = agree(ctx, lambda: ensure_synthetic_data(cfg.data.synth_dir, cfg.data.synth_preset, cfg.seed,
                                                         generate=ctx.is_main))

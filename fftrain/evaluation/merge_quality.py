@@ -135,20 +135,20 @@ def read_run_results(run_dir: str) -> dict:
     return out
 
 
-def proxy_pair_cosines(checkpoint_dir: str, overlaps_path: str) -> dict:
+def proxy_pair_cosines(proxies, overlaps_path: str, source: str = "proxies") -> dict:
     """How separable the planted duplicates are in a checkpoint's class proxies (one proxy per source class,
-    i.e. a run that has not fused): cosine quantiles of the true pairs and of the cross-dataset non-pairs, and,
-    for thresholds T, the recall and the false pairs a fusion at T1 = T would get from these proxies."""
+    i.e. a run that has not fused; `load_proxies_from_checkpoint` reads them, `source` names them in errors):
+    cosine quantiles of the true pairs and of the cross-dataset non-pairs, and, for thresholds T, the recall
+    and the false pairs a fusion at T1 = T would get from these proxies."""
     import numpy as np
     import torch
 
-    from fftrain.training.checkpoint import load_proxies_from_checkpoint
     from recordio_tools.overlaps import read_overlaps
 
-    weight = torch.nn.functional.normalize(load_proxies_from_checkpoint(checkpoint_dir).float(), dim=1).numpy()
+    weight = torch.nn.functional.normalize(proxies.float(), dim=1).numpy()
     overlaps = read_overlaps(overlaps_path)
     if weight.shape[0] != sum(d["num_classes"] for d in overlaps.datasets):
-        raise RunResultsError(f"{checkpoint_dir}: {weight.shape[0]} proxies, but the ground truth has "
+        raise RunResultsError(f"{source}: {weight.shape[0]} proxies, but the ground truth has "
                               f"{sum(d['num_classes'] for d in overlaps.datasets)} source classes (fused run?)")
     offsets = [d["class_offset"] for d in overlaps.datasets]
     dataset = np.searchsorted(offsets, np.arange(weight.shape[0]), side="right") - 1

@@ -192,7 +192,7 @@ How it is made: docs/synthetic_data.md in the fftrain repository.
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry points for the trainer's demo (fftrain/training/demo.py generates the set when it is missing).
+# Entry points for the trainer's demo (fftrain/demo.py generates the set when it is missing).
 
 PRESETS = {"default": SynthConfig, "tiny": tiny_config}
 

@@ -46,7 +46,7 @@ def test_gloo_group_refuses_a_tensor_off_the_cpu():
 def _train_under_nccl_rule(ctx, synth_dir, out_dir):
     from fftrain.config import load_config
     from fftrain.data import TrainingData
-    from fftrain.training.demo import DEMO_CONFIG
+    from fftrain.demo import DEMO_CONFIG
     from fftrain.training.run_log import setup_logging
     from fftrain.training.trainer import Trainer
 

@@ -7,7 +7,7 @@ import pytest
 from fftrain.training.checkpoint import complete_checkpoints, read_meta
 from fftrain.config import load_config
 from fftrain.data import TrainingData
-from fftrain.training.demo import DEMO_CONFIG
+from fftrain.demo import DEMO_CONFIG
 from fftrain.distributed import single_process_context
 from fftrain.training.run_log import setup_logging
 from fftrain.training.trainer import Trainer

@@ -136,7 +136,7 @@ def test_fusion_report_files_get_the_umask_mode(tmp_path):
 
 
 def test_demo_says_where_and_how_much_it_generates(tmp_path, capsys):
-    from fftrain.training.demo import ensure_synthetic_data
+    from fftrain.demo import ensure_synthetic_data
 
     folder = tmp_path / "synth"
     manifest = ensure_synthetic_data(str(folder), "tiny", 0)

@@ -91,7 +91,7 @@ def test_dump_round_trips(tmp_path):
 def test_shipped_configs_load_and_demo_yaml_matches_embedded():
     import yaml
 
-    from fftrain.training.demo import DEMO_CONFIG
+    from fftrain.demo import DEMO_CONFIG
 
     paper = load_config(str(REPO / "configs/six_datasets_r50.yaml"))
     assert paper.optim.total_steps == 480_000 and paper.data.batch_size * 8 == 1024

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fftrain.cli import main
-from fftrain.training.capacity import GIB, PlanInput, backbone_trace, head_parts, max_classes, plan
+from fftrain.capacity import GIB, PlanInput, backbone_trace, head_parts, max_classes, plan
 
 MIB = 2**20
 
