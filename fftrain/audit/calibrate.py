@@ -30,6 +30,7 @@ from fftrain.calibration.thresholds import AUTO, far_at, lower_threshold, upper_
 
 PAPER_INTRA, PAPER_INTER, PAPER_LEAK = 0.3, 0.7, 0.7
 CHUNK = 2048
+SCORES_PER_CHUNK = 1 << 24  # 64 MiB of float32 scores per block of the probe search
 
 
 def centre_pair_impostors(centres: np.ndarray, classes: np.ndarray, *, max_pairs: int, seed: int) -> np.ndarray:
@@ -69,8 +70,9 @@ def nearest_other_identity(embeddings, labels: np.ndarray, centres: np.ndarray, 
     empty = torch.from_numpy(~has_images)
     group_of = torch.from_numpy(groups)
     out = np.empty(keys.size)
-    for start in range(0, keys.size, CHUNK):
-        part = keys[start:start + CHUNK]
+    rows_per_chunk = max(1, min(CHUNK, SCORES_PER_CHUNK // max(1, len(centres))))  # bounds the [rows, C] scores
+    for start in range(0, keys.size, rows_per_chunk):
+        part = keys[start:start + rows_per_chunk]
         rows = torch.from_numpy(np.asarray(embeddings[part], dtype=np.float32))
         sims = rows @ c.T
         own = group_of[None, :] == group_of[torch.from_numpy(labels[part])][:, None]

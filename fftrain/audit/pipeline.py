@@ -147,8 +147,7 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     lap("intra_s")
     args, chosen, calibration, inter = _thresholds(args, train, centres, intra, class_dataset)
     intra = with_threshold(intra, args.intra_threshold)
-    lap("calibration_s")
-    lap("inter_s")
+    lap("calibration_and_inter_s")  # the inter-class search runs inside the calibration (its pairs group identities)
     twin_kw = dict(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
                    same_dataset_policy=args.same_dataset_policy, backend=args.backend)
     twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, **twin_kw)
@@ -202,7 +201,8 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     clean_components = [c.members for c in inter.plan.components
                         if args.clean_merge == "all" or len(set(class_dataset[c.members].tolist())) == 1]
     lap("report_s")
-    extra = {"settings": args, "phases": phases, "intra": intra, "inter": inter, "leaks": leaks, "outlier_keys": intra.outliers,
+    extra = {"settings": args, "phases": phases, "intra": intra, "inter": inter, "leaks": leaks,
+             "outlier_keys": intra.outliers,
              "leaked_classes": leaked_classes, "clean_components": clean_components,
              "clean_record": {"checkpoint": os.path.abspath(checkpoint.path), "merge": args.clean_merge,
                               "thresholds": report["thresholds"], "audit": os.path.abspath(args.out)}}
