@@ -190,7 +190,7 @@ def make_pseudo_labels(embeddings: np.ndarray, proxies: np.ndarray, seed: int, g
     only the 'both' arm uses) and with none (everything clustered)."""
     from fftrain.pseudo_label import PseudoLabelOptions, pseudo_label
 
-    common = dict(gamma=gamma, seed=seed, threshold=threshold)
+    common = dict(gamma=gamma, seed=seed, threshold=threshold, min_purity=0.0)  # as recorded, before purity checks
     sep = pseudo_label(embeddings, proxies, PseudoLabelOptions(overlapping="assign", **common))
     everything = pseudo_label(embeddings, proxies, PseudoLabelOptions(overlap="none", **common))
     return {"sep": sep, "all": everything}
