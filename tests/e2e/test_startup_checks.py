@@ -172,3 +172,12 @@ def test_the_lock_is_taken_before_the_resume_point_is_read(synth, tmp_path, caps
     code, err, _ = run_main(capsys, settings(synth, out_dir) + ["--resume", "auto"])
     assert code == 2 and len(err) == 1 and "is in use by another trainer" in err[0], err
     assert (out_dir / LOCK_FILE).exists() and (damaged / "meta.json").read_text() == "{"
+
+
+def test_a_bad_resume_path_is_refused_before_the_demo_set_is_generated(tmp_path, capsys):
+    synth_dir, out_dir = tmp_path / "synth", tmp_path / "run"
+    code, err, out = run_main(capsys, ["--resume", str(tmp_path / "no_such_checkpoint"),
+                                       "--set", f"output_dir={out_dir}", "--set", f"data.synth_dir={synth_dir}"])
+    assert code == 2 and len(err) == 1 and str(tmp_path / "no_such_checkpoint") in err[0], err
+    assert "generating the synthetic demo set" not in out
+    assert not synth_dir.exists() and not out_dir.exists()
