@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from fftrain.config import ConfigError, GRLConfig, ModelConfig, load_config
 from fftrain.data.augment import color_matrix, step_params
-from fftrain.fusion.knn import block_elems_for, distributed_knn
+from fftrain.fusion.knn import distributed_knn
+from fftrain.search import block_elems_for
 from fftrain.fusion.reshard import _segment_sum
 from fftrain.head.margins import build_margin
 from fftrain.model.embedding import EmbeddingModel

@@ -132,7 +132,7 @@ LAYERS = [
     ("recordio_tools", "fftrain", "fftrain.errors"),
     ("fftrain.distributed",),
     ("fftrain.config", "fftrain.demo"),
-    ("fftrain.data", "fftrain.model", "fftrain.head"),
+    ("fftrain.data", "fftrain.model", "fftrain.head", "fftrain.search"),
     ("fftrain.evaluation",),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
