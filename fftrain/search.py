@@ -244,7 +244,7 @@ def block_searcher(backend: str, device: torch.device, max_block_elems: int | No
 
 
 def as_rows(x, name: str) -> torch.Tensor:
-    """x as a contiguous float32 [n, D] tensor (a numpy array is shared, not copied, when it can be)."""
+    """x as a contiguous float32 [n, D] tensor, detached (a numpy array is shared, not copied, when it can be)."""
     rows = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     if rows.dim() != 2:
         raise ValueError(f"{name} must be [n, D], got shape {tuple(rows.shape)}")
@@ -260,6 +260,8 @@ def top_k(queries, keys, k: int, *, backend: str = "auto", self_keys: bool = Fal
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if self_keys and keys is not queries:
+        raise ValueError("self_keys: the keys are the queries; pass the same object twice")
     q = as_rows(queries, "queries")
     keys = q if self_keys else as_rows(keys, "keys").to(q.device)
     if keys.shape[0] and keys.shape[1] != q.shape[1]:

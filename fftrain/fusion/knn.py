@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
-from fftrain.search import block_searcher, merge_topk, resolve_backend
+from fftrain.search import as_rows, block_searcher, merge_topk, resolve_backend
 
 __all__ = ["distributed_knn", "gather_sizes", "resolve_backend"]  # resolve_backend: fftrain.search's, for run_fusion
 
@@ -53,12 +53,7 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | N
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if local_proxies.dim() != 2:
-        raise ValueError(f"local_proxies must be [n_local, D], got shape {tuple(local_proxies.shape)}")
-    x = local_proxies.detach()
-    if x.dtype != torch.float32:
-        x = x.float()
-    x = x.contiguous()
+    x = as_rows(local_proxies, "local_proxies")
     device = x.device
     world, rank = world_size_of(group), rank_of(group)
     cdev = comm_device(group, device)

@@ -86,6 +86,9 @@ def test_fewer_keys_than_k_pad_with_minus_one_and_minus_infinity():
     assert ids.shape == (4, 5) and (ids[:, 2:] == -1).all() and torch.isneginf(sims[:, 2:]).all()
     with pytest.raises(ValueError, match="k must be >= 1"):
         top_k(unit_rows(_rows(4)), unit_rows(_rows(2)), 0)
+    x = unit_rows(_rows(4))
+    with pytest.raises(ValueError, match="self_keys: the keys are the queries"):
+        top_k(x, x.clone(), 2, self_keys=True)
 
 
 def test_best_hits_drops_the_own_row_or_else_the_last_hit():
