@@ -216,13 +216,9 @@ def test_bf16_storage_holds_two_bytes_per_value_and_steps_are_repeatable():
 
 # ---- errors and packaging --------------------------------------------------------------------------
 
-def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(synth, tmp_path, monkeypatch, capsys):
     from fftrain.training import trainer as trainer_module
     from fftrain.commands.train import run_training
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    synth = tmp_path / "synth"
-    generate_synthetic_set(str(synth), preset="tiny", seed=0)
 
     def broken(self):
         raise RuntimeError("a bug, not a user error")
