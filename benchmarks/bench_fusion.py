@@ -11,11 +11,15 @@ cross-dataset duplicates so the component and reshard phases have work):
   every core of the host (the lower bound a fusion kNN is held to);
 - fusion: `fftrain.fusion.run_fusion` (no report) on W gloo ranks on this host, each rank with
   (cores / W) threads; the phase times are the max over ranks.
+The baseline and the measured configurations alternate, `--repeats` rounds per size (raw, then each
+fusion configuration, then raw again, ...), so a change of the machine's load hits both alike; ratio =
+the median over rounds of (fusion total / the raw run of the same round), with its range over rounds.
+Times are the medians over rounds.
 `--device cuda` (world 1 only: several GPUs need NCCL, not this host's gloo): the proxies and the
 momentum sit on cuda:0 and the phases are timed with CUDA synchronised; the raw faiss baseline
-stays on the CPU (skipped above 1M proxies: `--raw-max`). ratio = fusion total / raw. Prints a table and writes JSON (default
-benchmarks/out/fusion_<host>_<yyyymmdd>.json). Times are seconds, one run each (the first
-fusion on a fresh process includes faiss's import).
+stays on the CPU (skipped above 1M proxies: `--raw-max`). Prints a table and writes JSON (default
+benchmarks/out/fusion_<host>_<yyyymmdd>.json). Times are seconds (faiss is imported before the
+first timed run).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import datetime
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -116,6 +121,40 @@ def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, bac
     return out
 
 
+_TIMES = ("knn_s", "components_s", "reshard_s", "total_s")
+
+
+def measure_size(n: int, a, tmp: str) -> list[dict]:
+    """One row per (backend, world): median times over `a.repeats` rounds, each round the raw faiss
+    baseline then every configuration, and the median (and range) of the per-round ratios."""
+    x, cd = make_proxies(n, a.dim, a.seed)
+    path = os.path.join(tmp, f"proxies_{n}.npy")
+    np.save(path, x)
+    np.save(path.replace(".npy", "_cd.npy"), cd)
+    with_raw = n <= a.raw_max
+    if with_raw:
+        import faiss  # noqa: F401  (its import is not the first round's cost)
+    configs = [(backend, world) for backend in a.backends for world in a.worlds]
+    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
+    raws = []
+    for _ in range(a.repeats):
+        raws.append(raw_faiss(x, a.k, a.threads) if with_raw else float("nan"))
+        for backend, world in configs:
+            runs[backend, world].append(run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device))
+    del x
+    rows = []
+    for (backend, world), results in runs.items():
+        ratios = [r["total_s"] / raw for r, raw in zip(results, raws)]
+        row = dict(n=n, dim=a.dim, world=world, backend=backend, device=a.device, threads=a.threads,
+                   repeats=a.repeats, raw_faiss_s=statistics.median(raws), raw_faiss_runs_s=raws,
+                   ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                   total_runs_s=[r["total_s"] for r in results],
+                   merged=results[0]["merged"], num_classes_new=results[0]["num_classes_new"])
+        row.update({key: statistics.median(r[key] for r in results) for key in _TIMES})
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="cores to use in all (raw and fusion)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the proxies sit (cuda: world 1)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds of baseline and fusion per size")
     p.add_argument("--raw-max", type=int, default=1_000_000, help="skip the raw faiss baseline above this N")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/fusion_<host>_<date>.json)")
     a = p.parse_args(argv)
@@ -139,26 +179,16 @@ def main(argv=None) -> int:
     out_path = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"fusion_{host}_{date}.json")
     rows = []
     header = (f"{'N':>8} {'W':>2} {'backend':>7} {'knn s':>8} {'comp s':>8} {'reshard s':>9} {'total s':>8} "
-              f"{'raw faiss s':>11} {'ratio':>6} {'merged':>7}")
+              f"{'raw faiss s':>11} {'ratio':>6} {'range':>11} {'merged':>7}")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in a.sizes:
-            x, cd = make_proxies(n, a.dim, a.seed)
-            path = os.path.join(tmp, f"proxies_{n}.npy")
-            np.save(path, x)
-            np.save(path.replace(".npy", "_cd.npy"), cd)
-            raw = raw_faiss(x, a.k, a.threads) if n <= a.raw_max else float("nan")
-            del x
-            for backend in a.backends:
-                for world in a.worlds:
-                    r = run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device)
-                    row = dict(n=n, dim=a.dim, world=world, backend=backend, device=a.device, threads=a.threads,
-                               raw_faiss_s=raw,
-                               ratio=r["total_s"] / raw, **r)
-                    rows.append(row)
-                    print(f"{n:>8} {world:>2} {backend:>7} {r['knn_s']:>8.2f} {r['components_s']:>8.3f} "
-                          f"{r['reshard_s']:>9.3f} {r['total_s']:>8.2f} {raw:>11.2f} {row['ratio']:>6.2f} "
-                          f"{r['merged']:>7}", flush=True)
+            for row in measure_size(n, a, tmp):
+                rows.append(row)
+                print(f"{n:>8} {row['world']:>2} {row['backend']:>7} {row['knn_s']:>8.2f} {row['components_s']:>8.3f} "
+                      f"{row['reshard_s']:>9.3f} {row['total_s']:>8.2f} {row['raw_faiss_s']:>11.2f} "
+                      f"{row['ratio']:>6.2f} {row['ratio_min']:>5.2f}-{row['ratio_max']:<5.2f} {row['merged']:>7}",
+                      flush=True)
     meta = dict(host=host, date=date, command=" ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
                 cpu_count=os.cpu_count(), torch=torch.__version__)
     write_json_atomic(out_path, {"meta": meta, "rows": rows}, indent=1, newline=False, make_parents=True)

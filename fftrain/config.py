@@ -14,7 +14,6 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-import yaml
 
 from fftrain.errors import UserError
 
@@ -370,6 +369,14 @@ def config_from_dict(values: dict) -> TrainConfig:
     return _build(TrainConfig, values)
 
 
+def _yaml():
+    """PyYAML, imported where a config is read or written: importing this module (for ConfigError and the
+    dataclasses, e.g. from the model, data and fusion code) must not need it."""
+    import yaml
+
+    return yaml
+
+
 def apply_override(values: dict, override: str) -> None:
     """Apply one `a.b.c=value` override (the value parsed as YAML) to a nested dict."""
     if "=" not in override:
@@ -381,13 +388,14 @@ def apply_override(values: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = _yaml().safe_load(raw) if raw.strip() else ""
 
 
 def load_config(path: str | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> TrainConfig:
     """Defaults, then `base` or the YAML file (if any), then each override in order."""
     values: dict = copy.deepcopy(base) if base else {}
     if path:
+        yaml = _yaml()
         try:
             with open(path, encoding="utf-8") as f:
                 values = yaml.safe_load(f) or {}
@@ -410,7 +418,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return _yaml().safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -443,6 +451,7 @@ def describe_keys(cls=TrainConfig, prefix: str = "") -> list[tuple[str, object, 
 
 def keys_help() -> str:
     """One line per config key: key, default, doc (for `fftrain train --help`)."""
+    yaml = _yaml()
     rows = [(key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), doc)
             for key, default, doc in describe_keys()]
     width = max(len(key) + len(default) for key, default, _ in rows) + 4

@@ -31,7 +31,6 @@ import struct
 import numpy as np
 
 from fftrain.errors import UserError
-from recordio_tools.images import jpeg_structure_problem
 from recordio_tools.manifest import Manifest
 from recordio_tools.recordio import (MAGIC, PART_HEADER_SIZE, RecordIOError, decode_part_header, parse_image_header,
                                      read_index, read_record_at)
@@ -204,6 +203,8 @@ class RecordSet:
 
     def read_checked(self, key: int) -> tuple[np.ndarray, int]:
         """`read`, plus the JPEG structure check; DataError naming the record when either fails."""
+        from recordio_tools.images import jpeg_structure_problem  # deferred: it imports PIL; fusion needs none
+
         jpeg, class_id = self.read(key)
         problem = jpeg_structure_problem(jpeg)
         if problem is not None:

@@ -395,10 +395,12 @@ class PartialFCHead(nn.Module):
         bad = ~in_range
         if class_dataset is not None and datasets_all is not None:
             bad = bad | (class_dataset[labels_all.clamp(0, self.num_classes - 1)] != datasets_all)
-        i = bad.to(torch.uint8).argmax()
-        kind = torch.where(in_range[i], 2, 1) * bad.any()
-        dataset = datasets_all[i] if datasets_all is not None else torch.zeros_like(i)
-        row = torch.stack([torch.full_like(i, self.sample_step), kind, i, labels_all[i], dataset, torch.zeros_like(i)])
+        # a 1-element index, never a 0-d one: indexing with a 0-d tensor reads it on the host (a sync)
+        i = bad.to(torch.uint8).argmax().unsqueeze(0)
+        kind = torch.where(in_range.gather(0, i), 2, 1) * bad.any()
+        dataset = datasets_all.gather(0, i).long() if datasets_all is not None else torch.zeros_like(i)
+        row = torch.cat([torch.full_like(i, self.sample_step), kind, i, labels_all.gather(0, i), dataset,
+                         torch.zeros_like(i)])
         if self._deferred is None or self._deferred.device != labels_all.device:
             self._deferred = torch.zeros(6, dtype=torch.long, device=labels_all.device)
         self._deferred = torch.where(self._deferred[1] == 0, row, self._deferred)

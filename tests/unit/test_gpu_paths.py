@@ -38,11 +38,23 @@ def test_head_on_cuda_matches_the_cpu(compute_dtype, tolerance):
 
 
 def test_deferred_checks_on_cuda_raise_without_a_sync_per_step():
-    _, head = _heads(None, sample_rate=0.1)
+    _, head = _heads(None, sample_rate=0.1)   # 100 sampled rows >= the 8 labels: no count of the positives
     head.defer_checks = True
-    x = torch.randn(8, 128, device=CUDA)
-    head(x, torch.tensor([1, 2, 3, 4000, 5, 6, 7, 8], device=CUDA))
-    with pytest.raises(ValueError, match=r"label 4000 out of range"):
+    x = torch.randn(8, 128, device=CUDA, requires_grad=True)
+    good = torch.arange(1, 9, device=CUDA)
+    bad = torch.tensor([1, 2, 3, 4000, 5, 6, 7, 8], device=CUDA)
+    head(x, good).backward()                  # forward 0 builds the generator and the deferred record
+    head.step(0.1)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")   # a stream sync inside raises
+    try:
+        for labels in (good, bad, good):      # forwards 1, 2, 3
+            head(x, labels).backward()
+            head.step(0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    with pytest.raises(ValueError, match=r"label 4000 out of range \[0, 1000\) at training-mode forward 2"):
         head.raise_deferred_errors()
 
 
