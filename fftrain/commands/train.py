@@ -30,6 +30,7 @@ from fftrain.training.run_log import setup_logging
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from fftrain.config import keys_help
+    from fftrain.configs import packaged_configs
 
     parser = argparse.ArgumentParser(prog="fftrain train", description="Train a face-recognition network on "
                                      "several datasets at once (FaceFusion).",
@@ -37,11 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog="config keys (--set KEY=VALUE; the defaults below are the paper's "
                                      "setting; with no --config the CPU demo, configs/demo_cpu.yaml, replaces "
                                      "some):\n" + keys_help())
-    parser.add_argument("--config", help="YAML run config (default: the embedded CPU demo)")
+    parser.add_argument("--config", help="a packaged config's name (" + ", ".join(packaged_configs()) + ") or a "
+                        "YAML file (default: the embedded CPU demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir), a checkpoint "
                         "folder, or '' to start fresh; same as --set checkpoint.resume=...")
+    from fftrain.commands.launch import add_launch_arguments
+
+    add_launch_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -65,10 +70,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume!r}" if args.resume else "checkpoint.resume=''")
     try:
-        cfg = load_config(args.config, overrides, base=None if args.config else DEMO_CONFIG)
+        config_path = config_file(args.config)
+        cfg = load_config(config_path, overrides, base=None if args.config else DEMO_CONFIG)
     except UserError as e:  # every rank has the same config: rank 0 says it
         return report_user_error("fftrain", e) if launch_rank() == 0 else EXIT_USER_ERROR
-    return run_training(cfg)
+    if args.nproc_per_node is not None:  # the launcher: check here, then start the workers
+        from fftrain.commands.launch import launch
+
+        return launch(args, cfg, config_path, check_before_spawn)
+    try:
+        return run_training(cfg)
+    except KeyboardInterrupt:
+        return interrupted(launch_rank())
+
+
+def interrupted(rank: int) -> int:
+    """Ctrl-C: no traceback from every rank; one line (from rank 0, or from the launcher that started us)."""
+    from fftrain.commands.launch import LAUNCHED_ENV
+
+    if rank == 0 and not os.environ.get(LAUNCHED_ENV):
+        print("fftrain: interrupted; the newest complete checkpoint is kept: run the same command again to resume "
+              "(checkpoint.resume=auto)", file=sys.stderr, flush=True)
+    return 130
+
+
+def config_file(name_or_path: str | None) -> str | None:
+    """`--config`: a packaged config's name or a path; a name that is neither is a ConfigError."""
+    from fftrain.configs import packaged_configs, resolve_config
+
+    if name_or_path is None:
+        return None
+    path = resolve_config(name_or_path)
+    if not os.path.exists(path):
+        raise ConfigError(f"--config {name_or_path}: no such file and no packaged config of that name "
+                          f"(packaged: {', '.join(packaged_configs())})")
+    return path
 
 
 class StartupRefused(UserError):
@@ -181,6 +217,19 @@ def lock_output(cfg: TrainConfig, ctx: DistContext):
         return OutputLock(cfg.output_dir, elastic_run_id(), warn=lambda m: print(m, file=sys.stderr)).acquire()
 
     return agree(ctx, take)
+
+
+def check_before_spawn(cfg: TrainConfig, world_size: int) -> None:
+    """The launcher's check, before any worker starts: the start-up checks of `run_training`, on this one
+    process seeing the data split over `world_size` ranks (rank 0 generates the demo set if missing)."""
+    import torch
+
+    ctx = DistContext(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), group=None)
+    cfg, manifest = resolve_data(cfg, ctx)
+    data = check_inputs(cfg, ctx, manifest)
+    resume_path, _ = check_resume(cfg, ctx, data)
+    if cfg.model.pretrained and resume_path is None:
+        check_pretrained(cfg)
 
 
 def write_config(cfg: TrainConfig, resume_meta: dict | None) -> None:

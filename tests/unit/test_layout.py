@@ -131,14 +131,14 @@ def test_recordio_framing_defined_once():
 LAYERS = [
     ("recordio_tools", "fftrain", "fftrain.errors"),
     ("fftrain.distributed",),
-    ("fftrain.config", "fftrain.demo"),
+    ("fftrain.config", "fftrain.configs", "fftrain.demo"),
     ("fftrain.data", "fftrain.model", "fftrain.head", "fftrain.search"),
     ("fftrain.evaluation",),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
-     "fftrain.capacity", "fftrain.training"),
+     "fftrain.capacity", "fftrain.training.read_lease", "fftrain.training"),
     ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
-    ("fftrain.commands", "fftrain.cli", "fftrain.train"),
+    ("fftrain.commands", "fftrain.cli", "fftrain.train", "fftrain.__main__"),
 ]
 #: the one upward import: the config checks `model.backbone` against the backbone registry
 ALLOWED_UPWARD = {("fftrain.config", "fftrain.model.backbones")}
