@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fftrain.pseudo_label.evt import WeibullMixture, fit_weibull_mixture, otsu_threshold
+from fftrain.calibration.evt import WeibullMixture, fit_weibull_mixture, otsu_threshold
 from fftrain.search import top_k, unit_rows
 
 CONFIDENCE = 0.95
