@@ -12,7 +12,8 @@ bench_fusion.py). Then each rank returns its freed memory to the OS, resets its 
 high-water mark (/proc/self/clear_refs, 5) and runs
 - mode 'fusion': `fftrain.fusion.run_fusion` end to end (faiss kNN, components, reshard, no report);
 - mode 'reshard': `reshard_merge` alone, with the merge map of the planted duplicates.
-Peak above the shard = VmHWM - the resident set just before (the shard, the tables, the libraries);
+Peak above the shard = VmHWM - the resident set just before (the shard, the tables, the libraries,
+faiss imported);
 reported as a multiple of the rank's shard bytes (weight + momentum) and in bytes per local class,
 the max over ranks. The results (new weight and momentum) count: the caller holds the old shard until
 it swaps them in. Memory does not depend on the machine's load, times do (so none are taken).
@@ -96,6 +97,8 @@ def _rank_main(rank: int, world: int, init_file: str, a: dict, result_dir: str) 
     cd, old_to_new = torch.from_numpy(cd), torch.from_numpy(old_to_new)
     del x
     shard_bytes = 2 * weight.numel() * weight.element_size()
+    import faiss  # noqa: F401  (a library, like torch: part of the baseline, not of fusion's working set)
+
     dist.barrier()
     base = _reset_high_water()
     if a["mode"] == "fusion":

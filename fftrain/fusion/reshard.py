@@ -33,7 +33,7 @@ from fftrain.distributed.class_sharding import owner_of, shard_range, shard_rang
 from fftrain.distributed import ProcessGroup, all_to_all_single_, comm_device, rank_of, world_size_of
 
 _EPS = 1e-12
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20
 """Rows sent per chunk step: this many bytes of one rank's rows (weight and states together)."""
 
 
@@ -132,9 +132,12 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
                                         _owner(all_new[a:b], num_classes_new, world), group)
         target = recv_ids[:, 1] - new_start
         alone = members[recv_ids[:, 1]] == 1
-        for out, rows in zip(new, recv):
-            out[target[alone]] = rows[alone]
-        if not bool(alone.all()):
+        if bool(alone.all()):  # the common chunk: no masked copies
+            for out, rows in zip(new, recv):
+                out[target] = rows
+        else:
+            for out, rows in zip(new, recv):
+                out[target[alone]] = rows[alone]
             waiting.append((recv_ids[~alone, 0], target[~alone], [rows[~alone] for rows in recv]))
         del recv_ids, recv
     if waiting:
