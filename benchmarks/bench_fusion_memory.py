@@ -17,6 +17,10 @@ faiss imported);
 reported as a multiple of the rank's shard bytes (weight + momentum) and in bytes per local class,
 the max over ranks. The results (new weight and momentum) count: the caller holds the old shard until
 it swaps them in. Memory does not depend on the machine's load, times do (so none are taken).
+The ranks run with glibc's MALLOC_MMAP_THRESHOLD_ fixed (`--mmap-threshold`, default 1 MiB): blocks
+above it are mapped and unmapped on their own, so the high-water mark follows the live tensors
+(glibc's default threshold rises to 32 MiB after the first large free, and freed blocks below it stay
+in the heap, which inflates the peak at small sizes by tens of MiB, more than at large ones).
 With --baseline-commit REV the same measurements alternate with REV's fftrain (git archive into a
 temporary folder, put first on PYTHONPATH), so before and after come from one run.
 Prints a table and writes JSON (default benchmarks/out/fusion_memory_<host>_<yyyymmdd>.json).
@@ -115,10 +119,13 @@ def _rank_main(rank: int, world: int, init_file: str, a: dict, result_dir: str) 
     dist.destroy_process_group()
 
 
-def measure(mode: str, n: int, storage: str, world: int, dim: int, seed: int, pythonpath: str) -> dict:
+def measure(mode: str, n: int, storage: str, world: int, dim: int, seed: int, pythonpath: str,
+            mmap_threshold: int = 0) -> dict:
     """One measurement in a fresh process tree (the child runs this file with --child)."""
     args = dict(mode=mode, n=n, storage=storage, world=world, dim=dim, seed=seed)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, REPO) if p))
+    if mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(args)], env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -160,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--world", type=int, default=2, help="gloo ranks")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mmap-threshold", type=int, default=2**20,
+                   help="glibc MALLOC_MMAP_THRESHOLD_ of the ranks (0: glibc's default)")
     p.add_argument("--baseline-commit", default=None, help="also measure this git revision's fftrain, alternating")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/fusion_memory_<host>_<date>.json)")
     a = p.parse_args(argv)
@@ -181,7 +190,7 @@ def main(argv=None) -> int:
             for n in a.sizes:
                 for storage in a.storages:
                     for code, path in codes:
-                        row = dict(measure(mode, n, storage, a.world, a.dim, a.seed, path), code=code,
+                        row = dict(measure(mode, n, storage, a.world, a.dim, a.seed, path, a.mmap_threshold), code=code,
                                    load_average_1min=round(os.getloadavg()[0], 2))
                         rows.append(row)
                         print(f"{mode:>7} {n:>8} {storage:>7} {code[:10]:>10} {row['shard_bytes'] / 2**20:>9.1f} "

@@ -214,16 +214,24 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     shard = n_local * d * store * copies
     rows32 = n_local * d * 4                             # one shard's rows in fp32
     g = max(1, inp.datasets)
-    knn = (rows32                                        # the remote shard in hand
+    knn = (2 * rows32                                    # the remote shard in hand, and one more fp32
+                                                         # shard-sized block the CPU peaks show (not traced)
            + rows32 * (g - 1) // g                       # the queries of the other datasets
            + 2 * rows32 // g                             # one dataset's keys and faiss's copy of them
-           + 6 * n_local * inp.knn_k * 12)               # running top-k, the merge's cat/sort/gather
+           + 6 * n_local * inp.knn_k * 12                # running top-k, the merge's cat/sort/gather
+           + _faiss_workspace(inp.device))
     merged = int(inp.merged_fraction * n_local)
     reshard = (shard                                     # the new shard (a little smaller: merges)
                + 3 * min(CHUNK_BYTES, shard)             # send, receive and masked copies of a chunk
                + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
     return {"fc shard (weight + momentum)": shard, "normalised fp32 proxies": rows32,
             "kNN or reshard working set": max(knn, reshard)}
+
+
+def _faiss_workspace(device: str) -> int:
+    """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU; faiss-cpu
+    scores blocks through BLAS, whose sgemm keeps a 32 MiB buffer per thread (one thread per rank here)."""
+    return int(1.5 * GIB) if device == "cuda" else 32 * 2**20
 
 
 def plan(inp: PlanInput, classes: int | None = None) -> Plan:
