@@ -13,6 +13,7 @@ setup(
                 "with MXNet-compatible RecordIO tools",
     python_requires=">=3.10",
     packages=find_packages(include=["fftrain", "fftrain.*", "recordio_tools", "recordio_tools.*"]),
+    package_data={"fftrain.configs": ["*.yaml"]},  # `--config NAME` from an installed package
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",

@@ -79,8 +79,9 @@ def pipeline(work: str, thresholds, *, nproc: int = 2, tiny: bool = False) -> li
         out.append({"name": f"audit {_tag(t)}", "done": os.path.join(clean, "clean_map.json"),
                     "argv": torchrun + ["-m", "fftrain.cli", "audit", "--checkpoint", _final_checkpoint(noisy_run, steps),
                                         "--data", noisy, "--verification", verification,
-                                        "--out", os.path.join(noisy_run, f"audit_{_tag(t)}"), "--inter-threshold", str(t),
-                                        "--leak-threshold", str(t), "--write-clean", clean, "--quiet"]})
+                                        "--out", os.path.join(noisy_run, f"audit_{_tag(t)}"), "--intra-threshold", "0.3",
+                                        "--inter-threshold", str(t), "--leak-threshold", str(t), "--write-clean", clean,
+                                        "--quiet"]})
         out.append(train(os.path.join(work, "runs", f"clean_{_tag(t)}"), clean))
     return out
 

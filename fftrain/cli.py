@@ -6,6 +6,7 @@
     fftrain export --checkpoint DIR --onnx model.onnx    # backbone to ONNX, checked with onnxruntime
     fftrain audit --checkpoint DIR --data MANIFEST --out DIR   # label noise, duplicates, test-set leakage
     fftrain pseudo-label --checkpoint DIR --unlabeled DATASET --out DIR   # cluster an unlabeled set into a dataset
+    fftrain demo-report runs/demo                        # classes after fusion, merge precision/recall, accuracy
     fftrain plan --classes 29000000 --gpus 8 --gpu-memory 80 --max-classes   # per-GPU memory, fits?
 """
 
@@ -24,6 +25,7 @@ COMMANDS = (
     ("fftrain.commands.audit", "add_audit_parser"),
     ("fftrain.commands.pseudo_label", "add_pseudo_label_parser"),
     ("fftrain.commands.plan", "add_plan_parser"),
+    ("fftrain.commands.demo_report", "add_demo_report_parser"),
 )
 
 
@@ -38,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lease(checkpoint: str | None):
+    """A read lease on the checkpoint a command reads, so a training run's pruning leaves it alone."""
+    import contextlib
+
+    from fftrain.training.read_lease import read_lease
+
+    return read_lease(checkpoint) if checkpoint else contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
@@ -48,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from fftrain.errors import UserError, report_user_error
 
     try:
-        return int(args.run(args) or 0)
+        with _lease(getattr(args, "checkpoint", None)):
+            return int(args.run(args) or 0)
     except UserError as e:
         return report_user_error(f"fftrain {args.command}", e)
 

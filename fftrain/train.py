@@ -2,6 +2,10 @@
 
     # the embedded demo: synthetic six-dataset set, tiny backbone, CPU, ~10 minutes on 2 cores
     torchrun --nproc_per_node=2 fftrain/train.py
+    # the launcher: checks before it spawns, then the workers under torchrun's elastic agent
+    fftrain train --nproc-per-node 8 --config six_datasets_r50 --set data.manifest=/data/train/manifest.json
+    # torchrun from an installed package (this file, in a checkout, is the same)
+    torchrun --nproc_per_node=8 -m fftrain.train --config six_datasets_r50 --set data.manifest=...
     # one node, 8 GPUs, the paper setting on your built training set
     torchrun --nproc_per_node=8 fftrain/train.py --config configs/six_datasets_r50.yaml \
         --set data.manifest=/data/train/manifest.json

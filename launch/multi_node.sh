@@ -9,14 +9,14 @@ NGPU=${NGPU:-8}                                   # GPUs per node
 HEAD_NODE=${HEAD_NODE:?set HEAD_NODE to the rendezvous host}
 RDZV_PORT=${RDZV_PORT:-29500}
 RDZV_ID=${RDZV_ID:-fftrain}
-CONFIG=${CONFIG:-configs/six_datasets_r50.yaml}
+CONFIG=${CONFIG:-six_datasets_r50}                # a packaged config's name or a YAML path
 MANIFEST=${MANIFEST:-/data/train/manifest.json}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/six_datasets_r50}
 MAX_RESTARTS=${MAX_RESTARTS:-3}                   # restart the group from the last checkpoint on a failure
 PYTHON_BIN=${PYTHON_BIN:-python}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-exec "$PYTHON_BIN" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NGPU" \
-  --rdzv_backend=c10d --rdzv_endpoint="$HEAD_NODE:$RDZV_PORT" --rdzv_id="$RDZV_ID" \
+exec "$PYTHON_BIN" -m fftrain train --nnodes "$NNODES" --nproc-per-node "$NGPU" \
+  --rdzv-backend c10d --rdzv-endpoint "$HEAD_NODE:$RDZV_PORT" --rdzv-id "$RDZV_ID" \
   --max-restarts "$MAX_RESTARTS" --local-ranks-filter 0 \
-  fftrain/train.py --config "$CONFIG" --set data.manifest="$MANIFEST" --set output_dir="$OUTPUT_DIR" "$@"
+  --config "$CONFIG" --set data.manifest="$MANIFEST" --set output_dir="$OUTPUT_DIR" "$@"

@@ -9,7 +9,7 @@ second view: the cosine of each image to the proxy of its fused class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,13 @@ def intra_class(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, co
     with np.errstate(invalid="ignore"):
         outliers = np.flatnonzero(cos_centre < threshold).astype(np.int64)
     return IntraClass(cos_centre, cos_proxy, loo, outliers, threshold)
+
+
+def with_threshold(intra: IntraClass, threshold: float) -> IntraClass:
+    """The same cosines with the outliers below another threshold."""
+    with np.errstate(invalid="ignore"):
+        outliers = np.flatnonzero(intra.cos_centre < threshold).astype(np.int64)
+    return replace(intra, outliers=outliers, threshold=threshold)
 
 
 def per_dataset_summary(intra: IntraClass, image_dataset: np.ndarray, names: list[str]) -> list[dict]:

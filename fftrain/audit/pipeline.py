@@ -14,16 +14,23 @@ import time
 import numpy as np
 
 from fftrain.audit.inputs import AuditError
+from fftrain.calibration.thresholds import AUTO
 
-DEFAULT_INTRA, DEFAULT_INTER, DEFAULT_LEAK = 0.3, 0.7, 0.7
+DEFAULT_INTRA = DEFAULT_INTER = DEFAULT_LEAK = AUTO
+DEFAULT_FAR, DEFAULT_INTRA_FRR = 1e-4, 1e-2
+DEFAULT_CALIBRATION_PAIRS, DEFAULT_CALIBRATION_PROBES = 1_000_000, 20_000
 
 
 def _check_args(args) -> None:
     for name in ("intra_threshold", "inter_threshold", "leak_threshold"):
         value = getattr(args, name)
-        if not -1.0 <= value <= 1.0:
-            raise AuditError(f"--{name.replace('_', '-')} {value}: a cosine threshold must lie in [-1, 1]")
-    for name in ("knn_k", "pairs_per_dataset", "batch_size", "chunk", "loo_max_images"):
+        if value != AUTO and not -1.0 <= value <= 1.0:
+            raise AuditError(f"--{name.replace('_', '-')} {value}: a cosine threshold must lie in [-1, 1] (or auto)")
+    for name in ("far", "intra_frr"):
+        if not 0.0 < getattr(args, name) < 1.0:
+            raise AuditError(f"--{name.replace('_', '-')} {getattr(args, name)}: a rate must lie in (0, 1)")
+    for name in ("knn_k", "pairs_per_dataset", "batch_size", "chunk", "loo_max_images", "calibration_pairs",
+                 "calibration_probes"):
         if getattr(args, name) < 1:
             raise AuditError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if args.max_component < 2:
@@ -83,7 +90,7 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     report["timing"] = {"embed_train_s": train.seconds, "embed_verification_s": embed_verification_s,
                         "analysis_s": time.perf_counter() - t, "world_size": ctx.world_size, "flip": flip}
     t_out = time.perf_counter()
-    _write_outputs(args, work, manifest, records, train, report, extra)
+    _write_outputs(extra["settings"], work, manifest, records, train, report, extra)
     report["timing"]["analysis_s"] = time.perf_counter() - t
     report["timing"]["analysis_phases_s"] = dict(extra["phases"], outputs_s=time.perf_counter() - t_out)
     timing = report["timing"]
@@ -114,13 +121,25 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     print("\n".join(summary_lines(report)))
 
 
+def twin_config(args):
+    """The fusion settings of the audit's twin: the trainer's FusionConfig, T1 = --inter-threshold."""
+    from fftrain.config import ConfigError, FusionConfig
+
+    try:
+        return FusionConfig(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
+                            same_dataset_policy=args.same_dataset_policy,
+                            allow_same_dataset=getattr(args, "allow_same_dataset", False), backend=args.backend)
+    except ConfigError as e:
+        raise AuditError(f"--inter-threshold {args.inter_threshold}: the fusion twin's T1 ({e})") from None
+
+
 def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dict]:
     """Every figure of the report from the embeddings (one process)."""
     from fftrain.audit.distributions import dataset_distributions
-    from fftrain.audit.inter import fusion_twin, inter_class
-    from fftrain.audit.intra import class_centres, intra_class, per_dataset_summary
+    from fftrain.audit.inter import fusion_twin
+    from fftrain.audit.intra import class_centres, intra_class, per_dataset_summary, with_threshold
     from fftrain.audit.leakage import leakage
-    from fftrain.audit.report import threshold_entry
+    from fftrain.audit.report import threshold_entry, warnings
 
     phases, clock = {}, [time.perf_counter()]
 
@@ -136,15 +155,14 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     proxies = checkpoint.proxies.numpy()
     proxies = proxies / np.maximum(np.linalg.norm(proxies, axis=1, keepdims=True), 1e-12)
     intra = intra_class(train.embeddings, train.labels, train.class_sums, train.class_counts, proxies,
-                        checkpoint.label_map, threshold=args.intra_threshold, loo_max_images=args.loo_max_images)
+                        checkpoint.label_map, threshold=-np.inf, loo_max_images=args.loo_max_images)
     lap("intra_s")
-    inter = inter_class(centres, class_dataset, threshold=args.inter_threshold, knn_k=args.knn_k,
-                        max_component=args.max_component, backend=args.backend)
-    lap("inter_s")
-    twin_kw = dict(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
-                   same_dataset_policy=args.same_dataset_policy, backend=args.backend)
-    twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, **twin_kw)
-    twin_centres = fusion_twin(centres, class_dataset, None, **twin_kw)
+    args, chosen, calibration, inter = _thresholds(args, train, centres, intra, class_dataset)
+    intra = with_threshold(intra, args.intra_threshold)
+    lap("calibration_and_inter_s")  # the inter-class search runs inside the calibration (its pairs group identities)
+    twin = twin_config(args)
+    twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, twin)
+    twin_centres = fusion_twin(centres, class_dataset, None, twin)
     lap("fusion_twin_s")
     leaks = [leakage(os.path.splitext(os.path.basename(path))[0], emb, issame, centres,
                      threshold=args.leak_threshold) for path, emb, issame in sets]
@@ -161,9 +179,9 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
         "out": os.path.abspath(args.out), "images": int(len(records)), "classes": int(manifest.num_classes),
         "datasets": [{"name": d.name, "num_classes": d.num_classes, "num_images": d.num_images,
                       "class_offset": d.class_offset} for d in manifest.datasets],
-        "thresholds": {"intra": threshold_entry("intra", args.intra_threshold, DEFAULT_INTRA),
-                       "inter": threshold_entry("inter", args.inter_threshold, DEFAULT_INTER),
-                       "leak": threshold_entry("leak", args.leak_threshold, DEFAULT_LEAK)},
+        "thresholds": {name: threshold_entry(name, choice) for name, choice in chosen.items()},
+        "calibration": dict(calibration, far=args.far, intra_frr=args.intra_frr),
+        "warnings": warnings(chosen),
         "settings": {"loo_max_images": args.loo_max_images, "knn_k": args.knn_k, "max_component": args.max_component,
                      "same_dataset_policy": args.same_dataset_policy, "backend": args.backend,
                      "pairs_per_dataset": args.pairs_per_dataset, "seed": args.seed,
@@ -194,11 +212,34 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     clean_components = [c.members for c in inter.plan.components
                         if args.clean_merge == "all" or len(set(class_dataset[c.members].tolist())) == 1]
     lap("report_s")
-    extra = {"phases": phases, "intra": intra, "inter": inter, "leaks": leaks, "outlier_keys": intra.outliers,
+    extra = {"settings": args, "phases": phases, "intra": intra, "inter": inter, "leaks": leaks,
+             "outlier_keys": intra.outliers,
              "leaked_classes": leaked_classes, "clean_components": clean_components,
              "clean_record": {"checkpoint": os.path.abspath(checkpoint.path), "merge": args.clean_merge,
                               "thresholds": report["thresholds"], "audit": os.path.abspath(args.out)}}
     return report, extra
+
+
+def _thresholds(args, train, centres, intra, class_dataset):
+    """(args with the three thresholds as numbers, {name: Threshold}, calibration samples, the inter-class
+    result at the chosen inter threshold)."""
+    import argparse
+
+    from fftrain.audit.calibrate import calibrate
+    from fftrain.audit.inter import inter_class
+
+    found = []
+
+    def duplicate_pairs(t):
+        found.append(inter_class(centres, class_dataset, threshold=t, knn_k=args.knn_k,
+                                 max_component=args.max_component, backend=args.backend))
+        return found[-1].pairs
+
+    chosen, calibration = calibrate(args, train, centres, intra.cos_centre, duplicate_pairs)
+    resolved = argparse.Namespace(**vars(args))
+    for name, choice in chosen.items():
+        setattr(resolved, f"{name}_threshold", choice.value)
+    return resolved, chosen, calibration, found[-1]
 
 
 def _component(members, edges, manifest) -> dict:

@@ -27,9 +27,38 @@ THRESHOLD_SOURCES = {
 }
 
 
-def threshold_entry(kind: str, value: float, default: float) -> dict:
-    source = THRESHOLD_SOURCES[kind] if value == default else f"command line (default {default}: {THRESHOLD_SOURCES[kind]})"
-    return {"value": value, "source": source}
+WEAK_MODEL_FAR = 1e-2
+
+
+def threshold_entry(kind: str, choice) -> dict:
+    """A calibration.thresholds.Threshold as the report records it, with the paper's value's source."""
+    return dict(choice.to_dict(), source=f"{choice.how}; paper's value {choice.paper}: {THRESHOLD_SOURCES[kind]}")
+
+
+def warnings(chosen: dict, limit: float = WEAK_MODEL_FAR) -> list[str]:
+    """At most one line: the tests whose paper value lets more than `limit` of this model's impostors through."""
+    weak = [chosen[n] for n in ("inter", "leak") if chosen[n].paper_far is not None and chosen[n].paper_far > limit]
+    if not weak:
+        return []
+    return ["this model cannot separate identities at the papers' thresholds: "
+            + "; ".join(f"{c.name} {c.paper} has impostor FAR {c.paper_far:.2g} ({c.statistic})" for c in weak)
+            + f" (> {limit:g}); the thresholds used are below"]
+
+
+def threshold_lines(thresholds: dict) -> list[str]:
+    out = ["thresholds (this model's own scores; paper's value beside):"]
+    for name in ("intra", "inter", "leak"):
+        t = thresholds[name]
+        rate = t["rate"].upper()
+        line = f"  {name:<5} {t['value']:.3f}  {t['how']}; {rate} {_rate(t['far'])}"
+        if t["paper"] is not None and t["paper"] != t["value"]:
+            line += f"  (paper {t['paper']}: {rate} {_rate(t['paper_far'])})"
+        out.append(line)
+    return out
+
+
+def _rate(value) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
 
 
 def _csv_text(header: list[str], rows) -> str:
@@ -126,23 +155,25 @@ def summary_lines(report: dict) -> list[str]:
     """The one-screen stdout summary."""
     t = report["thresholds"]
     intra, inter, timing = report["intra_class"], report["inter_class"], report["timing"]
-    lines = [f"audit of {report['images']} images, {report['classes']} classes in {len(report['datasets'])} datasets "
+    lines = [f"WARNING: {w}" for w in report.get("warnings", [])]
+    lines += [f"audit of {report['images']} images, {report['classes']} classes in {len(report['datasets'])} datasets "
              f"({timing['embed_train_s']:.1f} s embedding, {timing['analysis_s']:.1f} s analysis = "
              f"{100 * timing['analysis_fraction_of_embedding']:.1f}% of it)",
-             f"intra-class (cos to centre < {t['intra']['value']}): {intra['outliers']} outlier images"]
+             *threshold_lines(t),
+             f"intra-class (cos to centre < {t['intra']['value']:.3f}): {intra['outliers']} outlier images"]
     for d, dist in zip(intra["per_dataset"], report["distributions"]["per_dataset"]):
         lines.append(f"  {d['dataset']:<14} {d['outliers']:>6} / {d['images']:<7} noise {_pct(d['noise_rate']):>7}"
                      f"   EER {_pct(dist['eer']):>7}")
-    lines.append(f"inter-class (centres > {t['inter']['value']}): {inter['pairs_within']} pairs within datasets, "
+    lines.append(f"inter-class (centres > {t['inter']['value']:.3f}): {inter['pairs_within']} pairs within datasets, "
                  f"{inter['pairs_across']} across, {inter['num_components']} components "
                  f"({inter['num_rejected']} over the size guard)")
     twin = report["fusion_twin"]["proxies"]
-    lines.append(f"fusion twin on the checkpoint's proxies (as fftrain fuse --dry-run --t1 {t['inter']['value']}): "
+    lines.append(f"fusion twin on the checkpoint's proxies (as fftrain fuse --dry-run --t1 {t['inter']['value']:.3f}): "
                  f"{twin['num_components_merged']} components, {twin['num_classes_merged']} classes")
     for leak in report["leakage"]:
         unleaked = leak["accuracy_unleaked"]
         lines.append(f"leakage {leak['name']}: {leak['leaked_images']} / {leak['images']} images, "
-                     f"{leak['leaked_pairs']} / {leak['pairs']} pairs above {t['leak']['value']}; accuracy "
+                     f"{leak['leaked_pairs']} / {leak['pairs']} pairs above {t['leak']['value']:.3f}; accuracy "
                      f"{_pct(leak['accuracy_full']['accuracy'])} all pairs, "
                      f"{_pct(unleaked['accuracy'] if unleaked else None)} on the {leak['pairs'] - leak['leaked_pairs']} "
                      "not leaked")

@@ -11,6 +11,11 @@ centres above a threshold, within and across datasets, as components), identity 
 verification image's nearest training centre; the accuracy recomputed without leaked pairs),
 and per-dataset genuine / impostor distributions with their EER. Writes audit.json, CSV lists,
 PNG plots to --out and prints a one-screen summary.
+
+The three thresholds default to auto: calibrated on the checkpoint's own impostor and genuine
+scores (fftrain/audit/calibrate.py), never laxer than the papers' values, each reported with the
+FAR (or FRR) it implies beside the paper's value and its rate; the summary's first line warns when
+the papers' 0.7 lets more than 1% of this model's impostors through.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import os
 import shutil
 
 from fftrain.audit.inputs import AuditError
+from fftrain.config import FUSION_POLICIES, KNN_BACKENDS
 from fftrain.errors import EXIT_USER_ERROR, UserError, one_line, report_user_error
-from fftrain.audit.pipeline import DEFAULT_INTER, DEFAULT_INTRA, DEFAULT_LEAK, prepare, run, work_dir
+from fftrain.audit.pipeline import (DEFAULT_CALIBRATION_PAIRS, DEFAULT_CALIBRATION_PROBES, DEFAULT_FAR, DEFAULT_INTER,
+                                    DEFAULT_INTRA, DEFAULT_INTRA_FRR, DEFAULT_LEAK, prepare, run, work_dir)
+from fftrain.calibration.thresholds import parse_rate, parse_threshold
 
 
 def add_audit_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,20 +41,36 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verification", nargs="+", default=[], metavar="BIN", help="insightface .bin pair files")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="report folder; replaced as a whole at the end (refused if it holds anything but an audit)")
-    p.add_argument("--intra-threshold", type=float, default=DEFAULT_INTRA,
-                   help=f"an image below this cosine to its class centre is an outlier (default {DEFAULT_INTRA}, ArcFace TPAMI)")
-    p.add_argument("--inter-threshold", type=float, default=DEFAULT_INTER,
-                   help=f"two class centres above this cosine are one person (default {DEFAULT_INTER}, WebFace260M)")
-    p.add_argument("--leak-threshold", type=float, default=DEFAULT_LEAK,
-                   help=f"a verification image above this cosine to a training centre is leaked (default {DEFAULT_LEAK})")
+    p.add_argument("--intra-threshold", type=parse_threshold, default=DEFAULT_INTRA, metavar="COS|auto",
+                   help="an image below this cosine to its class centre is an outlier (default auto: the cosine below "
+                        "which --intra-frr of this model's genuine own-centre cosines lie; the paper's 0.3, ArcFace "
+                        "TPAMI, is reported beside it)")
+    p.add_argument("--inter-threshold", type=parse_threshold, default=DEFAULT_INTER, metavar="COS|auto",
+                   help="two class centres above this cosine are one person (default auto: the cosine at impostor FAR "
+                        "--far among this model's centre pairs, never below the paper's 0.7, WebFace260M)")
+    p.add_argument("--leak-threshold", type=parse_threshold, default=DEFAULT_LEAK, metavar="COS|auto",
+                   help="a verification image above this cosine to a training centre is leaked (default auto: the "
+                        "cosine at which --far of training images match another identity's centre, never below the "
+                        "paper's 0.7)")
+    p.add_argument("--far", type=parse_rate, default=DEFAULT_FAR,
+                   help=f"impostor false-accept rate of the auto inter and leak thresholds (default {DEFAULT_FAR:g})")
+    p.add_argument("--intra-frr", type=parse_rate, default=DEFAULT_INTRA_FRR,
+                   help=f"genuine fraction below the auto intra threshold (default {DEFAULT_INTRA_FRR:g})")
+    p.add_argument("--calibration-pairs", type=int, default=DEFAULT_CALIBRATION_PAIRS,
+                   help=f"class-centre pairs sampled for the inter impostors (default {DEFAULT_CALIBRATION_PAIRS}; "
+                        "all pairs when fewer)")
+    p.add_argument("--calibration-probes", type=int, default=DEFAULT_CALIBRATION_PROBES,
+                   help=f"training images searched for the leak impostors (default {DEFAULT_CALIBRATION_PROBES})")
     p.add_argument("--loo-max-images", type=int, default=20,
                    help="classes of at most this many images compare an image with the others' mean (default 20)")
     p.add_argument("--knn-k", type=int, default=10, help="neighbours searched per class centre (default 10)")
     p.add_argument("--max-component", type=int, default=6,
                    help="larger components are reported, not merged (default 6, as fusion)")
-    p.add_argument("--same-dataset-policy", default="skip", choices=["skip", "split", "keep"],
+    p.add_argument("--same-dataset-policy", default="skip", choices=list(FUSION_POLICIES),
                    help="fusion twin: components chaining two classes of one dataset (default skip, as fuse)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="kNN backend")
+    p.add_argument("--allow-same-dataset", action="store_true",
+                   help="fusion twin: search all pairs, so classes of one dataset merge too (as fuse)")
+    p.add_argument("--backend", default="auto", choices=list(KNN_BACKENDS), help="kNN backend")
     p.add_argument("--pairs-per-dataset", type=int, default=5000,
                    help="genuine and impostor pairs sampled per dataset for the distributions and EER (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")

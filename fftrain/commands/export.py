@@ -1,6 +1,8 @@
-"""`fftrain export`: a checkpoint's backbone to ONNX (dynamic batch), checked with onnxruntime.
+"""`fftrain export`: a checkpoint's backbone as a plain state dict (`backbone.pth`, what arcface_torch
+users load into their own iresnet) and/or as ONNX (input `data`, dynamic batch), checked with onnxruntime.
 
-    fftrain export --checkpoint CKPT --onnx model.onnx
+    fftrain export --checkpoint CKPT --torch backbone.pth
+    fftrain export --checkpoint CKPT --onnx model.onnx [--opset 17]
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ from fftrain.commands.eval import EvalUsageError, fail, load_backbone
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    from fftrain.evaluation.export import DEFAULT_OPSET
+
     p = subparsers.add_parser(
-        "export", help="backbone to ONNX (dynamic batch), checked with onnxruntime",
-        description="Export the checkpoint's backbone to ONNX: input 'input' [batch, 3, S, S] float32 RGB "
-                    "in [-1, 1], output 'embedding' [batch, D] (not normalised). The file is then run "
+        "export", help="backbone to a plain state dict (backbone.pth) and/or ONNX (dynamic batch)",
+        description="Export the checkpoint's backbone. --torch: its state dict, tensors only (load it with "
+                    "torch.load(path, weights_only=True); the keys are insightface arcface_torch's, so it loads "
+                    "into their iresnet of the same depth). --onnx: input 'data' [batch, 3, S, S] float32 RGB in "
+                    "[-1, 1], output 'embedding' [batch, D] (not normalised), dynamic batch; the file is then run "
                     "with onnxruntime against torch on the same random inputs.")
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory")
-    p.add_argument("--onnx", required=True, metavar="PATH", help="output .onnx file (written atomically)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--torch", dest="torch_out", metavar="PATH",
+                   help="output backbone.pth: the backbone's plain state dict (written atomically)")
+    p.add_argument("--onnx", metavar="PATH", help="output .onnx file (written atomically)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset (default: %(default)s, arcface_torch's)")
     p.add_argument("--input-size", type=int, default=None,
                    help="image side in pixels (default: the backbone's input_size, else 112)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
@@ -29,16 +38,23 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_export(args) -> int:
-    from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx
+    from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx, export_state_dict
 
     try:
+        if not args.torch_out and not args.onnx:
+            raise EvalUsageError("nothing to export: give --torch PATH and/or --onnx PATH")
         model = load_backbone(args.checkpoint).to("cpu")
-        size = args.input_size or int(getattr(model, "input_size", 112))
-        path = export_onnx(model, args.onnx, opset=args.opset, input_size=size)
-        print(f"wrote {path} (opset {args.opset}, input [batch, 3, {size}, {size}], dynamic batch)")
-        if not args.no_check:
-            diff = check_onnx(model, path, batch_sizes=(1, 3), tolerance=args.tolerance)
-            print(f"onnxruntime vs torch: max |diff| = {diff:.2e} on batches 1 and 3 (tolerance {args.tolerance:g})")
+        if args.torch_out:
+            path = export_state_dict(model, args.torch_out)
+            print(f"wrote {path} ({len(model.state_dict())} tensors; torch.load(path, weights_only=True))")
+        if args.onnx:
+            size = args.input_size or int(getattr(model, "input_size", 112))
+            path = export_onnx(model, args.onnx, opset=args.opset, input_size=size)
+            print(f"wrote {path} (opset {args.opset}, input 'data' [batch, 3, {size}, {size}], dynamic batch)")
+            if not args.no_check:
+                diff = check_onnx(model, path, batch_sizes=(1, 3), tolerance=args.tolerance)
+                print(f"onnxruntime vs torch: max |diff| = {diff:.2e} on batches 1 and 3 "
+                      f"(tolerance {args.tolerance:g})")
     except (EvalUsageError, OnnxParityError, ImportError) as e:
         return fail("export", e)
     return 0

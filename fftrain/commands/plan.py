@@ -39,7 +39,10 @@ def run_plan(args) -> int:
     if problems:
         print(f"fftrain plan: {problems[0]}", file=sys.stderr)
         return 2
+    say = (lambda m: print(f"fftrain plan: {m}", file=sys.stderr, flush=True)) if not args.json else (lambda m: None)
     try:
+        say(f"measuring the {args.backbone} step's memory at batch {args.batch} (builds the network once; "
+            "up to a minute on CPU) ...")
         inp = PlanInput(classes=args.classes, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, backbone=args.backbone,
                         batch=args.batch, embedding=args.embedding, sample_rate=args.sample_rate, dtype=args.dtype,
                         fc_storage=args.fc_storage, overhead_gib=args.overhead_gib)
@@ -47,6 +50,8 @@ def run_plan(args) -> int:
     except ValueError as e:
         print(f"fftrain plan: --backbone: {e}" if "backbone" in str(e) else f"fftrain plan: {e}", file=sys.stderr)
         return 2
+    if args.max_classes:
+        say("searching the largest class count that fits (with and without fusion) ...")
     best = {"with_fusion": max_classes(inp), "training_only": max_classes(inp, with_fusion=False)} \
         if args.max_classes else None
     if args.json:

@@ -27,10 +27,12 @@ import os
 
 import numpy as np
 
+from fftrain.calibration.thresholds import parse_rate, parse_threshold
 from fftrain.errors import report_user_error
 from fftrain.pseudo_label.collection import (UnlabeledImages, check_out, embed_share, load_embeddings_file,
                                                score_against_truth, write_dataset)
-from fftrain.pseudo_label.pipeline import OVERLAP_MODES, OVERLAPPING, RULES, PseudoLabelError, PseudoLabelOptions
+from fftrain.pseudo_label.pipeline import (OVERLAP_MODES, OVERLAPPING, RULES, OneModeError, PseudoLabelError,
+                                           PseudoLabelOptions)
 
 
 def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,9 +55,16 @@ def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--knn-k", type=int, default=d.knn_k, help=f"neighbours per image (default {d.knn_k})")
     p.add_argument("--knn-index", default=d.knn_index, choices=KNN_INDEXES,
                    help="faiss index: flat (exact), ivf, or auto (flat up to 20K images)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="kNN edges of cosine at or below this are dropped (default per backend: "
-                        + ", ".join(f"{b} {t}" for b, t in DEFAULT_THRESHOLDS.items()) + ")")
+    p.add_argument("--threshold", type=parse_threshold, default=d.threshold, metavar="COS|auto",
+                   help="kNN edges of cosine at or below this are dropped (default auto: the cosine at impostor FAR "
+                        "--edge-far among pairs of overlapping images assigned to different labeled classes, never "
+                        "below the backend's default: " + ", ".join(f"{b} {t}" for b, t in DEFAULT_THRESHOLDS.items())
+                        + ")")
+    p.add_argument("--edge-far", type=parse_rate, default=d.edge_far,
+                   help=f"impostor false-accept rate of the auto edge threshold (default {d.edge_far:g})")
+    p.add_argument("--min-purity", type=float, default=d.min_purity,
+                   help=f"clusters of lower estimated pairwise precision are reported, not written (default "
+                        f"{d.min_purity}; 0 writes every cluster)")
     p.add_argument("--resolution", type=float, default=DEFAULT_RESOLUTION,
                    help=f"leiden CPM resolution (default {DEFAULT_RESOLUTION})")
     p.add_argument("--min-cluster-size", type=int, default=d.min_cluster_size,
@@ -74,7 +83,8 @@ def _options(args) -> PseudoLabelOptions:
     try:
         return PseudoLabelOptions(rule=args.separation, overlap=args.overlap, overlapping=args.overlapping,
                                   backend=args.backend, knn_k=args.knn_k, knn_index=args.knn_index,
-                                  threshold=args.threshold, resolution=args.resolution,
+                                  threshold=args.threshold, edge_far=args.edge_far, min_purity=args.min_purity,
+                                  resolution=args.resolution,
                                   min_cluster_size=args.min_cluster_size, gamma=args.gamma, seed=args.seed)
     except ValueError as e:
         raise PseudoLabelError(f"bad option: {e}") from None
@@ -113,6 +123,16 @@ def run_pseudo_label(args) -> int:
         return _fail(e)
 
 
+def _readiness(checkpoint: str) -> str:
+    """Where the checkpoint stands in its run: step of total, phase."""
+    from fftrain.training.checkpoint import read_meta
+
+    meta = read_meta(checkpoint)
+    total = (meta.get("config") or {}).get("optim", {}).get("total_steps")
+    where = f"step {meta.get('step')}" + (f" of {total}" if total else "")
+    return f"the checkpoint is at {where} ({meta.get('phase', '?')} phase)"
+
+
 def _embed_all(args, images):
     """All embeddings on rank 0 (None on the others), or the user error that stopped the embedding."""
     from fftrain.training.checkpoint import load_backbone_from_checkpoint
@@ -141,13 +161,20 @@ def _label_and_write(args, options, images, embeddings, proxies) -> int:
     from fftrain.pseudo_label.report import build_report
 
     proxies = proxies.numpy() if hasattr(proxies, "numpy") else np.asarray(proxies)
-    result = pseudo_label(embeddings, proxies, options)
+    try:
+        result = pseudo_label(embeddings, proxies, options)
+    except OneModeError as e:
+        raise OneModeError(f"{e}; {_readiness(args.checkpoint)}") from None
     extra = {"checkpoint": os.path.abspath(args.checkpoint), "unlabeled": os.path.abspath(args.unlabeled)}
     if args.truth:
         extra["truth"] = score_against_truth(args.truth, result)
     report = build_report(result, options, extra)
     write_dataset(args.out, args.name, images, result, report, args.shards)
     sep = report["separation"]
+    print(f"edge threshold: {result.edge.describe()}")
+    if result.low_purity:
+        print(f"low purity: {len(result.low_purity)} clusters ({sum(c['size'] for c in result.low_purity)} images) "
+              f"estimated below {options.min_purity} pairwise precision were not written (listed in the report)")
     print(f"pseudo-label: {report['num_samples']} images: {report['overlapping']} overlapping "
           f"({options.overlapping}), {report['disjoint']} disjoint, {report['rejected']} rejected; "
           f"{result.num_clusters} clusters; wrote {report['written']} images in {result.num_classes} classes to "

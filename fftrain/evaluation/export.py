@@ -1,10 +1,13 @@
-"""Backbone to ONNX, checked against torch with onnxruntime.
+"""Backbone to a plain state dict (`backbone.pth`) or to ONNX, checked against torch with onnxruntime.
 
+    export_state_dict(backbone, "backbone.pth")         # torch.load(..., weights_only=True) -> {key: tensor}
     export_onnx(backbone, "model.onnx")                 # input [batch, 3, 112, 112] -> [batch, D]
     max_diff = check_onnx(backbone, "model.onnx")       # raises OnnxParityError above 1e-4
 
-The graph takes `input` (float32 RGB in [-1, 1], NCHW) and returns `embedding` (not
-normalised); the batch axis is dynamic. Exported with torch's TorchScript-based exporter
+`backbone.pth` holds only the backbone's tensors under insightface arcface_torch's keys, so it loads
+into their iresnet of the same depth as their own `backbone.pth` does. The ONNX graph takes `data`
+(float32 RGB in [-1, 1], NCHW; arcface_torch's input name) and returns `embedding` (not
+normalised); the batch axis is dynamic; the opset defaults to arcface_torch's 11. Exported with torch's TorchScript-based exporter
 (`torch.onnx.export(..., dynamo=False)`): it needs neither network nor onnxscript, which the
 default torch.export-based exporter of torch >= 2.9 requires (and which is not part of the
 "export" extra). onnx and onnxruntime come with `pip install -e '.[export]'`.
@@ -21,10 +24,10 @@ from torch import nn
 
 from fftrain.errors import UserError
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 11
 TOLERANCE = 1e-4
 """Largest accepted |onnxruntime - torch| on an fp32 embedding."""
-INPUT_NAME, OUTPUT_NAME = "input", "embedding"
+INPUT_NAME, OUTPUT_NAME = "data", "embedding"
 
 
 class OnnxParityError(UserError, RuntimeError):
@@ -40,6 +43,18 @@ def _plain(model: nn.Module) -> nn.Module:
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def export_state_dict(model: nn.Module, path: str | os.PathLike) -> str:
+    """Write the backbone's state dict (detached CPU tensors only, no module or config objects) to
+    `path` with torch.save, atomically; returns the path."""
+    from recordio_tools.files import atomic_path
+
+    path = os.fspath(path)
+    state = {key: value.detach().cpu().clone() for key, value in _plain(model).state_dict().items()}
+    with atomic_path(path, suffix="", make_parents=True) as tmp:
+        torch.save(state, tmp)
+    return path
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,

@@ -19,20 +19,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fftrain.calibration.evt import FitError
+from fftrain.calibration.modes import from_mixture
+from fftrain.calibration.thresholds import AUTO, Threshold
 from fftrain.errors import UserError
-from fftrain.pseudo_label.clustering import BACKENDS, DEFAULT_RESOLUTION, KNN_INDEXES, cluster, drop_small, knn_graph
-from fftrain.pseudo_label.evt import FitError
+from fftrain.pseudo_label.calibrate import cluster_purity, edge_threshold, reference_pairs
+from fftrain.pseudo_label.clustering import (BACKENDS, DEFAULT_RESOLUTION, DEFAULT_THRESHOLDS, KNN_INDEXES, cluster,
+                                             drop_small, knn_graph)
 from fftrain.pseudo_label.separation import Separation, max_cosine, separate_overlap
 from fftrain.pseudo_label.uncertainty import Uncertainty, cluster_margins, fit_uncertainty
 
 OVERLAP_MODES = ("auto", "none", "all")
 OVERLAPPING = ("discard", "assign")
 RULES = ("weibull", "otsu")
-MIN_ASHMAN_D = 3.0  # two separate modes: D > 2 (Ashman 1994); one mode split by EM gave D <= 2.05 on planted worlds
+DEFAULT_EDGE_FAR = 1e-4
+DEFAULT_MIN_PURITY = 0.5
+REFERENCE_PAIRS = 200_000
 
 
 class PseudoLabelError(UserError, ValueError):
     """Unlabeled data the method cannot work on (empty, one mode only, nothing left to cluster)."""
+
+
+class OneModeError(PseudoLabelError):
+    """The max-cosine scores show one mode: the separation cannot say which images are labeled identities."""
 
 
 @dataclass
@@ -46,8 +56,13 @@ class PseudoLabelOptions:
     backend: str = "infomap"
     knn_k: int = 30
     knn_index: str = "auto"
-    threshold: float | None = None
-    """kNN edges of cosine at or below this are dropped before clustering; None: the backend's default"""
+    threshold: float | str | None = AUTO
+    """kNN edges of cosine at or below this are dropped before clustering; 'auto': the cosine at impostor FAR
+    `edge_far` on the reference pairs (pseudo_label/calibrate.py), never below the backend's default; None: the
+    backend's default"""
+    edge_far: float = DEFAULT_EDGE_FAR
+    min_purity: float = DEFAULT_MIN_PURITY
+    """clusters whose estimated pairwise precision is below this are reported, not written"""
     resolution: float = DEFAULT_RESOLUTION
     """leiden (CPM) resolution"""
     min_cluster_size: int = 3
@@ -64,6 +79,8 @@ class PseudoLabelOptions:
             raise ValueError(f"knn_k={self.knn_k} and min_cluster_size={self.min_cluster_size} must be >= 1")
         if self.gamma < 0:
             raise ValueError(f"gamma={self.gamma} must be >= 0")
+        if not 0 < self.edge_far < 1 or not 0 <= self.min_purity <= 1:
+            raise ValueError(f"edge_far={self.edge_far} must lie in (0, 1), min_purity={self.min_purity} in [0, 1]")
 
 
 @dataclass
@@ -81,6 +98,12 @@ class PseudoLabels:
     separation: Separation | None
     uncertainty: Uncertainty | None
     timings: dict = field(default_factory=dict)
+    edge: Threshold | None = None
+    """the clustering's edge threshold, how it was chosen and its impostor FAR"""
+    low_purity: list = field(default_factory=list)
+    """clusters not written: {'members', 'size', 'purity'} each"""
+    purity: np.ndarray | None = None
+    """[num_clusters] estimated pairwise precision of each written cluster"""
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +112,7 @@ class PseudoLabels:
 
 def ashman_d(separation: Separation) -> float:
     """Ashman's D between the two fitted components; above 2 the mixture is cleanly bimodal."""
-    low, high = separation.mixture.low.dist, separation.mixture.high.dist
-    return float(np.sqrt(2) * abs(high.mean() - low.mean()) / np.sqrt(low.var() + high.var()))
+    return from_mixture(separation.mixture, separation.otsu_threshold).ashman_d
 
 
 def _separate(scores: np.ndarray, options: PseudoLabelOptions) -> tuple[np.ndarray, np.ndarray, Separation | None]:
@@ -103,12 +125,13 @@ def _separate(scores: np.ndarray, options: PseudoLabelOptions) -> tuple[np.ndarr
         separation = separate_overlap(scores)
     except FitError as e:
         raise PseudoLabelError(f"overlap separation failed: {e}") from None
-    d = ashman_d(separation)
-    if d < MIN_ASHMAN_D or min(separation.mixture.weight_high, 1 - separation.mixture.weight_high) < 0.005:
-        raise PseudoLabelError(
-            f"the max-cosine scores have one mode, not two (Ashman's D {d:.2f} < {MIN_ASHMAN_D}; median "
-            f"{np.median(scores):.3f}): either no unlabeled identity is a labeled one or all are; "
-            "say which with --overlap none (cluster everything) or --overlap all")
+    modes = from_mixture(separation.mixture, separation.otsu_threshold)
+    if not modes.separated:
+        raise OneModeError(
+            f"the max-cosine scores have one mode, not two ({modes.explain()}; median {np.median(scores):.3f}): "
+            "either no unlabeled identity is a labeled one, or all are, or the checkpoint does not yet tell its "
+            "labeled identities from others (an early checkpoint: try a later one); say which with --overlap none "
+            "(cluster everything) or --overlap all")
     overlap, disjoint = separation.masks(options.rule)
     return overlap, disjoint, separation
 
@@ -129,14 +152,20 @@ def pseudo_label(embeddings: np.ndarray, proxies: np.ndarray, options: PseudoLab
     p_wrong = np.full(n, np.nan)
     uncertainty = None
     disjoint_ids = np.flatnonzero(disjoint)
+    pairs = reference_pairs(embeddings, overlap, nearest, max_pairs=REFERENCE_PAIRS, seed=options.seed)
+    edge = edge_threshold(DEFAULT_THRESHOLDS[options.backend] if options.threshold is None else options.threshold, pairs,
+                          far=options.edge_far, default=DEFAULT_THRESHOLDS[options.backend])
+    low_purity, purity = [], None
     if len(disjoint_ids) >= 2:
         graph = knn_graph(embeddings[disjoint_ids], options.knn_k, index=options.knn_index, seed=options.seed)
         timings["knn_s"] = graph.seconds
         started = time.perf_counter()
-        found = cluster(graph, backend=options.backend, threshold=options.threshold,
+        found = cluster(graph, backend=options.backend, threshold=edge.value,
                         resolution=options.resolution, seed=options.seed)
         timings["cluster_s"] = time.perf_counter() - started
         clusters[disjoint_ids] = drop_small(found, options.min_cluster_size)
+        clusters, purity, low_purity = _drop_impure(embeddings, clusters, edge.value, pairs.tar(edge.value),
+                                                    options.min_purity, options.seed)
     num_clusters = int(clusters.max()) + 1
     if num_clusters >= 1:
         started = time.perf_counter()
@@ -160,4 +189,20 @@ def pseudo_label(embeddings: np.ndarray, proxies: np.ndarray, options: PseudoLab
             f"({options.overlapping}), {len(disjoint_ids)} are disjoint and no cluster reached "
             f"min_cluster_size={options.min_cluster_size}")
     return PseudoLabels(scores, nearest, overlap, disjoint, clusters, labels, weights.astype(np.float32), p_wrong,
-                        num_clusters, assigned, separation, uncertainty, timings)
+                        num_clusters, assigned, separation, uncertainty, timings, edge, low_purity, purity)
+
+
+def _drop_impure(embeddings, clusters: np.ndarray, threshold: float, tar: float | None, min_purity: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """(clusters with the impure ones set to -1 and the rest renumbered, purity of the kept ones, the dropped)."""
+    purity = cluster_purity(embeddings, clusters, threshold, tar, seed=seed)
+    impure = np.flatnonzero(purity < min_purity)  # NaN (one member) is kept
+    dropped = [{"members": np.flatnonzero(clusters == c).tolist(), "size": int((clusters == c).sum()),
+                "purity": float(purity[c])} for c in impure.tolist()]
+    if not impure.size:
+        return clusters, purity, dropped
+    keep = np.ones(len(purity), bool)
+    keep[impure] = False
+    new_id = np.full(len(purity), -1, dtype=np.int64)
+    new_id[keep] = np.arange(int(keep.sum()))
+    return np.where(clusters >= 0, new_id[np.maximum(clusters, 0)], -1), purity[keep], dropped

@@ -1,8 +1,9 @@
 """The pseudo-label report: one JSON and three PNGs.
 
 - pseudo_label_report.json: counts, the separation (both thresholds, the fitted Weibulls), the
-  clustering settings and cluster sizes, the uncertainty fit, timings, and, when ground truth is
-  given, the measured errors.
+  clustering settings and cluster sizes, the edge threshold (value, how chosen, impostor FAR), the
+  estimated purity of the clusters and the low-purity ones not written, the uncertainty fit, timings,
+  and, when ground truth is given, the measured errors.
 - max_cosine_hist.png: the max-cosine histogram (density), Otsu's threshold, the two 95% bounds
   and the two fitted Weibulls weighted by their mixture shares.
 - cluster_sizes.png: how many clusters have each size (log-log).
@@ -102,6 +103,10 @@ def build_report(result: PseudoLabels, options: PseudoLabelOptions, extra: dict 
                      "sizes": {str(q): float(np.quantile(sizes, q)) for q in (0.0, 0.5, 0.9, 1.0)} if sizes.size
                      else None},
         "assigned_classes": result.assigned_classes.tolist(),
+        "edge_threshold": None if result.edge is None else result.edge.to_dict(),
+        "low_purity_clusters": result.low_purity,
+        "purity": None if result.purity is None or not np.isfinite(result.purity).any() else
+        {str(q): float(np.nanquantile(result.purity, q)) for q in (0.0, 0.1, 0.5, 1.0)},
         "uncertainty": None if result.uncertainty is None else result.uncertainty.summary(options.gamma),
         "timings": result.timings,
         **(extra or {}),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fftrain.pseudo_label.evt import WeibullMixture, fit_weibull_mixture, otsu_threshold
+from fftrain.calibration.evt import WeibullMixture, fit_weibull_mixture, otsu_threshold
 
 CONFIDENCE = 0.95
 

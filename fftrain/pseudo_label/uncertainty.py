@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fftrain.pseudo_label.evt import FitError, Weibull, fit_weibull, mixture_shift, otsu_threshold
+from fftrain.calibration.evt import FitError, Weibull, fit_weibull, mixture_shift, otsu_threshold
 
 
 def cluster_centres(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:

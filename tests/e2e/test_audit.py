@@ -94,13 +94,14 @@ def test_inter_class_pairs_equal_all_pairs_above_the_threshold():
 
 
 def test_fusion_twin_is_the_fusion_step():
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
 
     centres, class_dataset = _planted_centres(1)
-    twin = fusion_twin(centres, class_dataset, None, t1=0.7, knn_k=10, max_component=6, same_dataset_policy="skip",
-                       backend="torch")
+    config = FusionConfig(t1=0.7, knn_k=10, max_component=6, same_dataset_policy="skip", backend="torch")
+    twin = fusion_twin(centres, class_dataset, None, config)
     step = run_fusion(torch.from_numpy(centres), [], class_dataset=torch.from_numpy(class_dataset), label_map=None,
-                      source_info=None, t1=0.7, knn_k=10, max_component=6, backend="torch")
+                      source_info=None, config=config)
     assert [c.members for c in twin.components] == [c.members for c in step.components] == [[2, 12, 19]]
     assert twin.old_to_new.tolist() == step.old_to_new.tolist()
 
@@ -239,6 +240,29 @@ def test_noise_options_off_leave_the_plan_untouched():
     assert [d.persons for d in plan.datasets] == before
 
 
+def test_calibration_impostors_of_each_statistic():
+    from fftrain.audit.calibrate import centre_pair_impostors, identity_groups, intra_genuine, nearest_other_identity
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 8)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    everything = centre_pair_impostors(centres, np.arange(6), max_pairs=100, seed=0)
+    a, b = np.triu_indices(6, 1)
+    assert np.allclose(np.sort(everything), np.sort(np.einsum("ij,ij->i", centres[a], centres[b])), atol=1e-6)
+    assert centre_pair_impostors(centres, np.arange(6), max_pairs=10, seed=0).size == 10
+    groups = identity_groups(6, np.array([[0, 1]]))
+    assert groups[0] == groups[1] and len(set(groups.tolist())) == 5
+    labels = np.array([0, 2])  # an image of class 0 is class 1's person too: class 1 is not its impostor
+    images = centres[[1, 3]]
+    got = nearest_other_identity(images, labels, centres, np.ones(6, bool), groups, probes=10, seed=0)
+    sims = images @ centres.T
+    assert got[0] == pytest.approx(sims[0, 2:].max()) and got[1] == pytest.approx(np.delete(sims[1], 2).max())
+    clean = rng.normal(0.7, 0.05, 2000)
+    noisy = np.concatenate([clean, rng.normal(0.1, 0.05, 200), [np.nan]])
+    genuine, how = intra_genuine(noisy)
+    assert how.startswith("the upper mode") and genuine.size == pytest.approx(2000, abs=10)
+
+
 # ---------------------------------------------------------------------------------------------
 # the command: bad input is one line and exit 2, before any work
 
@@ -303,6 +327,25 @@ def test_an_out_folder_the_audit_did_not_write_is_refused(noisy, checkpoint, tmp
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
+def test_a_weak_model_is_warned_about_in_the_first_line_and_thresholds_are_calibrated(noisy, checkpoint, tmp_path,
+                                                                                       capsys):
+    code, out, err = _audit(capsys, "--checkpoint", checkpoint, "--data", noisy, "--verification",
+                            noisy / "verification.bin", "--out", tmp_path / "a", "--pairs-per-dataset", "200")
+    assert code == 0, err
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    first = out.splitlines()[0]
+    assert first.startswith("WARNING: this model cannot separate identities at the papers' thresholds")
+    for name in ("inter", "leak"):  # an untrained network: most impostors lie above 0.7
+        t = report["thresholds"][name]
+        assert t["paper"] == 0.7 and t["paper_far"] > 0.01 and f"{name} 0.7 has impostor FAR" in first
+        assert t["value"] > 0.7 and t["how"].startswith("auto: impostor FAR 0.0001") and t["target"] == 1e-4
+        assert t["far"] <= 1e-4 or not t["resolved"]
+        assert f"{name:<5} {t['value']:.3f}" in out
+    leak = report["leakage"][0]
+    assert leak["leaked_pairs"] <= 0.05 * leak["pairs"] and report["warnings"] == [first[len("WARNING: "):]]
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end on the tiny noisy set, and the fusion twin against `fftrain fuse --dry-run`
 
@@ -323,7 +366,7 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
     fuse = json.loads((tmp_path / "fuse" / "fusion_report.json").read_text())
     code, out, err = _audit(capsys, "--checkpoint", ckpt, "--data", noisy, "--verification", noisy / "verification.bin",
                             "--out", tmp_path / "audit", "--write-clean", tmp_path / "clean", "--pairs-per-dataset",
-                            "300")
+                            "300", "--inter-threshold", "0.7")
     assert code == 0, err
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     twin = report["fusion_twin"]["proxies"]
@@ -335,7 +378,10 @@ def test_audit_end_to_end_agrees_with_fuse_dry_run(noisy, tmp_path, capsys):
         assert (tmp_path / "audit" / name).exists(), name
     assert not (tmp_path / "audit" / "embeddings.npy").exists()
     assert "intra-class" in out and "leakage verification" in out and len(out.splitlines()) < 25
-    assert report["thresholds"]["intra"]["value"] == 0.3 and "ArcFace" in report["thresholds"]["intra"]["source"]
+    intra, inter = report["thresholds"]["intra"], report["thresholds"]["inter"]
+    assert intra["how"].startswith("auto: genuine lower tail 0.01") and "ArcFace" in intra["source"]
+    assert intra["paper"] == 0.3 and 0 <= intra["far"] <= 0.01 and intra["rate"] == "frr"
+    assert inter["value"] == 0.7 and inter["how"] == "given" and inter["target"] is None
     clean = json.loads((tmp_path / "clean" / "manifest.json").read_text())["audit_clean"]
     assert clean["images_out"] == clean["images_in"] - clean["outliers_dropped"] - clean["images_of_removed_classes"]
     from fftrain.data.records import RecordSet

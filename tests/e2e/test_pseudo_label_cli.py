@@ -57,6 +57,7 @@ def test_pseudo_labels_images_and_trains_as_a_seventh_dataset(world, tmp_path, c
     report = json.loads((out / "pseudo_label_report.json").read_text())
     assert report["written"] == info.num_images and report["classes"] == info.num_classes >= 2
     assert set(report["truth"]["clustering"]) >= {"pairwise", "bcubed", "nmi"}
+    assert report["edge_threshold"]["how"].startswith("the backend's default")  # --overlap none: no reference pairs
     for png in ("max_cosine_hist.png", "cluster_sizes.png", "margin_hist.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assigned = np.load(out / "assignments.npz", allow_pickle=False)
@@ -102,6 +103,7 @@ def test_one_mode_of_scores_is_refused_with_a_hint(world, tmp_path, capsys, case
                      "--embeddings", _embeddings_file(tmp_path, rows))
     assert code == 2 and err.count("\n") == 1
     assert "one mode, not two" in err and "--overlap none" in err
+    assert "fitted components at" in err and "Ashman's D" in err and "the checkpoint is at step 8 of 8" in err
     assert not out.exists()
 
 

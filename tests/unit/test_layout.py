@@ -131,14 +131,14 @@ def test_recordio_framing_defined_once():
 LAYERS = [
     ("recordio_tools", "fftrain", "fftrain.errors"),
     ("fftrain.distributed",),
-    ("fftrain.config", "fftrain.demo"),
-    ("fftrain.data", "fftrain.model", "fftrain.head"),
+    ("fftrain.config", "fftrain.configs", "fftrain.demo"),
+    ("fftrain.data", "fftrain.model", "fftrain.head", "fftrain.calibration"),
     ("fftrain.evaluation",),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
-     "fftrain.capacity", "fftrain.training"),
-    ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
-    ("fftrain.commands", "fftrain.cli", "fftrain.train"),
+     "fftrain.capacity", "fftrain.training.read_lease", "fftrain.training"),
+    ("fftrain.training.trainer", "fftrain.training.startup", "fftrain.audit", "fftrain.pseudo_label"),
+    ("fftrain.commands", "fftrain.cli", "fftrain.train", "fftrain.__main__"),
 ]
 #: the one upward import: the config checks `model.backbone` against the backbone registry
 ALLOWED_UPWARD = {("fftrain.config", "fftrain.model.backbones")}
@@ -167,6 +167,7 @@ def test_the_layer_check_sees_function_level_imports_and_orders_the_layers():
     assert _layer_of("fftrain.evaluation.verification") < _layer_of("fftrain.training.checkpoint.dcp_io")
     assert _layer_of("fftrain.training.checkpoint.dcp_io") < _layer_of("fftrain.training.trainer")
     assert _layer_of("fftrain.training.trainer") < _layer_of("fftrain.commands.train")
+    assert _layer_of("fftrain.calibration.thresholds") < _layer_of("fftrain.fusion.components")
 
 
 def test_the_training_folder_sits_wholly_above_evaluation():

@@ -13,9 +13,9 @@ from scipy import stats
 
 from fftrain.pseudo_label import PseudoLabelError, PseudoLabelOptions, pseudo_label
 from fftrain.pseudo_label.clustering import canonical_labels, cluster, drop_small, knn_graph
-from fftrain.pseudo_label.evt import FitError, fit_weibull, fit_weibull_mixture, otsu_threshold
+from fftrain.calibration.evt import FitError, fit_weibull, fit_weibull_mixture, otsu_threshold
 from fftrain.pseudo_label.metrics import bcubed_scores, clustering_scores, pairwise_scores
-from fftrain.pseudo_label.planted import planted_world
+from benchmarks.lib.planted import planted_world
 from fftrain.pseudo_label.separation import error_rates, max_cosine, separate_overlap
 from fftrain.pseudo_label.uncertainty import cluster_margins, fit_uncertainty
 
@@ -201,3 +201,36 @@ def test_pipeline_bad_input():
         pseudo_label(np.eye(4, dtype=np.float32), proxies, PseudoLabelOptions(overlap="all"))
     with pytest.raises(ValueError, match="backend='kmeans'; available"):
         PseudoLabelOptions(backend="kmeans")
+
+
+def test_edge_threshold_is_calibrated_on_the_overlapping_images():
+    world = planted_world(num_labeled=300, num_unlabeled_ids=120, overlap=0.5, images_per_id=10, noise=1.2, seed=14)
+    result = pseudo_label(world.embeddings, world.proxies, PseudoLabelOptions(backend="components"))
+    edge = result.edge
+    assert edge.how.startswith("auto") and edge.samples >= 1000 and edge.value >= 0.55 and edge.far <= 1e-4
+    # read against the truth: pairs of two different people of the whole set rarely pass the chosen edge
+    x, ident = world.embeddings, world.identity
+    a, b = np.random.default_rng(0).integers(0, len(x), (2, 200_000))
+    impostor = np.einsum("ij,ij->i", x[a], x[b])[ident[a] != ident[b]]
+    assert (impostor > edge.value).mean() < 1e-3
+    given = pseudo_label(world.embeddings, world.proxies, PseudoLabelOptions(backend="components", threshold=0.6))
+    assert given.edge.value == 0.6 and given.edge.how == "given"
+
+
+def test_without_overlapping_images_the_backend_default_is_kept_and_said():
+    world = planted_world(num_labeled=300, num_unlabeled_ids=60, overlap=0.0, images_per_id=8, seed=15)
+    result = pseudo_label(world.embeddings, world.proxies, PseudoLabelOptions(overlap="none"))
+    assert result.edge.value == 0.45 and result.edge.how.startswith("the backend's default: only 0 impostor")
+
+
+def test_a_cluster_of_two_people_has_low_purity_and_is_not_written():
+    from fftrain.pseudo_label.pipeline import _drop_impure
+
+    rng = np.random.default_rng(0)
+    people = np.linalg.qr(rng.standard_normal((16, 3)))[0].T  # three orthogonal persons
+    ident = np.repeat([0, 1, 2], 10)
+    emb = people[ident] + 0.05 * rng.standard_normal((30, 16))
+    clusters = np.where(ident == 2, 1, 0)  # persons 0 and 1 in cluster 0, person 2 alone in cluster 1
+    kept, purity, dropped = _drop_impure(emb, clusters, 0.5, 1.0, 0.5, 0)
+    assert [d["size"] for d in dropped] == [20] and dropped[0]["purity"] == pytest.approx(90 / 190)
+    assert np.array_equal(kept, np.where(ident == 2, 0, -1)) and purity.tolist() == [1.0]

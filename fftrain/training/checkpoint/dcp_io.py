@@ -172,8 +172,11 @@ def _discard(path: str) -> None:
 
 
 def _prune(root: str, keep_last: int) -> None:
+    from fftrain.training.read_lease import is_leased
+
     for _, path in complete_checkpoints(root)[:-keep_last]:
-        _discard(path)
+        if not is_leased(path):  # a command (fuse, eval, export, ...) is reading it: next time
+            _discard(path)
     for name in os.listdir(root):
         if name.startswith(".step-") and name.endswith((".tmp", ".deleting")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)

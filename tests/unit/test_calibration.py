@@ -1,0 +1,101 @@
+"""fftrain.calibration: thresholds at a FAR / FRR from score samples, and the two-mode fit."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fftrain.calibration.modes import fit_two_modes
+from fftrain.calibration.thresholds import (AUTO, far_at, frr_at, lower_threshold, parse_rate, parse_threshold, tar_at,
+                                            threshold_at_far, threshold_at_frr, upper_threshold)
+from fftrain.errors import UserError
+
+
+def test_far_and_tar_count_the_scores_strictly_above():
+    scores = np.array([0.1, 0.2, 0.3, 0.4])
+    assert far_at(scores, 0.3) == 0.25 and far_at(scores, 0.05) == 1.0 and far_at(scores, 0.4) == 0.0
+    assert tar_at(scores, 0.25) == 0.5
+    assert frr_at(scores, 0.3) == 0.5 and frr_at(scores, 0.1) == 0.0
+
+
+@pytest.mark.parametrize("far", [1e-1, 1e-2, 1e-3])
+def test_threshold_at_far_meets_the_rate_and_is_the_smallest_such_sample(far):
+    scores = np.random.default_rng(0).normal(size=20000)
+    t, resolved = threshold_at_far(scores, far)
+    assert resolved and far_at(scores, t) <= far
+    below = np.sort(scores)[np.sort(scores) < t]
+    assert far_at(scores, below[-1]) > far  # the next smaller sample value lets too many through
+    assert abs(t - stats.norm.isf(far)) < 0.1  # and it estimates the distribution's quantile
+
+
+def test_a_rate_below_the_sample_resolution_takes_the_largest_score():
+    scores = np.arange(100, dtype=float)
+    assert threshold_at_far(scores, 1e-4) == (99.0, False)
+    choice = upper_threshold("x", AUTO, scores, far=1e-4, paper=None, statistic="s")
+    assert choice.value == 99.0 and not choice.resolved and "resolves only 1/100" in choice.how
+
+
+def test_threshold_at_frr_leaves_at_most_the_rate_below():
+    scores = np.random.default_rng(1).normal(size=5000)
+    t = threshold_at_frr(scores, 0.01)
+    assert frr_at(scores, t) <= 0.01 < frr_at(scores, np.sort(scores)[np.sort(scores) > t][0])
+
+
+def test_auto_never_goes_below_the_paper_and_reports_both_rates():
+    impostor = np.random.default_rng(2).normal(0.1, 0.1, 100000)
+    weak = upper_threshold("leak", AUTO, impostor, far=1e-4, paper=0.3, statistic="s")
+    assert weak.value > 0.3 and weak.far <= 1e-4 and weak.paper_far == pytest.approx(far_at(impostor, 0.3))
+    assert weak.how == "auto: impostor FAR 0.0001" and weak.target == 1e-4
+    strong = upper_threshold("leak", AUTO, impostor, far=1e-4, paper=0.9, statistic="s")
+    assert strong.value == 0.9 and strong.how.startswith("auto: the paper's value")
+    given = upper_threshold("leak", 0.5, impostor, far=1e-4, paper=0.3, statistic="s")
+    assert given.value == 0.5 and given.how == "given" and given.far == far_at(impostor, 0.5) and given.target is None
+
+
+def test_lower_threshold_from_the_genuine_tail():
+    genuine = np.random.default_rng(3).normal(0.6, 0.1, 10000)
+    auto = lower_threshold("intra", AUTO, genuine, frr=0.01, paper=0.3, statistic="s", how="all")
+    assert auto.rate == "frr" and auto.far <= 0.01 and auto.value == pytest.approx(stats.norm.ppf(0.01, 0.6, 0.1), abs=0.02)
+    assert auto.paper_far == frr_at(genuine, 0.3) and "(all)" in auto.how
+    assert "FRR" in auto.describe() and "paper's 0.3" in auto.describe()
+
+
+def test_no_scores_or_nan_scores_are_a_user_error():
+    with pytest.raises(UserError, match="no scores"):
+        threshold_at_far([], 1e-4)
+    with pytest.raises(UserError, match="finite"):
+        far_at([0.1, np.nan], 0.5)
+
+
+def test_command_line_types():
+    assert parse_threshold("auto") == AUTO and parse_threshold("0.5") == 0.5
+    for bad in ("1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_threshold(bad)
+    assert parse_rate("1e-4") == 1e-4
+    for bad in ("0", "1", "y"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rate(bad)
+
+
+def test_two_modes_found_with_valley_and_precision_recall():
+    rng = np.random.default_rng(4)
+    scores = np.concatenate([rng.normal(0.2, 0.05, 9000), rng.normal(0.8, 0.05, 1000)])
+    modes = fit_two_modes(scores)
+    assert modes.separated and 0.3 < modes.valley < 0.7
+    low, high = modes.means()
+    assert low == pytest.approx(0.2, abs=0.03) and high == pytest.approx(0.8, abs=0.03)
+    assert modes.mixture.weight_high == pytest.approx(0.1, abs=0.02)
+    precision, recall = modes.precision_recall(modes.valley)
+    assert precision > 0.99 and recall > 0.99
+    p_low, r_low = modes.precision_recall(0.0)  # everything called: recall 1, precision the high weight
+    assert r_low == pytest.approx(1.0, abs=1e-3) and p_low == pytest.approx(modes.mixture.weight_high, abs=0.01)
+    assert "two separate modes" in modes.explain() and modes.to_dict()["separated"] is True
+
+
+def test_one_mode_is_called_one_mode():
+    modes = fit_two_modes(np.random.default_rng(5).normal(0.3, 0.1, 5000))
+    assert not modes.separated and modes.explain().startswith("one mode") and modes.ashman_d < 3
