@@ -32,6 +32,7 @@ import argparse
 import ctypes
 import datetime
 import gc
+import inspect
 import json
 import os
 import socket
@@ -106,8 +107,13 @@ def _rank_main(rank: int, world: int, init_file: str, a: dict, result_dir: str) 
     dist.barrier()
     base = _reset_high_water()
     if a["mode"] == "fusion":
-        res = run_fusion(weight, [momentum], class_dataset=cd, label_map=None, source_info=None, t1=0.7,
-                         knn_k=10, group=dist.group.WORLD, backend="faiss", report_dir=None)
+        settings = dict(t1=0.7, knn_k=10, backend="faiss")
+        if "config" in inspect.signature(run_fusion).parameters:  # the FusionConfig interface (a baseline may predate it)
+            from fftrain.config import FusionConfig
+
+            settings = {"config": FusionConfig(**settings)}
+        res = run_fusion(weight, [momentum], class_dataset=cd, label_map=None, source_info=None,
+                         group=dist.group.WORLD, report_dir=None, **settings)
         merged = res.num_classes_new
     else:
         new_w, _ = reshard_merge(weight, [momentum], old_to_new, c_new, dist.group.WORLD)

@@ -202,7 +202,7 @@ def dali_parts(inp: PlanInput) -> dict[str, int]:
 
 def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend):
-    run_fusion keeps an fp32 normalised copy of the weight shard until it returns; the kNN adds one
+    the kNN phase holds an fp32 normalised copy of the weight shard (freed before the reshard), one
     remote shard in fp32, the per-dataset copies of the queries and keys, and faiss's own copy of
     the keys it indexes, plus the running top-k; the streaming reshard adds the new shard, a few
     chunk buffers, and the merged classes' members (in storage dtype, folded in fp32)."""
@@ -212,7 +212,7 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     d, store = inp.embedding, _BYTES[inp.fc_storage]
     copies = 2 if inp.momentum else 1
     shard = n_local * d * store * copies
-    rows32 = n_local * d * 4                             # one shard's rows in fp32
+    rows32 = n_local * d * 4                             # one shard's rows in fp32 (the normalised proxies)
     g = max(1, inp.datasets)
     knn = (2 * rows32                                    # the remote shard in hand, and one more fp32
                                                          # shard-sized block the CPU peaks show (not traced)
@@ -224,8 +224,7 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     reshard = (shard                                     # the new shard (a little smaller: merges)
                + 3 * min(CHUNK_BYTES, shard)             # send, receive and masked copies of a chunk
                + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
-    return {"fc shard (weight + momentum)": shard, "normalised fp32 proxies": rows32,
-            "kNN or reshard working set": max(knn, reshard)}
+    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(rows32 + knn, reshard)}
 
 
 def _faiss_workspace(device: str) -> int:
