@@ -62,3 +62,39 @@ def test_a_packaged_config_by_name_loads_and_a_bad_key_is_one_line(installed):
     out = run("-m", "fftrain", "train", "--config", "six_datasets_r50", "--set", "data.manifest=/nonexistent/m.json",
               "--set", "device=cpu")
     assert out.returncode == 2 and "/nonexistent/m.json" in out.stderr, out.stderr
+
+
+def test_the_user_path_from_the_install_with_a_real_checkpoint(installed, synth, tmp_path):
+    """From the install, outside the checkout: the launcher trains 2 ranks through fusion, then the run's own
+    checkpoint is exported (backbone.pth, ONNX), evaluated on an IJB-C layout set, and the run reported."""
+    import json
+
+    import torch
+
+    from ijb_helpers import write_ijb_set
+    from train_helpers import torchrun_settings
+
+    run, _ = installed
+    out_dir = tmp_path / "run"
+    sets = torchrun_settings(synth, out_dir, **{"optim.total_steps": 8, "optim.lr_milestones": "[6]"})
+    trained = run("-m", "fftrain", "train", "--nproc-per-node", "2", *sets, timeout=480)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = out_dir / "checkpoints" / "step-00000008"
+
+    exported = run("-m", "fftrain", "export", "--checkpoint", str(checkpoint), "--torch", str(tmp_path / "backbone.pth"),
+                   "--onnx", str(tmp_path / "backbone.onnx"))
+    assert exported.returncode == 0, exported.stderr
+    state = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+    write_ijb_set(tmp_path / "ijb", "IJBC")
+    report = tmp_path / "ijb.json"
+    evaluated = run("-m", "fftrain", "eval", "--checkpoint", str(checkpoint), "--ijb", str(tmp_path / "ijb"),
+                    "--ijb-target", "IJBC", "--json-out", str(report))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert set(json.loads(report.read_text())["ijb"]["tar_at_far"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01",
+                                                                        "0.1"}
+
+    reported = run("-m", "fftrain", "demo-report", str(out_dir))
+    assert reported.returncode == 0, reported.stderr
+    assert "merge vs planted truth: precision" in reported.stdout and "verification " in reported.stdout, reported.stdout
