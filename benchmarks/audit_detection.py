@@ -67,6 +67,7 @@ def detection(audit_dir: str, synth_dir: str) -> dict:
 
 def fusion_with_and_without_cleaning(audit_dir: str, synth_dir: str, t1: float) -> dict:
     from fftrain.audit.inter import fusion_twin
+    from fftrain.config import FusionConfig
     from fftrain.audit.intra import class_centres
     from fftrain.evaluation.merge_quality import merge_quality
     from recordio_tools.manifest import load_manifest
@@ -85,8 +86,9 @@ def fusion_with_and_without_cleaning(audit_dir: str, synth_dir: str, t1: float) 
         sums = np.zeros((manifest.num_classes, emb.shape[1]))
         np.add.at(sums, labels[keep], np.asarray(emb[keep], dtype=np.float64))
         centres = class_centres(sums, np.bincount(labels[keep], minlength=manifest.num_classes))
-        plan = fusion_twin(centres, table, None, t1=t1, knn_k=settings["knn_k"], max_component=settings["max_component"],
-                           same_dataset_policy=settings["same_dataset_policy"], backend="auto")
+        config = FusionConfig(t1=t1, knn_k=settings["knn_k"], max_component=settings["max_component"],
+                              same_dataset_policy=settings["same_dataset_policy"], backend="auto")
+        plan = fusion_twin(centres, table, None, config)
         out[name] = merge_quality([c.members for c in plan.components], truth).to_dict()
     return out
 

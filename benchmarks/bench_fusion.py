@@ -72,6 +72,7 @@ def raw_faiss(x: np.ndarray, k: int, threads: int) -> float:
 
 def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
     from fftrain.distributed.class_sharding import shard_range
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
 
     data = np.load(path, mmap_mode="r")
@@ -82,8 +83,9 @@ def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
     sync = torch.cuda.synchronize if w.is_cuda else (lambda: None)
     sync()
     t = time.perf_counter()
-    res = run_fusion(w, [mom], class_dataset=torch.from_numpy(cd), label_map=None, source_info=None, t1=t1,
-                     knn_k=k, max_component=6, group=group, backend=backend, report_dir=None)
+    res = run_fusion(w, [mom], class_dataset=torch.from_numpy(cd), label_map=None, source_info=None,
+                     config=FusionConfig(t1=t1, knn_k=k, max_component=6, backend=backend), group=group,
+                     report_dir=None)
     sync()
     total = time.perf_counter() - t
     s = res.stats

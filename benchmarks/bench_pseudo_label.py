@@ -4,7 +4,7 @@
     python benchmarks/bench_pseudo_label.py --parts timing --sizes 10000,100000
     python benchmarks/bench_pseudo_label.py --parts separation,quality --seeds 2,3,4,5,6
 
-Worlds: `fftrain.pseudo_label.planted.planted_world` (1000 labeled classes, 500 unlabeled
+Worlds: `benchmarks.lib.planted.planted_world` (1000 labeled classes, 500 unlabeled
 identities, ~20 images each, 128-d for the quality parts; 512-d for timing). Seed 1 was the
 development world the defaults were chosen on; the measured seeds start at 2.
 
@@ -35,7 +35,7 @@ from recordio_tools.files import write_json_atomic  # noqa: E402
 
 from fftrain.pseudo_label.clustering import BACKENDS, cluster, knn_graph  # noqa: E402
 from fftrain.pseudo_label.metrics import clustering_scores  # noqa: E402
-from fftrain.pseudo_label.planted import planted_world  # noqa: E402
+from benchmarks.lib.planted import planted_world  # noqa: E402
 from fftrain.pseudo_label.separation import error_rates, max_cosine, separate_overlap  # noqa: E402
 
 QUALITY_WORLDS = {  # name -> planted_world overrides

@@ -13,7 +13,7 @@ Steps (each skipped when its output is already there, so an interrupted run resu
    GRL off (the paper's §4.5), fusion over all pairs; FaceFusion once per --t1 (the paper's 0.7 and the demo's
    0.82 by default: the demo's proxies at T2 are not in the paper's regime, see RESULTS.md).
 4. Each final checkpoint embeds every held-out image (fftrain.audit.embed, flip-summed): TAR@FAR 1e-3 / 1e-4
-   over all pairs and rank-1 identification (experiment_replication.all_pairs_metrics); the fusion report is
+   over all pairs and rank-1 identification (benchmarks.lib.metrics.all_pairs_metrics); the fusion report is
    scored against the split's overlaps.json (fftrain.evaluation.merge_quality_of_run).
 Output under --out: result.json and table.md, beside the data and the runs.
 """
@@ -134,7 +134,7 @@ def heldout_embeddings(checkpoint: str, heldout: str, work_dir: str) -> tuple[np
 def evaluate_run(run_dir: str, split: str, heldout: str, steps: int) -> dict:
     import torch
 
-    from experiment_replication import all_pairs_metrics
+    from benchmarks.lib.metrics import all_pairs_metrics
     from fftrain.evaluation.merge_quality import merge_quality_of_run, read_run_results
 
     checkpoint = os.path.join(run_dir, "checkpoints", f"step-{steps:08d}")
@@ -230,14 +230,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     from bench_common import machine_info
-    from experiment_replication import _machine_line
+    from benchmarks.lib.report import machine_line
     from recordio_tools.files import write_text_atomic
     from recordio_tools.overlap_split import planted_counts
 
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
-    machine = _machine_line(machine_info())
+    machine = machine_line(machine_info())
     heldout, splits = make_data(args)
     with open(os.path.join(args.out, "synth", SPLIT_DATASET, "dataset.json"), encoding="utf-8") as f:
         split_ids = int(json.load(f)["num_classes"])

@@ -7,7 +7,7 @@ benchmarks/experiment_replication.py, with the project's pseudo-label pipeline a
     python benchmarks/experiment_pseudo_label_retrain.py --arms truth # + the ground-truth bound (GT-2)
     python benchmarks/experiment_pseudo_label_retrain.py --seeds 3 --arms labeled,all,disjoint
 
-The world, per seed (`make_pl_world`): the replication's world (`experiment_replication.make_world`, same flags and
+The world, per seed (`make_pl_world`): the replication's world (`benchmarks.lib.worlds.make_world`, same flags and
 seed: the labeled images and the held-out identities are the replication's, bit for bit) as ONE labeled dataset of
 `--ids` identities, plus an unlabeled collection of `--unlabeled-ids` identities x `--unlabeled-images` new images,
 a fraction `--overlap` of them labeled identities (new renderings of the same latents: the paper's Split-2-O), the
@@ -32,8 +32,8 @@ Per seed:
    - all_soft_ff: clusters of ALL unlabeled images, weighted, as the second dataset, FaceFusion at T2: fusion, not
      the separation, must then merge the clusters that are labeled identities.
    The 'labeled' arm of the table is step 1's run (a re-run with the same seed is the same run).
-Metrics: TAR@FAR 1e-3 / 1e-4 over all pairs of held-out images and rank-1 (experiment_replication.evaluate); paired
-differences across seeds with 95% t-intervals (experiment_replication.paired); per seed the separation's FPR / FNR
+Metrics: TAR@FAR 1e-3 / 1e-4 over all pairs of held-out images and rank-1 (benchmarks.lib.feature_training.evaluate); paired
+differences across seeds with 95% t-intervals (benchmarks.lib.stats.paired); per seed the separation's FPR / FNR
 (Otsu and Weibull) against the planted overlap, the clustering's pairwise / BCubed F against the planted identities,
 and, for the fusion arms, merge precision / recall against the clusters' majority identities. Output under --out:
 result.json, table.md, tar_by_arm.png.
@@ -55,7 +55,10 @@ for _path in (REPO, os.path.join(REPO, "benchmarks")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import experiment_replication as ER  # noqa: E402
+from benchmarks.lib.feature_training import add_world_args, per_method, quantiles, train_run  # noqa: E402
+from benchmarks.lib.report import machine_line, write_with_criteria  # noqa: E402
+from benchmarks.lib.stats import mean_or_none, paired  # noqa: E402
+from benchmarks.lib.worlds import make_world, world_kwargs  # noqa: E402
 
 ARMS = ("labeled", "all", "disjoint", "both", "disjoint_soft", "disjoint_soft_ff", "all_soft_ff")
 EXTRA_ARMS = ("truth",)  # not in the default: every unlabeled image with its planted identity (the paper's GT-2 bound)
@@ -85,7 +88,7 @@ NUM_DATASETS = 2  # the labeled dataset and the pseudo-labeled one (the fusion a
 def make_pl_world(seed: int, args) -> dict:
     """The replication's world plus an unlabeled collection: x_unlabeled [U*m, input_dim], the planted person of each
     image (< ids: a labeled identity) and the overlap flag."""
-    world = ER.make_world(seed, **ER.world_kwargs(args))
+    world = make_world(seed, **world_kwargs(args))
     rng = np.random.default_rng([seed, 0x0B5E7])
     n_overlap = int(round(args.overlap * args.unlabeled_ids))
     if n_overlap > args.ids:
@@ -250,7 +253,7 @@ def _base_job(job):
     _threads_one()
     args, seed = job
     world = make_pl_world(seed, args)
-    out = ER.train_run(world, labeled_split(world), "naive0", seed, args, keep_model=True)
+    out = train_run(world, labeled_split(world), "naive0", seed, args, keep_model=True)
     backbone, head = out.pop("model")
     started = time.perf_counter()
     pl = make_pseudo_labels(embed(backbone, world["x_unlabeled"]), head.weight.detach().float().numpy(), seed,
@@ -266,10 +269,10 @@ def _arm_job(job):
     _threads_one()
     args, seed, arm, data = job
     world, split = arm_world_and_split(make_pl_world(seed, args), data)
-    out = ER.train_run(world, split, "facefusion" if arm.endswith("_ff") else "naive0", seed, args)
+    out = train_run(world, split, "facefusion" if arm.endswith("_ff") else "naive0", seed, args)
     t2 = out.pop("t2", None)
     if t2 is not None:
-        out["t2_duplicates_q"] = ER.quantiles(t2["duplicate"])
+        out["t2_duplicates_q"] = quantiles(t2["duplicate"])
     out.update(arm=arm, images=len(split["image"]), classes_before=split["num_classes"],
                mean_weight=float(np.mean(split["weight"])) if "weight" in split else 1.0)
     return out
@@ -290,15 +293,15 @@ def summarise(runs: list[dict], arms: list[str], seeds: list[int]) -> dict:
         row = {"arm": arm, "paper": PAPER_NAMES[arm]}
         for metric in METRICS:
             row[metric] = float(np.mean(series(metric, arm)))
-            row[f"{metric}_ci"] = ER.paired(series(metric, arm), [0.0] * len(seeds))
+            row[f"{metric}_ci"] = paired(series(metric, arm), [0.0] * len(seeds))
         rows = [key[arm, s] for s in seeds]
         row["images"] = float(np.mean([r["images"] for r in rows]))
         row["classes"] = float(np.mean([r["classes"] for r in rows]))
         merge = [r["merge"] for r in rows if r["merge"]["predicted_pairs"] or r["merge"]["true_pairs"]]
-        row["merge_precision"] = ER._mean_or_none([m["precision"] for m in merge])
-        row["merge_recall"] = ER._mean_or_none([m["recall"] for m in merge])
+        row["merge_precision"] = mean_or_none([m["precision"] for m in merge])
+        row["merge_recall"] = mean_or_none([m["recall"] for m in merge])
         table.append(row)
-    diffs = {m: {f"{a}-{b}": ER.paired(series(m, a), series(m, b)) for a, b in COMPARISONS
+    diffs = {m: {f"{a}-{b}": paired(series(m, a), series(m, b)) for a, b in COMPARISONS
                  if a in arms and b in arms} for m in METRICS}
     return {"table": table, "diffs": diffs}
 
@@ -387,7 +390,7 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], quality: list
                          f"{dj['pairwise_r']:.3f} / {dj['pairwise_f']:.3f}, {dj['overlap_images_kept']} | "
                          f"{al['clusters']}, {al['pairwise_f']:.3f} | {_opt(dj['mean_weight_right'])} / "
                          f"{_opt(dj['mean_weight_wrong'])} |")
-    return ER.write_with_criteria(path, lines, criteria)
+    return write_with_criteria(path, lines, criteria)
 
 
 def _opt(x) -> str:
@@ -459,7 +462,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="parallel runs, one torch thread each (default 2)")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "pseudo_label_retrain"), metavar="DIR",
                    help="output folder for result.json, table.md and tar_by_arm.png")
-    ER.add_world_args(p)
+    add_world_args(p)
     args = p.parse_args(argv)
     for name, value in PRESETS["quick" if args.quick else "default"].items():
         if getattr(args, name) is None:
@@ -475,11 +478,11 @@ def parse_args(argv=None):
     if args.t2 <= 0 or args.t2 >= 1:
         p.error(f"--t2 {args.t2}: must be in (0, 1)")
     try:  # --grl-weight and --grl-start name the replication's methods: fusion arms are facefusion, others naive0
-        args.grl_weight = ER.per_method(args.grl_weight, "--grl-weight", low=0.0, high=float("inf"))
-        args.grl_start = ER.per_method(args.grl_start, "--grl-start", low=0.0, high=1.0)
+        args.grl_weight = per_method(args.grl_weight, "--grl-weight", low=0.0, high=float("inf"))
+        args.grl_start = per_method(args.grl_start, "--grl-start", low=0.0, high=1.0)
     except ValueError as exc:
         p.error(str(exc))
-    args.k = NUM_DATASETS  # train_run's dataset classifier (unused with the GRL off, the default)
+    args.k = NUM_DATASETS  # train_run's dataset classifier (trained as the trainer does; its reversed gradient is 0 with the GRL off)
     return args
 
 
@@ -524,7 +527,7 @@ def main(argv=None) -> int:
     summary = summarise(runs, args.arms, seeds)
     criteria = check_criteria(summary, quality)
     meta = {"command": " ".join(["python benchmarks/experiment_pseudo_label_retrain.py"] + (argv or sys.argv[1:])),
-            "machine": ER._machine_line(info), "date": datetime.date.today().isoformat(), "seconds": seconds,
+            "machine": machine_line(info), "date": datetime.date.today().isoformat(), "seconds": seconds,
             "seeds": args.seeds, "negatives": runs[0]["num_negative_pairs"],
             "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in runs)}
     text = write_markdown(os.path.join(args.out, "table.md"), summary, criteria, quality, meta)

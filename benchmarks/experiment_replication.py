@@ -1,5 +1,5 @@
 """A powered replication of FaceFusion's controlled experiment (§4.5-4.6, Eq. 5, Table 4, Figures 3-4) in a
-feature-level world, trained with the project's own head, fusion and training-loop pieces.
+feature-level world, trained with the product's own training step (fftrain.training.step), head and fusion.
 
     python benchmarks/experiment_replication.py                      # the default: 48 runs, ~15 CPU-min (~8 min on 2 idle cores)
     python benchmarks/experiment_replication.py --quick --out /tmp/q # the test's preset (~1 min on a shared machine)
@@ -23,14 +23,16 @@ seed, data order and initialisation:
 - facefusion: dataset-aware until T2, `run_fusion` at T1 on the live head, then agnostic over the fused classes;
 - interclass: naive0 with the head's inter-class filtering (negatives with cosine > --interclass-threshold dropped).
 The GRL is off for every method (the paper's §4.5/4.6 setting); `--grl-weight` and `--grl-start` set it for all
-methods or per method (`dail=0.1,facefusion=0.1`). The loop is the
-trainer's: fftrain.head.partial_fc.PartialFCHead (ArcFace s=64 m=0.5, momentum 0.9, wd 5e-4, proxies renormalised to
-`--proxy-norm`), fftrain.training.lr_schedule.lr_at with the paper's milestones scaled to `--steps` (80k/140k/200k of 480k),
-fftrain.config.TrainConfig for the method's phases, fftrain.fusion.run_fusion at T2.
+methods or per method (`dail=0.1,facefusion=0.1`). Each step is the trainer's `train_step` (benchmarks/lib/
+feature_training.py): the head fftrain.head.partial_fc.PartialFCHead (ArcFace s=64 m=0.5, momentum 0.9, wd 5e-4,
+proxies renormalised to `--proxy-norm`), the trainer's SGD and gradient clipping (`--grad-clip`, the trainer's
+optim.grad_clip by default), the lr of fftrain.training.lr_schedule.lr_at with the paper's milestones scaled to
+`--steps` (80k/140k/200k of 480k), fftrain.config.TrainConfig for the method's phases, and at T2 the trainer's
+fusion swap (`swap_in_fusion`).
 
 Metrics: TAR@FAR 1e-3 and 1e-4 over all pairs of the held-out images (fftrain.evaluation.metrics.tar_at_far);
 rank-1 identification (gallery: each held-out identity's first image); merge precision / recall against the planted
-truth (fftrain.evaluation.merge_quality); classes in the final softmax against Table 4's columns (planted_counts);
+truth (fftrain/evaluation/merge_quality.py); classes in the final softmax against Table 4's columns (planted_counts);
 at T2 of the FaceFusion runs the Figure 3 analogue (true duplicates' proxy cosine vs each class's top-1 proxy of
 another subset that is not its duplicate) and merge sets at T1 in {0.5, 0.6, 0.7, 0.8} (Table 3's insensitivity).
 Paired differences across seeds (same world, split and init) with 95% t-intervals. Output under --out: result.json,
@@ -55,8 +57,11 @@ for _path in (REPO, os.path.join(REPO, "benchmarks")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-METHODS = ("naive", "naive0", "dail", "facefusion", "interclass")
-T1_SWEEP = (0.5, 0.6, 0.7, 0.8)
+from benchmarks.lib.feature_training import METHODS, add_world_args, per_method, quantiles, train_run  # noqa: E402
+from benchmarks.lib.report import machine_line, write_with_criteria  # noqa: E402
+from benchmarks.lib.stats import excludes_zero, mean_or_none, paired  # noqa: E402
+from benchmarks.lib.worlds import make_split, make_world, world_kwargs  # noqa: E402
+
 PRESETS = {
     "default": dict(ids=1000, k=8, ratios="0,0.2,0.4,0.6", seeds=3, steps=800, batch=256, images_per_id=10,
                     heldout_ids=400, heldout_images=8, methods="naive,dail,facefusion,interclass",
@@ -68,309 +73,7 @@ PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# The world
-
-
-def make_world(seed: int, *, ids: int, images_per_id: int, heldout_ids: int, heldout_images: int, latent: int,
-               nuisance: int, input_dim: int, family_size: int, family_sim: float, sigma: float, pixel_noise: float,
-               nuisance_scale: float, render_gain: float) -> dict:
-    """Training renderings [ids * images_per_id, input_dim] with identity labels, and held-out ones."""
-    rng = np.random.default_rng([seed, 0xFACE])
-
-    def unit(n, d):
-        v = rng.standard_normal((n, d))
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    def identities(n):
-        families = unit(-(-n // family_size), latent)
-        own = unit(n, latent)
-        z = math.sqrt(family_sim) * families[np.arange(n) // family_size] + math.sqrt(1 - family_sim) * own
-        return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-    hidden = 4 * input_dim
-    a1 = rng.standard_normal((latent + nuisance, hidden)) * render_gain / math.sqrt(1 + nuisance_scale ** 2)
-    a2 = rng.standard_normal((hidden, input_dim)) / math.sqrt(hidden)
-
-    def render(z, per_id):
-        n = len(z)
-        v = np.repeat(z, per_id, axis=0) + sigma * rng.standard_normal((n * per_id, latent)) / math.sqrt(latent)
-        u = nuisance_scale * rng.standard_normal((n * per_id, nuisance)) / math.sqrt(nuisance)
-        x = np.tanh(np.concatenate([v, u], 1) @ a1) @ a2 + pixel_noise * rng.standard_normal((n * per_id, input_dim))
-        return x.astype(np.float32), np.repeat(np.arange(n), per_id)
-
-    z = identities(ids)
-    x, y = render(z, images_per_id)
-    xh, yh = render(identities(heldout_ids), heldout_images)
-    # z, identities and render (which continue the world's generator) let another experiment draw more images of
-    # the same identities, or new identities, in the same world; nothing here uses them
-    return {"x": x, "y": y, "x_heldout": xh, "y_heldout": yh, "ids": ids, "z": z, "identities": identities,
-            "render": render}
-
-
-def make_split(world: dict, k: int, ratio: float, seed: int, share_images: bool) -> dict:
-    """Eq. 5 over the world's identities: source-class label of every training image (an image of a shared identity
-    dealt to one of its two subsets, or -- share_images -- present in both), class -> subset table, true groups."""
-    from recordio_tools.overlap_split import planted_counts, split_layout
-
-    layout = split_layout(world["ids"], k, ratio)
-    rng = np.random.default_rng([seed, 0x5B117, int(round(ratio * 1000))])
-    order = rng.permutation(world["ids"])  # position -> identity
-    offsets = np.concatenate([[0], np.cumsum(layout.subset_sizes)])
-    holders: dict[int, list[int]] = {}  # identity -> its source classes
-    for i in range(k):
-        for local, pos in enumerate(layout.members(i)):
-            holders.setdefault(int(order[pos]), []).append(int(offsets[i] + local))
-    class_dataset = np.repeat(np.arange(k), layout.subset_sizes)
-    images, labels = [], []
-    seen = np.zeros(world["ids"], np.int64)
-    start = rng.integers(0, 2, world["ids"])
-    for index, person in enumerate(world["y"]):
-        classes = holders[int(person)]
-        if len(classes) > 1 and not share_images:
-            classes = [classes[(start[person] + seen[person]) % len(classes)]]
-        seen[person] += 1
-        for c in classes:
-            images.append(index)
-            labels.append(c)
-    return {"image": np.asarray(images), "label": np.asarray(labels), "class_dataset": class_dataset,
-            "truth": [g for g in holders.values() if len(g) > 1], "counts": planted_counts(world["ids"], k, ratio),
-            "num_classes": int(offsets[-1])}
-
-
-# ---------------------------------------------------------------------------------------------
-# Training with the project's pieces
-
-
-def build_backbone(input_dim: int, dim: int, width: int):
-    from torch import nn
-
-    return nn.Sequential(nn.Linear(input_dim, width), nn.BatchNorm1d(width), nn.ReLU(),
-                         nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
-                         nn.Linear(width, dim), nn.BatchNorm1d(dim))
-
-
-def method_config(method: str, args):
-    """The method's phases from the trainer's own config (fftrain.config.TrainConfig)."""
-    from fftrain.config import config_from_dict
-
-    steps = args.steps
-    milestones = sorted({max(1, round(steps * f / 480)) for f in (80, 140, 200)})
-    return config_from_dict({
-        "method": method,
-        "head": {"scale": args.scale, "m": args.margin, "proxy_norm": args.proxy_norm,
-                 "interclass_threshold": args.interclass_threshold if method == "interclass" else 0.0},
-        "fusion": {"t1": args.t1, "t2": args.t2, "allow_same_dataset": args.scope == "all"},
-        "grl": {"weight": args.grl_weight[method], "start_step": round(args.grl_start[method] * steps)},
-        "optim": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": steps,
-                  "lr_milestones": milestones}})
-
-
-def proxy_geometry(weight, split: dict, label_map: np.ndarray) -> dict:
-    """Figure 3 at T2: each class's cosine to its true duplicate (if any) and its top-1 cosine to a proxy of another
-    subset that is not its duplicate."""
-    import torch
-
-    p = torch.nn.functional.normalize(weight.detach().float(), dim=1)
-    sims = (p @ p.T).numpy()
-    table = split["class_dataset"]
-    twin = np.full(len(table), -1)
-    for a, b in split["truth"]:
-        twin[a], twin[b] = b, a
-    other = table[None, :] != table[:, None]
-    rows = np.arange(len(table))
-    dup = sims[rows[twin >= 0], twin[twin >= 0]]
-    masked = np.where(other, sims, -np.inf)
-    masked[rows[twin >= 0], twin[twin >= 0]] = -np.inf
-    top1 = masked.max(axis=1)
-    norms = torch.linalg.vector_norm(weight.detach().float(), dim=1).numpy()
-    return {"duplicate": dup, "top1_non_duplicate": top1, "proxy_norm_median": float(np.median(norms))}
-
-
-def quantiles(values) -> dict:
-    values = np.asarray(values, np.float64)
-    if values.size == 0:
-        return {}
-    return {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}
-
-
-def _fuse(head, table, args, t1, apply):
-    from fftrain.fusion import run_fusion
-
-    states = [head.momentum_buffer] if head.momentum_buffer is not None else []
-    result = run_fusion(head.weight.data, states, class_dataset=table, label_map=None, source_info=None, t1=t1,
-                        knn_k=10, max_component=6, same_dataset_policy="skip",
-                        allow_same_dataset=args.scope == "all", group=None, backend="torch")
-    if apply:
-        head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None)
-    return result
-
-
-def train_run(world: dict, split: dict, method: str, seed: int, args, dynamics_only: bool = False,
-              keep_model: bool = False) -> dict:
-    """One training run; returns the metrics (and, for FaceFusion, what was seen at T2). A split may carry
-    "weight" (a loss weight per entry of split["image"]; absent: all 1); keep_model adds out["model"] =
-    (backbone, head) in eval mode."""
-    import torch
-    import torch.nn.functional as F
-
-    from fftrain.evaluation.merge_quality import merge_quality
-    from fftrain.model.grl import DatasetClassifier
-    from fftrain.training.lr_schedule import lr_at
-    from fftrain.head.margins import build_margin
-    from fftrain.head.partial_fc import PartialFCHead
-
-    cfg = method_config(method, args)
-    torch.manual_seed(seed)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    backbone = build_backbone(world["x"].shape[1], args.dim, args.width)
-    classifier = DatasetClassifier(args.dim, args.k, hidden=64, lam=cfg.grl.weight)
-    params = list(backbone.parameters()) + list(classifier.parameters())
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, weight_decay=5e-4)
-    head = PartialFCHead(split["num_classes"], args.dim, margin=build_margin("arcface", scale=cfg.head.scale,
-                                                                             margin=cfg.head.m),
-                         seed=seed, momentum=0.9, weight_decay=5e-4, proxy_norm=cfg.head.proxy_norm,
-                         init_std=args.init_std, interclass_threshold=cfg.head.interclass_threshold)
-    x_all = torch.from_numpy(world["x"])
-    images, labels = torch.from_numpy(split["image"]), torch.from_numpy(split["label"])
-    weights = torch.from_numpy(np.asarray(split["weight"], np.float32)) if "weight" in split else None
-    table = torch.from_numpy(split["class_dataset"]).long()
-    label_map = torch.arange(split["num_classes"])
-    class_dataset = table.clone()
-    fused = cfg.agnostic_from_start
-    boundary = cfg.t2_step
-    stop = boundary if dynamics_only else cfg.optim.total_steps
-    gen = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(len(images), generator=gen), 0
-    out = {"method": method, "seed": seed}
-    for step in range(stop):
-        if step == boundary:
-            if cfg.merges:
-                out["t2"] = _at_boundary(head, split, label_map, table, args)
-                result = _fuse(head, class_dataset, args, args.t1, apply=True)
-                label_map = result.old_to_new[label_map]
-                class_dataset = result.new_class_dataset
-                out["rejected"] = len(result.rejected)
-            fused = True
-        if cursor + args.batch > len(order):
-            order, cursor = torch.randperm(len(images), generator=gen), 0
-        idx = order[cursor:cursor + args.batch]
-        cursor += args.batch
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = x_all[images[idx]]
-        source = labels[idx]
-        emb = backbone(x)
-        loss = head(emb, label_map[source], table[source], class_dataset=None if fused else class_dataset,
-                    sample_weight=None if weights is None else weights[idx])
-        if cfg.grl.weight > 0 and step >= cfg.grl.start_step:
-            loss = loss + F.cross_entropy(classifier(emb), table[source])
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{method} seed {seed}: non-finite loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        head.step(lr)
-    if dynamics_only:
-        out["t2"] = _at_boundary(head, split, label_map, table, args)
-        out["t2"]["alignment"] = proxy_alignment(backbone, head, x_all, images, labels)
-        out["cpu_seconds"] = time.process_time() - cpu_started
-        return out
-    out.update(evaluate(backbone, world))
-    groups = {}
-    for source_class, f in enumerate(label_map.tolist()):
-        groups.setdefault(f, []).append(source_class)
-    quality = merge_quality([g for g in groups.values() if len(g) > 1], split["truth"])
-    out["merge"] = quality.to_dict()
-    out["classes"] = head.num_classes
-    out["classes_in_softmax"] = (int(np.bincount(split["class_dataset"]).max()) if method == "dail"
-                                 else head.num_classes)
-    out["seconds"] = time.perf_counter() - started
-    out["cpu_seconds"] = time.process_time() - cpu_started
-    if keep_model:
-        out["model"] = (backbone.eval(), head.eval())
-    return out
-
-
-def proxy_alignment(backbone, head, x_all, images, labels) -> dict:
-    """Quantiles of each proxy's cosine to its class's mean embedding: whether the proxies have reached their
-    classes, the precondition for Figure 3's two clusters."""
-    import torch
-
-    backbone.eval()
-    with torch.no_grad():
-        emb = torch.nn.functional.normalize(backbone(x_all[images]), dim=1)
-    backbone.train()
-    means = torch.zeros(head.num_classes, emb.shape[1]).index_add_(0, labels, emb)
-    cos = torch.nn.functional.cosine_similarity(means, head.weight.detach(), dim=1)
-    return quantiles(cos.numpy())
-
-
-def _at_boundary(head, split, label_map, table, args) -> dict:
-    """What T2 looks like: proxy geometry (Figure 3) and, for the T1 sweep, the merge set at each T1."""
-    geometry = proxy_geometry(head.weight, split, label_map.numpy())
-    sweep = {}
-    for t1 in T1_SWEEP:
-        result = _fuse(head, table, args, t1, apply=False)
-        merged = sorted(tuple(sorted(np.flatnonzero(result.old_to_new.numpy() == i).tolist()))
-                        for i in range(result.num_classes_new))
-        sweep[str(t1)] = [list(g) for g in merged if len(g) > 1]
-    return {"duplicate": geometry["duplicate"].tolist(), "top1_non_duplicate": geometry["top1_non_duplicate"].tolist(),
-            "proxy_norm_median": geometry["proxy_norm_median"], "merges_by_t1": sweep}
-
-
-def evaluate(backbone, world: dict) -> dict:
-    """TAR@FAR over all pairs of held-out images and rank-1 identification (first image of each id = gallery)."""
-    import torch
-
-    backbone.eval()
-    with torch.no_grad():
-        emb = torch.nn.functional.normalize(backbone(torch.from_numpy(world["x_heldout"])), dim=1)
-    backbone.train()
-    return all_pairs_metrics(emb, torch.from_numpy(world["y_heldout"]))
-
-
-def all_pairs_metrics(emb, y) -> dict:
-    """TAR@FAR 1e-3 / 1e-4 over all pairs of L2-normalised embeddings [N, D] and rank-1 identification (first
-    image of each identity = gallery); `y` [N] identity per row, each identity's rows contiguous."""
-    import torch
-
-    from fftrain.evaluation.metrics import tar_at_far
-
-    sims = emb @ emb.T
-    upper = torch.triu_indices(len(y), len(y), offset=1)
-    scores = sims[upper[0], upper[1]].numpy()
-    same = (y[upper[0]] == y[upper[1]]).numpy()
-    out = {f"tar@{far:g}": tar_at_far(scores, same, far).tar for far in (1e-3, 1e-4)}
-    first = torch.ones(len(y), dtype=torch.bool)
-    first[1:] = y[1:] != y[:-1]
-    gallery, probes = first.nonzero().squeeze(1), (~first).nonzero().squeeze(1)
-    best = sims[probes][:, gallery].argmax(dim=1)
-    out["rank1"] = float((y[gallery][best] == y[probes]).float().mean())
-    out["num_negative_pairs"] = int((~same).sum())
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Statistics and output
-
-
-def paired(a, b) -> dict:
-    """Mean of a - b over seeds with a 95% t-interval (None with fewer than 2 seeds)."""
-    from scipy import stats
-
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    mean = float(d.mean())
-    if len(d) < 2:
-        return {"mean": mean, "lo": None, "hi": None, "n": len(d)}
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(d)}
-
-
-def _excludes_zero(d) -> bool | None:
-    if d["lo"] is None:
-        return None
-    return d["lo"] > 0 or d["hi"] < 0
 
 
 def summarise(runs: list[dict], ratios: list[float], methods: list[str], seeds: list[int], counts: dict) -> dict:
@@ -386,8 +89,8 @@ def summarise(runs: list[dict], ratios: list[float], methods: list[str], seeds: 
             merge = [r["merge"] for r in rows]
             table.append({"ratio": ratio, "method": method, **{
                 m: float(np.mean([r[m] for r in rows])) for m in ("tar@0.001", "tar@0.0001", "rank1")},
-                "precision": _mean_or_none([q["precision"] for q in merge]),
-                "recall": _mean_or_none([q["recall"] for q in merge]),
+                "precision": mean_or_none([q["precision"] for q in merge]),
+                "recall": mean_or_none([q["recall"] for q in merge]),
                 "false_pairs": float(np.mean([q["predicted_pairs"] - q["correct_pairs"] for q in merge])),
                 "classes": float(np.mean([r["classes_in_softmax"] for r in rows])),
                 "table4": counts[ratio]})
@@ -404,11 +107,6 @@ def summarise(runs: list[dict], ratios: list[float], methods: list[str], seeds: 
                 d[f"{method}:r={ratios[-1]}-r={ratios[0]}"] = paired(series(metric, ratios[-1], method),
                                                                       series(metric, ratios[0], method))
     return {"table": table, "diffs": diffs}
-
-
-def _mean_or_none(values):
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
 
 
 def check_criteria(summary: dict, runs: list[dict], ratios: list[float], methods: list[str], t2_runs) -> list[dict]:
@@ -447,7 +145,7 @@ def check_criteria(summary: dict, runs: list[dict], ratios: list[float], methods
             add(f"facefusion above naive at r={ratio}", x["lo"] is not None and x["lo"] > 0, fmt(x))
     x = d.get(f"facefusion-naive@r={lo}") if lo == 0 else None
     if x:
-        add("facefusion equal to naive at r=0 (interval includes 0)", _excludes_zero(x) is False, fmt(x))
+        add("facefusion equal to naive at r=0 (interval includes 0)", excludes_zero(x) is False, fmt(x))
     for ratio in ratios:
         row = table.get((ratio, "facefusion"))
         if row is None:
@@ -525,17 +223,6 @@ def write_markdown(path: str, summary: dict, criteria: list[dict], t2_summary: l
     return write_with_criteria(path, lines, criteria)
 
 
-def write_with_criteria(path: str, lines: list[str], criteria: list[dict]) -> str:
-    """Write a table's markdown `lines` followed by the criteria, each MET or NOT MET; returns the text."""
-    from recordio_tools.files import write_text_atomic
-
-    lines = lines + ["", "Criteria (fixed before the run):", ""]
-    lines += [f"- {'MET' if c['met'] else 'NOT MET'}: {c['criterion']} -- {c['detail']}" for c in criteria]
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(path, text)
-    return text
-
-
 def _fmt_diff(x) -> str:
     if x["lo"] is None:
         return f"{x['mean'] * 100:+.2f}"
@@ -602,47 +289,6 @@ def _job(job):
     return out
 
 
-def world_kwargs(args) -> dict:
-    return dict(ids=args.ids, images_per_id=args.images_per_id, heldout_ids=args.heldout_ids,
-                heldout_images=args.heldout_images, latent=args.latent, nuisance=args.nuisance,
-                input_dim=args.input_dim, family_size=args.family_size, family_sim=args.family_sim,
-                sigma=args.sigma, pixel_noise=args.pixel_noise, nuisance_scale=args.nuisance_scale,
-                render_gain=args.render_gain)
-
-
-def add_world_args(p) -> None:
-    """The world's and the training loop's flags with fixed defaults (shared with other feature-level experiments)."""
-    p.add_argument("--t1", type=float, default=0.7, help="FaceFusion's merge threshold (default 0.7, the paper's)")
-    p.add_argument("--t2", type=float, default=0.21, help="fraction of steps before fusion (default 0.21)")
-    p.add_argument("--scope", choices=("all", "cross"), default="all",
-                   help="fusion candidates: all pairs of proxies (the paper's Eq. 4; default) or cross-subset only")
-    p.add_argument("--latent", type=int, default=32, help="identity latent dimensions (default 32)")
-    p.add_argument("--nuisance", type=int, default=8, help="per-image nuisance dimensions (default 8)")
-    p.add_argument("--input-dim", type=int, default=128, help="rendering dimensions (default 128)")
-    p.add_argument("--nuisance-scale", type=float, default=0.5, help="norm of the per-image nuisance (default 0.5)")
-    p.add_argument("--render-gain", type=float, default=2.0,
-                   help="std of the rendering's pre-activations (default 2: tanh often saturated)")
-    p.add_argument("--family-size", type=int, default=4, help="identities per look-alike family (default 4)")
-    p.add_argument("--family-sim", type=float, default=0.5, help="latent cosine of look-alikes (default 0.5)")
-    p.add_argument("--sigma", type=float, default=0.6, help="per-image latent noise (default 0.6)")
-    p.add_argument("--pixel-noise", type=float, default=0.1, help="rendering noise (default 0.1)")
-    p.add_argument("--dim", type=int, default=64, help="embedding dimensions (default 64)")
-    p.add_argument("--width", type=int, default=256, help="MLP width (default 256)")
-    p.add_argument("--lr", type=float, default=0.1, help="backbone and head lr before the milestones (default 0.1)")
-    p.add_argument("--scale", type=float, default=64.0, help="ArcFace s (default 64, the paper's)")
-    p.add_argument("--margin", type=float, default=0.5, help="ArcFace m (default 0.5, the paper's)")
-    p.add_argument("--proxy-norm", type=float, default=1.0,
-                   help="proxies renormalised to this norm after each step; 0: plain SGD (default 1)")
-    p.add_argument("--init-std", type=float, default=0.01, help="proxy init std when --proxy-norm 0 (default 0.01)")
-    p.add_argument("--interclass-threshold", type=float, default=0.4,
-                   help="the 'interclass' method's cosine threshold (default 0.4)")
-    p.add_argument("--grl-weight", default="0", metavar="W|METHOD=W,...",
-                   help="gradient-reversal weight: one for every method, or per method, e.g. dail=0.1,facefusion=0.1 "
-                        "(unnamed methods 0; default 0 for all: the paper's §4.5 setting)")
-    p.add_argument("--grl-start", default="0", metavar="F|METHOD=F,...",
-                   help="fraction of the steps before the GRL starts, for all or per method (default 0)")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the test's small preset (~20 s)")
@@ -686,35 +332,6 @@ def parse_args(argv=None):
     except ValueError as exc:
         p.error(str(exc))
     return args
-
-
-def per_method(text: str, flag: str, *, low: float, high: float) -> dict[str, float]:
-    """'0.1' (every method) or 'dail=0.1,facefusion=0.2' (the others 0) -> {method: value}."""
-    if "=" not in text:
-        values = dict.fromkeys(METHODS, _number(text, flag))
-    else:
-        values = dict.fromkeys(METHODS, 0.0)
-        for item in text.split(","):
-            method, _, number = item.partition("=")
-            if method.strip() not in METHODS:
-                raise ValueError(f"{flag}: unknown method {method.strip()!r}; available: {list(METHODS)}")
-            values[method.strip()] = _number(number, flag)
-    bad = {m: v for m, v in values.items() if not low <= v <= high}
-    if bad:
-        raise ValueError(f"{flag}: {bad} outside [{low:g}, {high:g}]")
-    return values
-
-
-def _number(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{flag}: {text!r} is not a number") from None
-
-
-def _machine_line(info: dict) -> str:
-    return (f"{info['host']}, {info['cpu']}, {info['cores']} cores (shared; load {info['load_average_1min']} at "
-            f"start), torch {info.get('torch')}")
 
 
 def main(argv=None) -> int:
@@ -764,7 +381,7 @@ def main(argv=None) -> int:
                         "duplicate": t["duplicate"], "top1_non_duplicate": t["top1_non_duplicate"]})
     criteria = check_criteria(summary, runs, args.ratios, args.methods, t2_runs)
     meta = {"command": " ".join(["python benchmarks/experiment_replication.py"] + (argv or sys.argv[1:])),
-"machine": _machine_line(machine_info()), "date": datetime.date.today().isoformat(), "seconds": seconds,
+"machine": machine_line(machine_info()), "date": datetime.date.today().isoformat(), "seconds": seconds,
             "seeds": args.seeds, "negatives": runs[0]["num_negative_pairs"],
             "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
             "rejected": sum(r.get("rejected", 0) for r in runs)}

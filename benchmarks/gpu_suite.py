@@ -442,6 +442,7 @@ def same_partition(a, b) -> bool:
 
 
 def _run_fusion(w, datasets, precision: str, device: torch.device) -> dict:
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
 
     weight, momentum = w.clone(), torch.zeros_like(w)  # fusion may rewrite its inputs: the proxies stay intact
@@ -451,8 +452,8 @@ def _run_fusion(w, datasets, precision: str, device: torch.device) -> dict:
     before = _allocated(device)
     t0 = time.perf_counter()
     with matmul_precision(precision):
-        result = run_fusion(weight, [momentum], class_dataset=datasets, label_map=None, source_info=None, t1=0.7,
-                            knn_k=10, backend="torch")
+        result = run_fusion(weight, [momentum], class_dataset=datasets, label_map=None, source_info=None,
+                            config=FusionConfig(t1=0.7, knn_k=10, backend="torch"))
     _sync(device)
     total = time.perf_counter() - t0
     peak = _peak_gib(device)

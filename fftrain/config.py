@@ -27,6 +27,12 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _either(choices) -> str:
+    """"'a', 'b' or 'c'"."""
+    quoted = [repr(c) for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
 def _check_backbone(name: str) -> None:
     from fftrain.model.backbones import available_backbones, is_backbone  # torch; only when a config is built
 
@@ -154,6 +160,12 @@ class GRLConfig:
         _check(self.hidden >= 1, "grl.hidden", f"must be >= 1 (width of a layer), got {self.hidden}")
 
 
+FUSION_POLICIES = ("skip", "split", "keep")
+"""Fusion's choices for a component chaining two classes of one dataset (fftrain.fusion.components)."""
+KNN_BACKENDS = ("auto", "faiss", "torch")
+"""The proxy search's backends (fftrain.fusion.knn)."""
+
+
 @dataclass
 class FusionConfig:
     t1: float = 0.7
@@ -179,10 +191,10 @@ class FusionConfig:
         _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
         _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
-        _check(self.same_dataset_policy in ("skip", "split", "keep"), "fusion.same_dataset_policy",
-               f"must be 'skip', 'split' or 'keep', got {self.same_dataset_policy!r}")
-        _check(self.backend in ("auto", "faiss", "torch"), "fusion.backend",
-               f"must be 'auto', 'faiss' or 'torch', got {self.backend!r}")
+        _check(self.same_dataset_policy in FUSION_POLICIES, "fusion.same_dataset_policy",
+               f"must be {_either(FUSION_POLICIES)}, got {self.same_dataset_policy!r}")
+        _check(self.backend in KNN_BACKENDS, "fusion.backend",
+               f"must be {_either(KNN_BACKENDS)}, got {self.backend!r}")
 
 
 @dataclass

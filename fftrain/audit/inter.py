@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from fftrain.config import FusionConfig
 from fftrain.fusion.components import FusionPlan, build_plan, candidate_pairs, dedupe_pairs
 from fftrain.fusion.knn import distributed_knn
+from fftrain.fusion.run import plan_fusion
 
 
 def _knn(vectors: np.ndarray, k: int, backend: str, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +92,7 @@ def inter_class(centres: np.ndarray, class_dataset: np.ndarray, *, threshold: fl
     return InterClass(pairs, cos, da == db, plan, counts, threshold)
 
 
-def fusion_twin(vectors: np.ndarray, class_dataset: np.ndarray, label_map=None, *, t1: float, knn_k: int,
-                max_component: int, same_dataset_policy: str, backend: str) -> FusionPlan:
-    """The fusion step's merge plan (`fftrain.fusion.run_fusion`, steps 1-4) on one process."""
-    unit = F.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
-    sims, ids = distributed_knn(unit, knn_k, None, backend=backend, groups=torch.from_numpy(class_dataset))
-    pairs, cos = candidate_pairs(sims, ids, 0, class_dataset, t1)
-    return build_plan(pairs, cos, class_dataset=class_dataset, label_map=label_map, max_component=max_component,
-                      same_dataset_policy=same_dataset_policy)
+def fusion_twin(vectors: np.ndarray, class_dataset: np.ndarray, label_map, config: FusionConfig) -> FusionPlan:
+    """The fusion step's merge plan (`fftrain.fusion.plan_fusion`, steps 1-4) on one process."""
+    vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    return plan_fusion(vectors, class_dataset=class_dataset, label_map=label_map, config=config).plan

@@ -121,6 +121,15 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     print("\n".join(summary_lines(report)))
 
 
+def twin_config(args):
+    """The fusion settings of the audit's twin: the trainer's FusionConfig, T1 = --inter-threshold."""
+    from fftrain.config import FusionConfig
+
+    return FusionConfig(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
+                        same_dataset_policy=args.same_dataset_policy,
+                        allow_same_dataset=getattr(args, "allow_same_dataset", False), backend=args.backend)
+
+
 def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dict]:
     """Every figure of the report from the embeddings (one process)."""
     from fftrain.audit.distributions import dataset_distributions
@@ -148,10 +157,9 @@ def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dic
     args, chosen, calibration, inter = _thresholds(args, train, centres, intra, class_dataset)
     intra = with_threshold(intra, args.intra_threshold)
     lap("calibration_and_inter_s")  # the inter-class search runs inside the calibration (its pairs group identities)
-    twin_kw = dict(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
-                   same_dataset_policy=args.same_dataset_policy, backend=args.backend)
-    twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, **twin_kw)
-    twin_centres = fusion_twin(centres, class_dataset, None, **twin_kw)
+    twin = twin_config(args)
+    twin_proxies = fusion_twin(proxies, checkpoint.fused_dataset, checkpoint.label_map, twin)
+    twin_centres = fusion_twin(centres, class_dataset, None, twin)
     lap("fusion_twin_s")
     leaks = [leakage(os.path.splitext(os.path.basename(path))[0], emb, issame, centres,
                      threshold=args.leak_threshold) for path, emb, issame in sets]

@@ -25,6 +25,7 @@ import os
 import shutil
 
 from fftrain.audit.inputs import AuditError
+from fftrain.config import FUSION_POLICIES, KNN_BACKENDS
 from fftrain.errors import EXIT_USER_ERROR, UserError, one_line, report_user_error
 from fftrain.audit.pipeline import (DEFAULT_CALIBRATION_PAIRS, DEFAULT_CALIBRATION_PROBES, DEFAULT_FAR, DEFAULT_INTER,
                                     DEFAULT_INTRA, DEFAULT_INTRA_FRR, DEFAULT_LEAK, prepare, run, work_dir)
@@ -65,9 +66,11 @@ def add_audit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--knn-k", type=int, default=10, help="neighbours searched per class centre (default 10)")
     p.add_argument("--max-component", type=int, default=6,
                    help="larger components are reported, not merged (default 6, as fusion)")
-    p.add_argument("--same-dataset-policy", default="skip", choices=["skip", "split", "keep"],
+    p.add_argument("--same-dataset-policy", default="skip", choices=list(FUSION_POLICIES),
                    help="fusion twin: components chaining two classes of one dataset (default skip, as fuse)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="kNN backend")
+    p.add_argument("--allow-same-dataset", action="store_true",
+                   help="fusion twin: search all pairs, so classes of one dataset merge too (as fuse)")
+    p.add_argument("--backend", default="auto", choices=list(KNN_BACKENDS), help="kNN backend")
     p.add_argument("--pairs-per-dataset", type=int, default=5000,
                    help="genuine and impostor pairs sampled per dataset for the distributions and EER (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")

@@ -18,15 +18,19 @@ import os
 
 
 def add_fuse_parser(subparsers) -> argparse.ArgumentParser:
+    from fftrain.config import FUSION_POLICIES, KNN_BACKENDS
+
     p = subparsers.add_parser("fuse", help="compute and report the fusion merge on a saved checkpoint",
                               description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2])
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder (step-NNNNNNNN)")
     p.add_argument("--t1", type=float, default=0.7, help="cosine threshold; pairs strictly above merge (default 0.7)")
     p.add_argument("--knn-k", type=int, default=10, help="neighbours searched per proxy (default 10)")
     p.add_argument("--max-component", type=int, default=6, help="larger components are not merged (default 6)")
-    p.add_argument("--same-dataset-policy", default="skip", choices=["skip", "split", "keep"],
+    p.add_argument("--same-dataset-policy", default="skip", choices=list(FUSION_POLICIES),
                    help="components chaining two classes of one dataset (default skip)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="kNN backend")
+    p.add_argument("--allow-same-dataset", action="store_true",
+                   help="search all pairs of proxies, so classes of one dataset merge too (fusion.allow_same_dataset)")
+    p.add_argument("--backend", default="auto", choices=list(KNN_BACKENDS), help="kNN backend")
     p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/fuse/<checkpoint>-t1_<T1>, "
                    "beside the checkpoints folder)")
     p.add_argument("--dry-run", action="store_true", help="report only; do not write label_map.json")
@@ -43,6 +47,7 @@ def _default_out(checkpoint: str, t1: float) -> str:
 def run_fuse(args) -> int:
     from recordio_tools.files import write_text_atomic
 
+    from fftrain.config import FusionConfig
     from fftrain.fusion import SourceInfo, run_fusion
     from fftrain.training.checkpoint import load_proxies_and_labels
 
@@ -53,10 +58,11 @@ def run_fuse(args) -> int:
     datasets = meta["datasets"]
     source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
     out = args.out or _default_out(args.checkpoint, args.t1)
+    config = FusionConfig(t1=args.t1, knn_k=args.knn_k, max_component=args.max_component,
+                          same_dataset_policy=args.same_dataset_policy, allow_same_dataset=args.allow_same_dataset,
+                          backend=args.backend)
     result = run_fusion(saved.proxies, [], class_dataset=saved.fused_dataset, label_map=saved.label_map,
-                        source_info=source_info, t1=args.t1, knn_k=args.knn_k,
-                        max_component=args.max_component, same_dataset_policy=args.same_dataset_policy,
-                        backend=args.backend, report_dir=out)
+                        source_info=source_info, config=config, report_dir=out)
     print(f"T1={args.t1}: {result.summary_line()}")
     print(f"report: {result.report_paths.get('json')}  histogram: {result.report_paths.get('png')}")
     if not args.dry_run:

@@ -39,10 +39,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fftrain.config import FUSION_POLICIES as POLICIES
 from fftrain.data.label_space import min_source_class
 from fftrain.distributed import ProcessGroup, all_gather_object
-
-POLICIES = ("skip", "split", "keep")
 
 
 @dataclass

@@ -30,9 +30,9 @@ import warnings
 
 import torch
 
+from fftrain.config import KNN_BACKENDS as BACKENDS
 from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
 
-BACKENDS = ("auto", "faiss", "torch")
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
 BLOCK_MEMORY_FRACTION = 0.25       # of the free memory, for one score block and its top-k temporaries
 _BYTES_PER_SCORE = 12              # the fp32 score, the mask/where copy, topk's workspace

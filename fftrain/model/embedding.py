@@ -23,6 +23,14 @@ class EmbeddingModel(nn.Module):
         self.dataset_classifier = DatasetClassifier(model_cfg.embedding_size, num_datasets,
                                                     hidden=grl_cfg.hidden, lam=grl_cfg.weight)
 
+    @classmethod
+    def from_parts(cls, backbone: nn.Module, dataset_classifier: DatasetClassifier) -> "EmbeddingModel":
+        """The pair around a backbone built elsewhere (the feature-level experiments' MLP)."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.backbone, model.dataset_classifier = backbone, dataset_classifier
+        return model
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [B, D] (fp32) and dataset logits [B, num_datasets] (through gradient reversal)."""
         embeddings = self.backbone(images).float()

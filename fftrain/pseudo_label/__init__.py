@@ -6,10 +6,10 @@
 Modules: `evt` (Otsu, Weibull MLE, two-Weibull EM), `separation` (max cosine to the class proxies,
 overlapping vs disjoint identities), `clustering` (faiss kNN graph; infomap, leiden, connected
 components), `uncertainty` (cluster margin, p-(x), weights), `pipeline` (the steps together),
-`report` (JSON, PNGs), `metrics` (pairwise / BCubed / NMI), `planted` (a feature-level world with
-ground truth), `collection` (the unlabeled input, the pseudo-labeled dataset folder out). The command
-is fftrain/commands/pseudo_label.py. Heavy imports (faiss, infomap, igraph, sklearn,
-matplotlib) happen inside the functions that use them.
+`report` (JSON, PNGs), `metrics` (pairwise / BCubed / NMI), `collection` (the unlabeled input, the
+pseudo-labeled dataset folder out). The command is fftrain/commands/pseudo_label.py; the planted
+worlds of its benchmarks are in benchmarks/lib/planted.py. Heavy imports (faiss, infomap, igraph,
+sklearn, matplotlib) happen inside the functions that use them.
 """
 
 from fftrain.pseudo_label.pipeline import PseudoLabelError, PseudoLabelOptions, PseudoLabels, pseudo_label

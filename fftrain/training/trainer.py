@@ -13,24 +13,22 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from fftrain.training.checkpoint import (FC_MOMENTUM, FC_WEIGHT, MODEL, OPTIMIZER, ShardedRows, check_compatible,
-                                         load_checkpoint, model_and_optimizer_state, read_meta, resolve_resume,
-                                         save_checkpoint, set_model_and_optimizer_state)
+                                         load_checkpoint, model_and_optimizer_state, save_checkpoint,
+                                         set_model_and_optimizer_state)
 from fftrain.config import TrainConfig, config_to_dict
 from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, comm_device
 from fftrain.errors import UserError
 from fftrain.training.faults import fault_point
-from fftrain.training.lr_schedule import lr_at
-from fftrain.head.margins import build_margin
+from fftrain.training.startup import StartPoint, start_point
+from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
+                                   swap_in_fusion, train_step)
 from fftrain.model.embedding import EmbeddingModel
-from fftrain.head.partial_fc import PartialFCHead
 from fftrain.training.resume_rules import data_position
 from fftrain.training.run_log import MetricsWriter, Throughput, format_duration, get_logger
 
@@ -53,18 +51,13 @@ def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]  # fp16 is refused by the config
 
 
-def build_margin_from(cfg: TrainConfig):
-    head = cfg.head
-    if head.margin == "combined":
-        return build_margin("combined", scale=head.scale, m1=head.m1, m2=head.m2, m3=head.m3)
-    return build_margin(head.margin, scale=head.scale, margin=head.m)
-
-
 class Trainer:
     """Owns the model, the sharded head, the optimizers and the loader for one run on one rank."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, data):
-        """`data` is a `fftrain.data.TrainingData` (loader factory + label space + manifest)."""
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, data, start: StartPoint | None = None):
+        """`data` is a `fftrain.data.TrainingData` (loader factory + label space + manifest); `start` the
+        start point resolved at start-up (`fftrain.training.startup`; None: resolved here, for callers
+        that build the data themselves)."""
         self.cfg, self.ctx, self.data = cfg, ctx, data
         self.log = get_logger()
         self.checkpoint_root = os.path.join(cfg.output_dir, "checkpoints")
@@ -73,30 +66,22 @@ class Trainer:
         torch.manual_seed(cfg.seed + ctx.rank)
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
-        self._bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=ctx.device)
+        self.watch = NonFiniteWatch(ctx.device)
 
-        resume_path = resolve_resume(cfg.checkpoint.resume, self.checkpoint_root, ctx)
-        resume_meta = read_meta(resume_path) if resume_path else None
+        start = start if start is not None else start_point(cfg, ctx)
+        resume_path, resume_meta = start.resume_path, start.resume_meta
         num_fused = resume_meta["num_classes_fused"] if resume_meta else data.num_source_classes
 
         self.model = EmbeddingModel(cfg.model, cfg.grl, data.num_datasets).to(ctx.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.model.pretrained and not resume_path:
-            from fftrain.model.backbones import load_pretrained
-
-            load_pretrained(self.model.backbone, cfg.model.pretrained)
+        if start.pretrained is not None:
+            self.model.backbone.load_state_dict(start.pretrained)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
                     if ctx.group is not None else self.model)
         self.forward_model = torch.compile(self.ddp) if cfg.model.compile else self.ddp
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
-        self.head = PartialFCHead(num_fused, cfg.model.embedding_size, margin=build_margin_from(cfg), group=ctx.group,
-                                  sample_rate=cfg.head.sample_rate, seed=cfg.seed, momentum=cfg.optim.momentum,
-                                  weight_decay=cfg.optim.weight_decay, device=ctx.device, compute_dtype=self.dtype,
-                                  dtype=torch.bfloat16 if cfg.head.fc_storage == "bf16" else torch.float32,
-                                  interclass_threshold=cfg.head.interclass_threshold,
-                                  proxy_norm=cfg.head.proxy_norm)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.head = build_head(cfg, num_fused, group=ctx.group, device=ctx.device, compute_dtype=self.dtype)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
         self.labels = data.labels  # the run's label space; the loader reads the same object
         if resume_path:
@@ -130,67 +115,34 @@ class Trainer:
         self.save(reason="fusion")
 
     def _fuse(self):
-        """FaceFusion on the live head (collective): the head keeps this rank's rows of the fused
-        classes (weight and momentum), the label space sends each source class to its fused class."""
-        from fftrain.fusion import SourceInfo, run_fusion
+        """FaceFusion on the live head and the run's label space (collective; `swap_in_fusion`)."""
+        from fftrain.fusion import SourceInfo
 
-        cfg, head = self.cfg.fusion, self.head
-        states = [head.momentum_buffer] if head.momentum_buffer is not None else []
-        result = run_fusion(head.weight.data, states, class_dataset=self.labels.fused_dataset,
-                            label_map=self.labels.label_map, source_info=SourceInfo.from_manifest(self.data.manifest),
-                            t1=cfg.t1, knn_k=cfg.knn_k, max_component=cfg.max_component,
-                            same_dataset_policy=cfg.same_dataset_policy, allow_same_dataset=cfg.allow_same_dataset,
-                            group=self.ctx.group, backend=cfg.backend,
-                            report_dir=os.path.join(self.cfg.output_dir, "fusion"))
-        head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None)
-        self.labels.swap_label_map(result.new_label_map)
-        return result
+        return swap_in_fusion(self.head, self.labels, self.cfg.fusion, group=self.ctx.group,
+                              source_info=SourceInfo.from_manifest(self.data.manifest),
+                              report_dir=os.path.join(self.cfg.output_dir, "fusion"))
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.dtype)
-
     def train_step(self, batch) -> dict:
-        cfg, step = self.cfg, self.state.step
-        lr = lr_at(step, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with self._autocast():  # the loader already delivers channels-last images when the model wants them
-            embeddings, dataset_logits = self.forward_model(batch.images)
-        class_dataset = None if self.state.fused else self.labels.fused_dataset
-        loss_cls = self.head(embeddings.float(), batch.fused, batch.dataset, class_dataset=class_dataset,
-                             sample_weight=self.data.sample_weight(batch))
-        dom_weight = 1.0 if step >= cfg.grl.start_step else 0.0
-        loss_dom = F.cross_entropy(dataset_logits.float(), batch.dataset)
-        self._note_finite(loss_cls, loss_dom)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss_cls + dom_weight * loss_dom).backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.head.step(lr)
+        """One step of `fftrain.training.step` on a loader batch (the loader already delivers
+        channels-last images when the model wants them)."""
+        step = self.state.step
+        step_batch = StepBatch(batch.images, batch.fused, batch.dataset, self.data.sample_weight(batch))
+        values = train_step(self.forward_model, self.head, self.optimizer, step_batch,
+                            step_settings(self.cfg, step, self.dtype),
+                            class_dataset=None if self.state.fused else self.labels.fused_dataset,
+                            watch=self.watch, step=step)
         self.state.step += 1
-        return {"loss_cls": loss_cls.detach(), "loss_dom": loss_dom.detach(), "lr": lr}
-
-    def _note_finite(self, loss_cls: torch.Tensor, loss_dom: torch.Tensor) -> None:
-        """Remember the first non-finite step on the device (no host sync; see check_deferred)."""
-        bad = ~(torch.isfinite(loss_cls) & torch.isfinite(loss_dom))
-        self._bad_step = torch.where(bad, torch.minimum(self._bad_step, torch.full_like(self._bad_step,
-                                                                                         self.state.step)),
-                                     self._bad_step)
+        return values
 
     def check_deferred(self) -> None:
         """The per-step checks kept on the device, raised here (one host sync, collective): a bad label
         (ValueError from the head) or a non-finite loss (TrainingDiverged). Called at log steps and
         before every checkpoint, fusion and evaluation, so nothing written ever holds a diverged state."""
         self.head.raise_deferred_errors(self.labels.fused_dataset)
-        first_bad = self._bad_step.clone()
-        all_reduce_(first_bad, self.ctx.group, op=ReduceOp.MIN)
-        bad_step = int(first_bad)
-        if bad_step != _NO_BAD_STEP:
+        bad_step = self.watch.first_bad(self.ctx.group)
+        if bad_step is not None:
             raise TrainingDiverged(
                 f"non-finite loss at step {bad_step}; the weights after it are discarded (detected at step "
                 f"{self.state.step}, nothing was saved since); last good checkpoint: {self.last_checkpoint or 'none'}")
@@ -341,9 +293,6 @@ class Trainer:
             torch.cuda.set_rng_state(rank_state["cuda_rng"], self.ctx.device)
         self.log.info(f"resumed from {path}: step {self.state.step}, phase {self.phase}, "
                       f"{meta['num_classes_fused']} classes, saved on {meta['world_size']} rank(s)")
-
-
-_NO_BAD_STEP = 2**62
 
 
 def _process_rss_gib() -> float:

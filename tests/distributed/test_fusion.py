@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dist_harness import run_distributed
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import DistContext
+from fftrain.config import FusionConfig
 from fftrain.fusion import SourceInfo, build_plan, distributed_knn, reshard_merge, run_fusion
 from fftrain.data.label_space import min_source_class
 from fftrain.fusion.components import candidate_pairs, dedupe_pairs
@@ -135,8 +136,8 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
     # the fusion itself
     res = run_fusion(_slice(problem["weight"], r, W), [_slice(problem["momentum"], r, W)],
                      class_dataset=problem["class_dataset"], label_map=None,
-                     source_info=SourceInfo.from_counts(NAMES, COUNTS), t1=T1, knn_k=8, max_component=6,
-                     group=group, report_dir=report_dir)
+                     source_info=SourceInfo.from_counts(NAMES, COUNTS),
+                     config=FusionConfig(t1=T1, knn_k=8, max_component=6), group=group, report_dir=report_dir)
     out["fusion"] = res
     # the sharded head on the new classes: agnostic loss with the new labels
     head = PartialFCHead(res.num_classes_new, D, margin=ArcFace(), group=group)
@@ -375,7 +376,7 @@ def test_new_ids_follow_smallest_source_class_on_a_second_fusion():
 def test_run_fusion_checks_the_shard_shape():
     with pytest.raises(ValueError, match=r"local_weight has shape \(4, 3\), expected \[5, D\]"):
         run_fusion(torch.randn(4, 3), [], class_dataset=torch.zeros(5, dtype=torch.int64), label_map=None,
-                   source_info=None, t1=0.7)
+                   source_info=None, config=FusionConfig(t1=0.7))
 
 
 def test_label_space_derives_the_fused_datasets_fusion_computes(problems):
@@ -384,7 +385,8 @@ def test_label_space_derives_the_fused_datasets_fusion_computes(problems):
     from fftrain.data.label_space import LabelSpace
 
     prob = problems[0]
-    first = run_fusion(prob["weight"], [], class_dataset=prob["class_dataset"], label_map=None, source_info=None, t1=T1)
+    first = run_fusion(prob["weight"], [], class_dataset=prob["class_dataset"], label_map=None, source_info=None,
+                       config=FusionConfig(t1=T1))
     space = LabelSpace(prob["class_dataset"])
     space.swap_label_map(first.new_label_map)
     assert torch.equal(space.fused_dataset, first.new_class_dataset)
@@ -393,7 +395,7 @@ def test_label_space_derives_the_fused_datasets_fusion_computes(problems):
     a, b = int(first.new_label_map[44]), int(first.new_label_map[250])
     weight[b] = weight[a]
     second = run_fusion(weight, [], class_dataset=space.fused_dataset, label_map=first.new_label_map, source_info=None,
-                        t1=T1)
+                        config=FusionConfig(t1=T1))
     space.swap_label_map(second.new_label_map)
     assert second.num_classes_new == first.num_classes_new - 1
     assert int(second.new_label_map[44]) == int(second.new_label_map[250])

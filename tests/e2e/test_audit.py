@@ -94,13 +94,14 @@ def test_inter_class_pairs_equal_all_pairs_above_the_threshold():
 
 
 def test_fusion_twin_is_the_fusion_step():
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
 
     centres, class_dataset = _planted_centres(1)
-    twin = fusion_twin(centres, class_dataset, None, t1=0.7, knn_k=10, max_component=6, same_dataset_policy="skip",
-                       backend="torch")
+    config = FusionConfig(t1=0.7, knn_k=10, max_component=6, same_dataset_policy="skip", backend="torch")
+    twin = fusion_twin(centres, class_dataset, None, config)
     step = run_fusion(torch.from_numpy(centres), [], class_dataset=torch.from_numpy(class_dataset), label_map=None,
-                      source_info=None, t1=0.7, knn_k=10, max_component=6, backend="torch")
+                      source_info=None, config=config)
     assert [c.members for c in twin.components] == [c.members for c in step.components] == [[2, 12, 19]]
     assert twin.old_to_new.tolist() == step.old_to_new.tolist()
 

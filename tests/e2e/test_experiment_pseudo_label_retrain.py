@@ -15,6 +15,8 @@ from conftest import REPO
 
 import experiment_pseudo_label_retrain as PR
 import experiment_replication as ER
+from benchmarks.lib.feature_training import train_run
+from benchmarks.lib.worlds import make_world, world_kwargs
 from fftrain.pseudo_label import PseudoLabels
 
 
@@ -25,7 +27,7 @@ def _args(*extra):
 def test_world_is_the_replication_world_plus_an_unlabeled_collection():
     args = _args("--ids", "40", "--unlabeled-ids", "30", "--unlabeled-images", "4", "--overlap", "0.4")
     world = PR.make_pl_world(3, args)
-    reference = ER.make_world(3, **ER.world_kwargs(args))
+    reference = make_world(3, **world_kwargs(args))
     for key in ("x", "y", "x_heldout", "y_heldout"):
         np.testing.assert_array_equal(world[key], reference[key])
     person, overlap = world["person_unlabeled"], world["overlap_unlabeled"]
@@ -81,11 +83,11 @@ def test_arm_splits_follow_the_pseudo_labels():
 def test_sample_weights_reach_the_loss():
     args = _args("--ids", "30", "--images-per-id", "4", "--heldout-ids", "20", "--heldout-images", "3",
                  "--steps", "15", "--batch", "32")
-    world = ER.make_world(0, **ER.world_kwargs(args))
+    world = make_world(0, **world_kwargs(args))
     split = PR.labeled_split(world)
-    plain = ER.train_run(world, split, "naive0", 0, args)
-    ones = ER.train_run(world, {**split, "weight": np.ones(len(split["image"]), np.float32)}, "naive0", 0, args)
-    half = ER.train_run(world, {**split, "weight": np.full(len(split["image"]), 0.25, np.float32)}, "naive0", 0, args)
+    plain = train_run(world, split, "naive0", 0, args)
+    ones = train_run(world, {**split, "weight": np.ones(len(split["image"]), np.float32)}, "naive0", 0, args)
+    half = train_run(world, {**split, "weight": np.full(len(split["image"]), 0.25, np.float32)}, "naive0", 0, args)
     for metric in ("tar@0.001", "rank1"):
         assert ones[metric] == pytest.approx(plain[metric], abs=2e-3)
     assert (half["tar@0.001"], half["rank1"]) != (plain["tar@0.001"], plain["rank1"])
@@ -118,11 +120,11 @@ def test_quick_preset_end_to_end(tmp_path):
     rargs = ER.parse_args(["--quick", "--ids", str(args["ids"]), "--images-per-id", str(args["images_per_id"]),
                            "--heldout-ids", str(args["heldout_ids"]), "--heldout-images", str(args["heldout_images"]),
                            "--steps", str(args["steps"]), "--batch", str(args["batch"])])
-    world = ER.make_world(0, **ER.world_kwargs(rargs))
+    world = make_world(0, **world_kwargs(rargs))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the experiment's workers: the same reduction order
     try:
-        again = ER.train_run(world, PR.labeled_split(world), "naive0", 0, rargs)
+        again = train_run(world, PR.labeled_split(world), "naive0", 0, rargs)
     finally:
         torch.set_num_threads(threads)
     for metric in ("tar@0.001", "tar@0.0001", "rank1"):

@@ -12,18 +12,21 @@ import pytest
 from conftest import REPO
 
 import experiment_replication as ER
+from benchmarks.lib.feature_training import method_config, train_run
+from benchmarks.lib.stats import paired
+from benchmarks.lib.worlds import make_split, make_world, world_kwargs
 from recordio_tools.overlap_split import planted_counts
 
 
 def _world(ids=96, per_id=6):
     args = ER.parse_args(["--quick", "--ids", str(ids), "--images-per-id", str(per_id)])
-    return ER.make_world(0, **ER.world_kwargs(args))
+    return make_world(0, **world_kwargs(args))
 
 
 @pytest.mark.parametrize("share_images", [False, True])
 def test_split_of_the_world_follows_eq5(share_images):
     world = _world()
-    split = ER.make_split(world, 4, 0.5, seed=3, share_images=share_images)
+    split = make_split(world, 4, 0.5, seed=3, share_images=share_images)
     counts = planted_counts(96, 4, 0.5)
     assert split["num_classes"] == counts["classes_naive"] == 96 + 4 * 12
     assert len(split["truth"]) == counts["conflicts"] == 48
@@ -42,7 +45,7 @@ def test_split_of_the_world_follows_eq5(share_images):
 
 
 def test_paired_interval():
-    d = ER.paired([0.5, 0.6, 0.7], [0.4, 0.5, 0.5])
+    d = paired([0.5, 0.6, 0.7], [0.4, 0.5, 0.5])
     assert d["mean"] == pytest.approx(2 / 15) and d["lo"] < d["mean"] < d["hi"] and d["n"] == 3
     # t(0.975, 2) = 4.303: half width 4.303 * std / sqrt(3)
     assert d["hi"] - d["mean"] == pytest.approx(4.3027 * np.std([0.1, 0.1, 0.2], ddof=1) / np.sqrt(3), rel=1e-3)
@@ -78,7 +81,7 @@ def test_quick_preset_end_to_end(tmp_path):
 def test_grl_weight_and_start_per_method():
     args = ER.parse_args(["--quick", "--steps", "100", "--grl-weight", "dail=0.1,facefusion=0.2",
                           "--grl-start", "dail=0.5"])
-    dail, fusion, naive = (ER.method_config(m, args).grl for m in ("dail", "facefusion", "naive"))
+    dail, fusion, naive = (method_config(m, args).grl for m in ("dail", "facefusion", "naive"))
     assert (dail.weight, dail.start_step) == (0.1, 50)
     assert (fusion.weight, fusion.start_step) == (0.2, 0)
     assert naive.weight == 0.0
@@ -92,15 +95,17 @@ def test_grl_weight_and_start_per_method():
 def _short_run(*flags):
     args = ER.parse_args(["--quick", "--ids", "64", "--images-per-id", "4", "--heldout-ids", "16", "--heldout-images",
                           "4", "--steps", "12", "--batch", "32", *flags])
-    world = ER.make_world(0, **ER.world_kwargs(args))
-    split = ER.make_split(world, args.k, 0.5, 0, False)
-    return np.asarray(ER.train_run(world, split, "facefusion", 0, args, dynamics_only=True)["t2"]["duplicate"])
+    world = make_world(0, **world_kwargs(args))
+    split = make_split(world, args.k, 0.5, 0, False)
+    return np.asarray(train_run(world, split, "facefusion", 0, args, dynamics_only=True)["t2"]["duplicate"])
 
 
 def test_grl_changes_training_only_from_its_start_step():
-    """The duplicates' proxy cosines at T2 (a continuous readout of the whole run to T2)."""
-    off = _short_run()
-    never = _short_run("--grl-weight", "facefusion=1.0", "--grl-start", "facefusion=0.5")  # starts after T2
-    on = _short_run("--grl-weight", "facefusion=1.0", "--grl-start", "dail=0.5")  # on from step 0
+    """The duplicates' proxy cosines at T2 (a continuous readout of the whole run to T2). Without clipping: the
+    trainer's clipping norm counts the dataset classifier's gradient, which it has at weight 0 (the classifier
+    trains, its reversed gradient is 0) and not before a later start step (its loss weighted 0)."""
+    off = _short_run("--grad-clip", "0")
+    never = _short_run("--grad-clip", "0", "--grl-weight", "facefusion=1.0", "--grl-start", "facefusion=0.5")
+    on = _short_run("--grad-clip", "0", "--grl-weight", "facefusion=1.0", "--grl-start", "dail=0.5")  # from step 0
     np.testing.assert_array_equal(never, off)
     assert np.abs(on - off).max() > 1e-4

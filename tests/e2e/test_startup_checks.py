@@ -153,3 +153,12 @@ def test_pretrained_weights_of_another_network_are_refused_at_start(synth, tmp_p
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"fftrain: error: model.pretrained: {weights}: does not fit") and "shape mismatch" in err[0]
     assert not out_dir.exists()
+
+
+def test_a_bad_resume_path_is_refused_before_the_demo_set_is_generated(tmp_path, capsys):
+    synth_dir, out_dir = tmp_path / "synth", tmp_path / "run"
+    code, err, out = run_main(capsys, ["--resume", str(tmp_path / "no_such_checkpoint"),
+                                       "--set", f"output_dir={out_dir}", "--set", f"data.synth_dir={synth_dir}"])
+    assert code == 2 and len(err) == 1 and str(tmp_path / "no_such_checkpoint") in err[0], err
+    assert "generating the synthetic demo set" not in out
+    assert not synth_dir.exists() and not out_dir.exists()

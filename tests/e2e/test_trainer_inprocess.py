@@ -57,3 +57,22 @@ def test_resume_in_process_continues_with_the_same_losses(synth, tmp_path):
     resumed.train()
     straight, stopped = losses(tmp_path / "straight"), losses(tmp_path / "stopped")
     assert stopped == pytest.approx(straight, rel=1e-5)
+
+
+def test_the_pretrained_backbone_resolved_at_start_up_is_the_trainers_and_a_resume_ignores_it(synth, tmp_path):
+    import torch
+
+    from fftrain.model.backbones import build_backbone
+
+    torch.manual_seed(123)
+    weights = build_backbone("iresnet_tiny", embedding_size=128).state_dict()
+    path = tmp_path / "backbone.pth"
+    torch.save(weights, path)
+    trainer = make_trainer(synth, tmp_path / "run", **{"model.pretrained": str(path), "stop_at_step": 2})
+    for name, value in trainer.model.backbone.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    trainer.train()
+    resumed = make_trainer(synth, tmp_path / "run", **{"model.pretrained": str(path)})
+    assert resumed.state.step == 2
+    stem = next(name for name in weights if name.endswith("weight") and weights[name].dim() == 4)
+    assert not torch.equal(resumed.model.backbone.state_dict()[stem], weights[stem])  # the checkpoint's, trained

@@ -71,6 +71,7 @@ def test_backbone_bf16_autocast_channels_last_matches_fp32():
 
 
 def test_fusion_torch_knn_on_cuda_merges_what_the_cpu_merges():
+    from fftrain.config import FusionConfig
     from fftrain.fusion import run_fusion
 
     gen = torch.Generator().manual_seed(1)
@@ -78,7 +79,7 @@ def test_fusion_torch_knn_on_cuda_merges_what_the_cpu_merges():
     w[1::300] = w[0::300] + 0.01 * torch.randn(10, 64, generator=gen)   # class 300i+1 duplicates 300i
     datasets = torch.arange(3000) % 3
     results = [run_fusion(w.to(device), [torch.zeros_like(w).to(device)], class_dataset=datasets, label_map=None,
-                          source_info=None, t1=0.7, backend="torch") for device in ("cpu", CUDA)]
+                          source_info=None, config=FusionConfig(t1=0.7, backend="torch")) for device in ("cpu", CUDA)]
     assert results[1].stats["knn_backend"] == "torch" and results[1].stats["knn_device"] == "cuda:0"
     assert torch.equal(results[0].new_label_map.cpu(), results[1].new_label_map.cpu())
     assert results[0].num_classes_new == 3000 - 10

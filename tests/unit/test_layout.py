@@ -137,7 +137,7 @@ LAYERS = [
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
      "fftrain.capacity", "fftrain.training.read_lease", "fftrain.training"),
-    ("fftrain.training.trainer", "fftrain.audit", "fftrain.pseudo_label"),
+    ("fftrain.training.trainer", "fftrain.training.startup", "fftrain.audit", "fftrain.pseudo_label"),
     ("fftrain.commands", "fftrain.cli", "fftrain.train", "fftrain.__main__"),
 ]
 #: the one upward import: the config checks `model.backbone` against the backbone registry

@@ -15,7 +15,7 @@ from fftrain.pseudo_label import PseudoLabelError, PseudoLabelOptions, pseudo_la
 from fftrain.pseudo_label.clustering import canonical_labels, cluster, drop_small, knn_graph
 from fftrain.calibration.evt import FitError, fit_weibull, fit_weibull_mixture, otsu_threshold
 from fftrain.pseudo_label.metrics import bcubed_scores, clustering_scores, pairwise_scores
-from fftrain.pseudo_label.planted import planted_world
+from benchmarks.lib.planted import planted_world
 from fftrain.pseudo_label.separation import error_rates, max_cosine, separate_overlap
 from fftrain.pseudo_label.uncertainty import cluster_margins, fit_uncertainty
 

@@ -1,0 +1,32 @@
+"""Paired statistics across seeds: mean difference with a 95% t-interval."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def paired(a, b) -> dict:
+    """Mean of a - b over seeds with a 95% t-interval (None with fewer than 2 seeds)."""
+    from scipy import stats
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": len(d)}
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(d)}
+
+
+
+def excludes_zero(d) -> bool | None:
+    if d["lo"] is None:
+        return None
+    return d["lo"] > 0 or d["hi"] < 0
+
+
+
+def mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
