@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -164,12 +165,16 @@ FUSION_POLICIES = ("skip", "split", "keep")
 """Fusion's choices for a component chaining two classes of one dataset (fftrain.fusion.components)."""
 KNN_BACKENDS = ("auto", "faiss", "torch")
 """The proxy search's backends (fftrain.fusion.knn)."""
+NO_VALLEY_CHOICES = ("aware", "agnostic")
+"""What a run does when fusion.t1 'auto' finds no valley: no merge, and stay dataset-aware or go agnostic."""
 
 
 @dataclass
 class FusionConfig:
-    t1: float = 0.7
-    """Cosine above which two proxies of different datasets are one identity (> 1 never merges)."""
+    t1: float | str = 0.7
+    """Cosine above which two proxies of different datasets are one identity (> 1 never merges); 'auto': the
+    valley of a two-mode fit of every proxy's top-1 cross-dataset cosine at fusion time, within
+    [t1_min, t1_max], with the fit's estimated merge precision and recall in the log and the report."""
     t2: float = 0.21
     """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout)."""
     knn_k: int = 10
@@ -185,9 +190,33 @@ class FusionConfig:
     Tables 4-5 merge classes at r = 0, i.e. prior label noise inside one dataset)."""
     backend: str = "auto"
     """kNN backend: 'auto', 'faiss' or 'torch'."""
+    t1_min: float = 0.5
+    """t1 'auto': the lowest threshold the valley may give (a valley below is raised to this)."""
+    t1_max: float = 0.95
+    """t1 'auto': the highest threshold the valley may give (a valley above is lowered to this)."""
+    min_separation: float = 3.0
+    """t1 'auto': the least Ashman's D of the two fitted modes that counts as a valley (2: just bimodal);
+    below it, or with one mode, nothing merges (see no_valley)."""
+    no_valley: str = "aware"
+    """t1 'auto' without a valley: 'aware' (no merge, keep training dataset-aware) or 'agnostic' (no merge,
+    switch to the dataset-agnostic softmax over the unmerged classes)."""
+    mutual_nn: bool = False
+    """Candidate pairs only between reciprocal nearest neighbours (each is the other's top-1 among the
+    searched classes): cuts the look-alike chains a one-way kNN links into components."""
+
+    @property
+    def t1_auto(self) -> bool:
+        return self.t1 == "auto"
 
     def __post_init__(self):
-        _check(self.t1 > 0, "fusion.t1", f"must be > 0, got {self.t1}")
+        _check(self.t1_auto or not isinstance(self.t1, str), "fusion.t1",
+               f"must be a number or 'auto', got {self.t1!r}")
+        _check(self.t1_auto or self.t1 > 0, "fusion.t1", f"must be > 0, got {self.t1}")
+        _check(0 < self.t1_min < self.t1_max <= 1, "fusion.t1_min",
+               f"must satisfy 0 < fusion.t1_min < fusion.t1_max <= 1, got {self.t1_min} and {self.t1_max}")
+        _check(self.min_separation > 0, "fusion.min_separation", f"must be > 0, got {self.min_separation}")
+        _check(self.no_valley in NO_VALLEY_CHOICES, "fusion.no_valley",
+               f"must be {_either(NO_VALLEY_CHOICES)}, got {self.no_valley!r}")
         _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
         _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
@@ -345,6 +374,8 @@ def _coerce(value, annotation, key: str):
         (item_type,) = typing.get_args(annotation)
         _check(isinstance(value, list), key, f"expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_either(value, typing.get_args(annotation), key)
     if annotation is float:
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
             value = float(value)  # PyYAML reads "1e-3" (no dot) as a string
@@ -360,6 +391,18 @@ def _coerce(value, annotation, key: str):
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _coerce_either(value, annotations, key: str):
+    """A union field (e.g. `float | str` for a number or 'auto'): the value as the first type it fits;
+    the field's own check then says which strings it takes."""
+    for annotation in annotations:
+        try:
+            return _coerce(value, annotation, key)
+        except ConfigError:
+            continue
+    names = " or ".join(getattr(a, "__name__", str(a)) for a in annotations)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str = ""):

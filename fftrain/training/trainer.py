@@ -67,6 +67,7 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
         self.watch = NonFiniteWatch(ctx.device)
+        self.fusion_declined = False  # t1 'auto' found no valley at T2 and no_valley is 'aware'
 
         start = start if start is not None else start_point(cfg, ctx)
         resume_path, resume_meta = start.resume_path, start.resume_meta
@@ -100,7 +101,8 @@ class Trainer:
 
     @property
     def fusion_due(self) -> bool:
-        return not self.state.fused and self.cfg.t2_step is not None and self.state.step >= self.cfg.t2_step
+        return (not self.state.fused and not self.fusion_declined and self.cfg.t2_step is not None
+                and self.state.step >= self.cfg.t2_step)
 
     def on_phase_boundary(self) -> None:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
@@ -110,6 +112,11 @@ class Trainer:
             self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
             return
         result = self._fuse()
+        if result.threshold is not None and not result.threshold.merges and self.cfg.fusion.no_valley == "aware":
+            self.fusion_declined = True  # not saved: a resume past T2 fits again and decides the same way
+            self.log.info(f"step {self.state.step}: fusion declined, training stays dataset-aware: "
+                          f"{result.threshold.reason}")
+            return
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
         self.save(reason="fusion")
