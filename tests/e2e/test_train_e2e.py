@@ -195,6 +195,13 @@ def test_fftrain_cli_on_a_trained_checkpoint(synth, tmp_path, capsys):
     preview = tmp_path / "fuse" / "step-00000004-t1_0.200"
     assert (preview / "fusion_report.json").exists() and (preview / "fusion_top1_hist.png").exists()
     assert not (preview / "label_map.json").exists()
+    capsys.readouterr()
+    assert main(["fuse", "--checkpoint", checkpoint, "--t1", "auto", "--dry-run"]) == 0
+    readiness = [line for line in capsys.readouterr().out.splitlines() if line.startswith("readiness: ")]
+    auto = json.loads((tmp_path / "fuse" / "step-00000004-t1_auto" / "fusion_report.json").read_text())
+    threshold = auto["settings"]["threshold"]
+    assert len(readiness) == 1 and threshold["mode"] in ("valley", "no_valley") and threshold["reason"]
+    assert ("estimated merge precision" in readiness[0]) == (threshold["mode"] == "valley")
     assert main(["fuse", "--checkpoint", checkpoint, "--t1", "0.2"]) == 0
     label_map = json.loads((preview / "label_map.json").read_text())
     assert len(label_map["label_map"]) == 180 and max(label_map["label_map"]) + 1 == label_map["num_classes_fused"]
