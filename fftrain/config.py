@@ -175,8 +175,10 @@ class FusionConfig:
     """Cosine above which two proxies of different datasets are one identity (> 1 never merges); 'auto': the
     valley of a two-mode fit of every proxy's top-1 cross-dataset cosine at fusion time, within
     [t1_min, t1_max], with the fit's estimated merge precision and recall in the log and the report."""
-    t2: float = 0.21
-    """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout)."""
+    t2: float | str = 0.21
+    """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout); 'auto': when the
+    proxies are ready (alignment plateaued and the top-1 cross-dataset cosines show two modes with a
+    valley), checked every readiness_every steps between t2_floor and t2_ceiling (fusion/readiness.py)."""
     knn_k: int = 10
     """Neighbours searched per proxy."""
     max_component: int = 6
@@ -204,9 +206,23 @@ class FusionConfig:
     """Candidate pairs only between reciprocal nearest neighbours (each is the other's top-1 among the
     searched classes): cuts the look-alike chains a one-way kNN links into components."""
 
+    t2_floor: float = 0.1
+    """t2 'auto': the earliest fusion, a fraction of total steps."""
+    t2_ceiling: float = 0.5
+    """t2 'auto': the latest fusion, a fraction of total steps (fuses there, ready or not; >= 1: may never)."""
+    readiness_every: int = 1000
+    """t2 'auto': steps between readiness checks (each one a kNN of the proxies, nothing applied)."""
+    alignment_plateau: float = 0.01
+    """t2 'auto': the proxies' alignment (mean cosine of a sample to its class proxy, over the steps since
+    the last check) has plateaued when it rose less than this since the previous check."""
+
     @property
     def t1_auto(self) -> bool:
         return self.t1 == "auto"
+
+    @property
+    def t2_auto(self) -> bool:
+        return self.t2 == "auto"
 
     def __post_init__(self):
         _check(self.t1_auto or not isinstance(self.t1, str), "fusion.t1",
@@ -217,7 +233,14 @@ class FusionConfig:
         _check(self.min_separation > 0, "fusion.min_separation", f"must be > 0, got {self.min_separation}")
         _check(self.no_valley in NO_VALLEY_CHOICES, "fusion.no_valley",
                f"must be {_either(NO_VALLEY_CHOICES)}, got {self.no_valley!r}")
-        _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
+        _check(self.t2_auto or not isinstance(self.t2, str), "fusion.t2",
+               f"must be a number or 'auto', got {self.t2!r}")
+        _check(self.t2_auto or self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
+        _check(0 <= self.t2_floor <= self.t2_ceiling, "fusion.t2_floor",
+               f"must satisfy 0 <= fusion.t2_floor <= fusion.t2_ceiling, got {self.t2_floor} and {self.t2_ceiling}")
+        _check(self.readiness_every >= 1, "fusion.readiness_every", f"must be >= 1, got {self.readiness_every}")
+        _check(self.alignment_plateau >= 0, "fusion.alignment_plateau",
+               f"must be >= 0, got {self.alignment_plateau}")
         _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
         _check(self.same_dataset_policy in FUSION_POLICIES, "fusion.same_dataset_policy",
@@ -334,6 +357,8 @@ class TrainConfig:
                "'fp16' is not supported: it needs loss scaling (a GradScaler), which the Partial-FC head's own "
                "optimizer step does not do; use 'bf16' (same speed on Ampere and later, no scaling needed)")
         _check(self.method in METHODS, "method", f"unknown method {self.method!r}; available: {list(METHODS)}")
+        _check(not (self.fusion.t2_auto and self.method == "naive"), "fusion.t2",
+               "'auto' watches the proxies for a merge; method 'naive' never merges, give it a number")
         _check(self.method != "interclass" or self.head.interclass_threshold > 0, "head.interclass_threshold",
                "method 'interclass' needs a threshold in (0, 1]")
 
@@ -353,8 +378,17 @@ class TrainConfig:
         none: T2 at or beyond the end, method 'dail', or a method agnostic from the start."""
         if self.method == "dail" or self.agnostic_from_start:
             return None
-        step = round(self.fusion.t2 * self.optim.total_steps)
+        t2 = self.fusion.t2_ceiling if self.fusion.t2_auto else self.fusion.t2
+        step = round(t2 * self.optim.total_steps)
         return step if step < self.optim.total_steps else None
+
+    @property
+    def t2_floor_step(self) -> int | None:
+        """fusion.t2 'auto': the earliest step of the phase boundary (`t2_step` is then the latest);
+        a fixed t2: `t2_step`."""
+        if self.t2_step is None or not self.fusion.t2_auto:
+            return self.t2_step
+        return min(round(self.fusion.t2_floor * self.optim.total_steps), self.t2_step)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def run_fuse(args) -> int:
     print(_readiness(result.threshold))
     print(f"report: {result.report_paths.get('json')}  histogram: {result.report_paths.get('png')}")
     if not args.dry_run:
-        body = {"format": "fftrain-label-map", "t1": result.threshold.to_dict()["t1"], "checkpoint": os.path.abspath(args.checkpoint),
+        body = {"format": "fftrain-label-map", "t1": result.threshold.to_dict()["t1"],
+                "checkpoint": os.path.abspath(args.checkpoint),
                 "datasets": datasets, "num_classes_fused": result.num_classes_new,
                 "label_map": result.new_label_map.tolist()}
         path = os.path.join(out, "label_map.json")

@@ -150,8 +150,20 @@ def plan_fusion(local_weight: torch.Tensor, *, class_dataset, label_map, config:
                          start=start, class_dataset=table, label_map=lm, timings=timings, threshold=threshold)
 
 
+def proxy_geometry(local_weight: torch.Tensor, *, class_dataset, config: FusionConfig,
+                   group: ProcessGroup | None = None) -> T1Decision:
+    """The two-mode verdict on the proxies' top-1 cross-dataset cosines (collective; the kNN of
+    `plan_fusion`, nothing else): what `fusion.t2: auto` watches. The same fit as `fusion.t1: auto`."""
+    table = torch.as_tensor(class_dataset, dtype=torch.int64).cpu()
+    start = shard_range(int(table.shape[0]), rank_of(group), world_size_of(group))[0]
+    proxies = F.normalize(local_weight.detach().float(), dim=1)
+    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend,
+                                groups=table.to(local_weight.device))
+    return decide_t1(sims, ids, start, table, dataclasses.replace(config, t1="auto"), group, quiet=True)
+
+
 def decide_t1(sims: torch.Tensor, ids: torch.Tensor, start: int, table: torch.Tensor, config: FusionConfig,
-              group: ProcessGroup | None) -> T1Decision:
+              group: ProcessGroup | None, quiet: bool = False) -> T1Decision:
     """The threshold of this fusion (collective when t1 is 'auto': a bounded sample of every rank's
     top-1 cross-dataset cosines is fitted on rank 0, the decision broadcast; printed on rank 0)."""
     if not config.t1_auto:
@@ -164,7 +176,7 @@ def decide_t1(sims: torch.Tensor, ids: torch.Tensor, start: int, table: torch.Te
     parts = gather_object(top1[::stride], group)
     decision = choose_t1(np.concatenate(parts), config) if parts is not None else None
     decision = broadcast_object(decision, group)
-    if rank_of(group) == 0:
+    if rank_of(group) == 0 and not quiet:
         print(f"fusion: {decision.line()}", flush=True)
     return decision
 
@@ -204,8 +216,8 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
     want_report = broadcast_object(report_dir is not None and source_info is not None, group)
     if want_report:
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "t2"}
-        settings.update(t1_config=config.t1, t1=planned.threshold.to_dict()["t1"], threshold=planned.threshold.to_dict(),
-                        world_size=world_size_of(group))
+        threshold = planned.threshold.to_dict()
+        settings.update(t1_config=config.t1, t1=threshold["t1"], threshold=threshold, world_size=world_size_of(group))
         paths = _report(planned, source_info, group, report_dir, settings)
     planned.timings["report_s"] = time.perf_counter() - t
 

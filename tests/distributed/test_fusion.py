@@ -139,7 +139,8 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
                      source_info=SourceInfo.from_counts(NAMES, COUNTS),
                      config=FusionConfig(t1=T1, knn_k=8, max_component=6), group=group, report_dir=report_dir)
     out["fusion"] = res
-    for name, config in (("auto", FusionConfig(t1="auto", knn_k=8)), ("mutual", FusionConfig(t1=T1, knn_k=8, mutual_nn=True))):
+    for name, config in (("auto", FusionConfig(t1="auto", knn_k=8)),
+                         ("mutual", FusionConfig(t1=T1, knn_k=8, mutual_nn=True))):
         out[name] = run_fusion(_slice(problem["weight"], r, W), [], class_dataset=problem["class_dataset"],
                                label_map=None, source_info=None, config=config, group=group)
     # the sharded head on the new classes: agnostic loss with the new labels

@@ -80,6 +80,22 @@ def test_trains_through_both_phases_and_verifies(synth, tmp_path, nproc):
     assert final["fused"] and final["world_size"] == nproc and final["num_classes_source"] == 180
 
 
+def test_t2_auto_fuses_between_floor_and_ceiling_and_records_why(synth, tmp_path):
+    proc = train(synth, tmp_path, nproc=2, **{"fusion.t2": "auto", "fusion.t2_floor": 0.2, "fusion.t2_ceiling": 0.6,
+                                             "fusion.readiness_every": 1})
+    readiness = json.loads((tmp_path / "fusion" / "readiness.json").read_text())
+    fused_at = readiness["fused_at_step"]
+    assert (readiness["floor_step"], readiness["ceiling_step"]) == (2, 6) and 2 <= fused_at <= 6
+    checks = readiness["checks"]
+    assert [c["step"] for c in checks] == list(range(2, fused_at + 1)) and checks[-1]["ready"]
+    assert not any(c["ready"] for c in checks[:-1]) and all(c["reason"] for c in checks)
+    assert all(0 < c["alignment"] <= 1 for c in checks)
+    steps = metrics(tmp_path)
+    assert [steps[s]["phase"] for s in (fused_at, fused_at + 1)] == ["dail", "agnostic"]
+    assert f"step {fused_at}: fusion readiness: ready: {checks[-1]['reason']}" in proc.stdout
+    assert f"fusion at step {fused_at}" in proc.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method, phases", [("naive", ["dail", "agnostic"]), ("naive0", ["agnostic", "agnostic"]),
                                             ("interclass", ["agnostic", "agnostic"])])

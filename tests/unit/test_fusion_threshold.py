@@ -1,4 +1,5 @@
-"""T1 'auto' (fftrain.fusion.threshold) on synthetic top-1 cosines, and the reciprocal-NN candidate pairs."""
+"""T1 and T2 'auto' (fftrain.fusion.threshold, fftrain.fusion.readiness) on synthetic top-1 cosines, and the
+reciprocal-NN candidate pairs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from fftrain.config import ConfigError, FusionConfig, load_config
 from fftrain.fusion.components import mutual_pairs, top1_edges
+from fftrain.fusion.readiness import ReadinessWatch
 from fftrain.fusion.threshold import choose_t1
 
 AUTO = FusionConfig(t1="auto")
@@ -85,3 +87,47 @@ def test_mutual_nn_keeps_only_reciprocal_top1_pairs():
     pairs, cos = mutual_pairs(edges, np.array([[0, 1], [1, 2]]), np.array([0.9, 0.8], np.float32))
     assert pairs.tolist() == [[0, 1]] and cos.tolist() == pytest.approx([0.9])
     assert top1_edges(sims, ids, 0, table, 0.95).shape == (0, 2)  # below t1: no edge
+
+
+def watch():
+    return ReadinessWatch(floor_step=100, ceiling_step=500, every=50, plateau=0.01)
+
+
+def test_readiness_checks_from_the_floor_every_interval_and_at_the_ceiling():
+    w = watch()
+    assert [s for s in range(0, 600, 25) if w.due(s)] == [100, 150, 200, 250, 300, 350, 400, 450] + \
+        list(range(500, 600, 25))
+
+
+def test_ready_when_alignment_plateaus_and_the_histogram_has_a_valley():
+    rng = np.random.default_rng(5)
+    valley, flat = choose_t1(two_modes(rng), AUTO), choose_t1(rng.normal(0.45, 0.05, 3000), AUTO)
+    w = watch()
+    first = w.observe(100, 0.60, valley)
+    assert not first.ready and "not yet plateaued" in first.reason  # one reading: no plateau yet
+    rising = w.observe(150, 0.70, valley)
+    assert not rising.ready and "+0.100" in rising.reason
+    no_valley = w.observe(200, 0.705, flat)
+    assert not no_valley.ready and "plateaued" in no_valley.reason and "no valley" in no_valley.reason
+    ready = w.observe(250, 0.708, valley)
+    assert ready.ready and "two modes with a valley" in ready.reason and ready.to_dict()["valley"]
+
+
+def test_the_ceiling_fuses_whatever_the_geometry():
+    w = watch()
+    w.observe(450, 0.5, choose_t1(np.random.default_rng(6).normal(0.45, 0.05, 3000), AUTO))
+    check = w.observe(500, 0.7, choose_t1(np.random.default_rng(7).normal(0.45, 0.05, 3000), AUTO))
+    assert check.ready and check.reason.startswith("ceiling step 500 reached") and "no valley" in check.reason
+
+
+def test_t2_auto_config():
+    cfg = load_config(None, ["fusion.t2=auto", "optim.total_steps=1000", "optim.lr_milestones=[800]"])
+    assert cfg.fusion.t2_auto and (cfg.t2_floor_step, cfg.t2_step) == (100, 500)
+    fixed = load_config(None, ["optim.total_steps=1000", "optim.lr_milestones=[800]"])
+    assert fixed.t2_floor_step == fixed.t2_step == 210
+    for override, key in (("fusion.t2_floor=0.6", "fusion.t2_floor"), ("fusion.t2=soon", "fusion.t2"),
+                          ("fusion.readiness_every=0", "fusion.readiness_every")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [override])
+    with pytest.raises(ConfigError, match="method 'naive' never merges"):
+        load_config(None, ["fusion.t2=auto", "method=naive"])
