@@ -96,6 +96,18 @@ def test_t2_auto_fuses_between_floor_and_ceiling_and_records_why(synth, tmp_path
     assert f"fusion at step {fused_at}" in proc.stdout
 
 
+@pytest.mark.parametrize("no_valley, after", [("aware", "dail"), ("agnostic", "agnostic")])
+def test_t1_auto_without_a_valley_merges_nothing_as_configured(synth, tmp_path, no_valley, after):
+    proc = train(synth, tmp_path, **{"fusion.t1": "auto", "fusion.min_separation": 1000, "fusion.no_valley": no_valley})
+    steps = metrics(tmp_path)
+    assert [steps[s]["phase"] for s in (5, 6, 10)] == ["dail", after, after]
+    assert {r["classes"] for r in steps.values()} == {180}
+    assert "fusion: T1 auto: no merge: one mode" in proc.stdout
+    assert ("fusion declined, training stays dataset-aware" in proc.stdout) == (no_valley == "aware")
+    report = json.loads((tmp_path / "fusion" / "fusion_report.json").read_text())
+    assert report["settings"]["threshold"]["mode"] == "no_valley" and report["stats"]["num_components_merged"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method, phases", [("naive", ["dail", "agnostic"]), ("naive0", ["agnostic", "agnostic"]),
                                             ("interclass", ["agnostic", "agnostic"])])
