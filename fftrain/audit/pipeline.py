@@ -123,11 +123,14 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
 
 def twin_config(args):
     """The fusion settings of the audit's twin: the trainer's FusionConfig, T1 = --inter-threshold."""
-    from fftrain.config import FusionConfig
+    from fftrain.config import ConfigError, FusionConfig
 
-    return FusionConfig(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
-                        same_dataset_policy=args.same_dataset_policy,
-                        allow_same_dataset=getattr(args, "allow_same_dataset", False), backend=args.backend)
+    try:
+        return FusionConfig(t1=args.inter_threshold, knn_k=args.knn_k, max_component=args.max_component,
+                            same_dataset_policy=args.same_dataset_policy,
+                            allow_same_dataset=getattr(args, "allow_same_dataset", False), backend=args.backend)
+    except ConfigError as e:
+        raise AuditError(f"--inter-threshold {args.inter_threshold}: the fusion twin's T1 ({e})") from None
 
 
 def analyse(args, checkpoint, manifest, records, train, sets) -> tuple[dict, dict]:
