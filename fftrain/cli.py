@@ -55,14 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         from fftrain.commands.train import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    from fftrain.errors import UserError, report_user_error
-
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        with _lease(getattr(args, "checkpoint", None)):
-            return int(args.run(args) or 0)
-    except UserError as e:
-        return report_user_error(f"fftrain {args.command}", e)
+        args = build_parser().parse_args(argv)
+        from fftrain.errors import UserError, report_user_error
+
+        try:
+            with _lease(getattr(args, "checkpoint", None)):
+                return int(args.run(args) or 0)
+        except UserError as e:
+            return report_user_error(f"fftrain {args.command}", e)
+    except KeyboardInterrupt:  # every output is written atomically: nothing half-written is left
+        prog = f"fftrain {command}".strip()
+        print(f"{prog}: interrupted; earlier outputs left as they were", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 
 
-from fftrain.errors import UserError
+from fftrain.errors import UserError, one_line
 
 
 class ConfigError(UserError, ValueError):
@@ -414,12 +415,16 @@ def _coerce(value, annotation, key: str):
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
             value = float(value)  # PyYAML reads "1e-3" (no dot) as a string
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        _check(isinstance(value, float) or abs(value) < 2 ** 63, key, "expected a finite number, got an integer of "
+               f"{len(str(abs(value)))} digits")
+        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is bool:
         _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
     if annotation is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        _check(abs(value) < 2 ** 63, key, f"expected an integer below 2^63, got one of {len(str(abs(value)))} digits")
         return value
     if annotation is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
@@ -466,6 +471,36 @@ def _yaml():
     return yaml
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last quietly)."""
+    yaml = _yaml()
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise ConfigError(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); give it once")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def parse_yaml(text, source: str):
+    """YAML `text` with the safe loader, duplicate keys refused; a ConfigError names `source`."""
+    yaml = _yaml()
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {one_line(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+
+
 def apply_override(values: dict, override: str) -> None:
     """Apply one `a.b.c=value` override (the value parsed as YAML) to a nested dict."""
     if "=" not in override:
@@ -477,21 +512,21 @@ def apply_override(values: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: '{part}' is not a section")
-    node[parts[-1]] = _yaml().safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = parse_yaml(raw, f"--set {path.strip()}") if raw.strip() else ""
 
 
 def load_config(path: str | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> TrainConfig:
     """Defaults, then `base` or the YAML file (if any), then each override in order."""
     values: dict = copy.deepcopy(base) if base else {}
     if path:
-        yaml = _yaml()
         try:
             with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
+                text = f.read()
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config ({e})") from None
+        values = parse_yaml(text, path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:

@@ -161,7 +161,7 @@ def atomic_directory(target: str, command: str | None = None) -> Iterator[str]:
     try:
         yield tmp
         if command:
-            write_text_atomic(os.path.join(tmp, OUTPUT_MARKER), json.dumps({"command": command}) + "\n")
+            write_output_mark(tmp, command)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -191,10 +191,59 @@ def remove_stale_temporaries(parent: str, name: str) -> list[str]:
     return removed
 
 
-def output_owner(folder: str) -> str | None:
-    """The command that wrote `folder` (its marker), or None."""
+# ---------------------------------------------------------------------------------------------
+# Output marks: bound to their folder (its identity, which a rename keeps and a copy does not) and
+# listing what the command wrote, so a copied or unpacked mark, or a folder the user has put anything
+# else into, is not taken for a replaceable output.
+
+MAX_MARK_BYTES = 64 << 20  # a mark lists file names: far below this for any folder we write
+
+
+def _folder_identity(folder: str) -> list[int]:
+    stat = os.stat(folder)
+    return [stat.st_dev, stat.st_ino]
+
+
+def _listing(folder: str) -> list[str]:
+    """Every file and folder under `folder` (relative, '/'-separated, folders with a trailing '/'), the mark
+    itself left out."""
+    entries = []
+    for here, dirs, files in os.walk(folder):
+        rel = os.path.relpath(here, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        entries.extend(f"{prefix}{d}/" for d in dirs)
+        entries.extend(f"{prefix}{f}" for f in files if prefix or f != OUTPUT_MARKER)
+    return sorted(entries)
+
+
+def write_output_mark(folder: str, command: str) -> None:
+    """Mark `folder` (finished, about to be renamed into place) as `command`'s output."""
+    body = {"command": command, "folder": _folder_identity(folder), "files": _listing(folder)}
+    write_text_atomic(os.path.join(folder, OUTPUT_MARKER), json.dumps(body) + "\n")
+
+
+def mark_status(folder: str) -> tuple[str | None, str]:
+    """(the command whose output `folder` is, or None; why not, in words)."""
+    path = os.path.join(folder, OUTPUT_MARKER)
     try:
-        with open(os.path.join(folder, OUTPUT_MARKER), encoding="utf-8") as f:
-            return str(json.load(f)["command"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        if os.path.getsize(path) > MAX_MARK_BYTES:
+            return None, f"its {OUTPUT_MARKER} is too large to be ours"
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None, "not an output of recordio_tools"
+    if not isinstance(body, dict) or not isinstance(body.get("command"), str):
+        return None, "not an output of recordio_tools"
+    if body.get("folder") != _folder_identity(folder) or not isinstance(body.get("files"), list):
+        return None, f"its {OUTPUT_MARKER} was not written in this folder (copied or unpacked from elsewhere)"
+    program = body["command"] if body["command"].startswith("fftrain ") else f"recordio_tools {body['command']}"
+    extra = sorted(set(_listing(folder)) - set(map(str, body["files"])))
+    if extra:
+        return None, (f"an output of `{program}` that now also holds "
+                      f"{', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}, which it did not write")
+    return body["command"], f"an output of `{program}`"
+
+
+def output_owner(folder: str) -> str | None:
+    """The command that wrote `folder` (its mark, bound to this folder and covering all it holds), or None."""
+    return mark_status(folder)[0]

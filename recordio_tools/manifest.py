@@ -26,7 +26,8 @@ import numpy as np
 
 from .errors import UserError
 from .files import write_text_atomic
-from .recordio import RecordIOError, format_index, read_index
+from .recordio import EXACT_LIMIT as MAX_CLASS_ID, RecordIOError, format_index, read_index
+from .strict_json import json_int, read_json
 
 DATASET_FILE = "dataset.json"
 SAMPLE_WEIGHTS_FILE = "sample_weights.npy"
@@ -71,22 +72,40 @@ def shard_name(index: int) -> str:
 
 
 def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    body = read_json(path, ManifestError, what)
+    if not isinstance(body, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(body).__name__}")
+    return body
 
 
-def _dataset_from_dict(d: dict, source: str) -> DatasetInfo:
-    try:
-        shards = [Shard(s["rec"], s["idx"], int(s["num_images"])) for s in d["shards"]]
-        info = DatasetInfo(d["name"], int(d["num_classes"]), int(d["num_images"]), int(d.get("class_offset", 0)),
-                           shards, d.get("sample_weights"))
-    except (KeyError, TypeError) as e:
-        raise ManifestError(f"{source}: missing or malformed field {e}") from None
+def _text(d: dict, key: str, source: str) -> str:
+    value = d.get(key)
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{source}: field {key!r} must be a non-empty string, got {value!r}"[:300])
+    return value
+
+
+def _shard_from_dict(s, source: str) -> Shard:
+    if not isinstance(s, dict):
+        raise ManifestError(f"{source}: a shard entry must be an object, got {s!r}"[:300])
+    return Shard(_text(s, "rec", source), _text(s, "idx", source), json_int(s, "num_images", source, ManifestError))
+
+
+def _dataset_from_dict(d, source: str) -> DatasetInfo:
+    """One dataset entry, every field of the right type, class ids within what the shards can store."""
+    if not isinstance(d, dict):
+        raise ManifestError(f"{source}: a dataset entry must be an object, got {d!r}"[:300])
+    if not isinstance(d.get("shards"), list):
+        raise ManifestError(f"{source}: field 'shards' must be a list")
+    shards = [_shard_from_dict(s, source) for s in d["shards"]]
+    weights = d.get("sample_weights")
+    if weights is not None and not isinstance(weights, str):
+        raise ManifestError(f"{source}: field 'sample_weights' must be a file name, got {weights!r}"[:300])
+    num_images = json_int(d, "num_images", source, ManifestError)
+    offset = json_int(d, "class_offset", source, ManifestError, upper=MAX_CLASS_ID, default=0)
+    info = DatasetInfo(_text(d, "name", source),
+                       json_int(d, "num_classes", source, ManifestError, upper=MAX_CLASS_ID - offset),
+                       num_images, offset, shards, weights)
     if sum(s.num_images for s in shards) != info.num_images:
         raise ManifestError(f"{source}: dataset {info.name!r} says {info.num_images} images but its shards "
                             f"hold {sum(s.num_images for s in shards)}")
@@ -154,16 +173,17 @@ class Manifest:
 def fused_in_place(json_path: str) -> int | None:
     """num_classes_fused when the manifest.json / dataset.json at `json_path` says its labels were fused in
     place by `recordio_tools relabel --in-place` (records then hold fused ids in [0, that)), else None."""
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            body = json.load(f)
-    except (OSError, ValueError):
+    if not os.path.isfile(json_path):
         return None
+    body = read_json(json_path, ManifestError)
     if not isinstance(body, dict) or body.get("labels") != "fused":
         return None
     count = body.get("num_classes_fused")
-    if not isinstance(count, int) or count < 1:
-        raise ManifestError(f"{json_path}: labels fused in place but no valid num_classes_fused ({count!r})")
+    source_classes = body.get("num_classes")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1 or (
+            isinstance(source_classes, int) and count > source_classes):
+        raise ManifestError(f"{json_path}: labels fused in place but no valid num_classes_fused ({count!r}, "
+                            f"between 1 and the source classes)"[:300])
     return count
 
 
@@ -186,10 +206,45 @@ def parse_manifest(path: str) -> Manifest:
     if body.get("format") != "fftrain-manifest":
         raise ManifestError(f"{path}: not an fftrain manifest (format={body.get('format')!r})")
     root = os.path.dirname(os.path.abspath(path))
+    if not isinstance(body.get("datasets", []), list):
+        raise ManifestError(f"{path}: field 'datasets' must be a list")
     datasets = [_dataset_from_dict(d, path) for d in body.get("datasets", [])]
     if not datasets:
         raise ManifestError(f"{path}: no datasets")
-    return Manifest(root, datasets, body.get("index", COMBINED_INDEX))
+    index = body.get("index", COMBINED_INDEX)
+    if not isinstance(index, str) or not index:
+        raise ManifestError(f"{path}: field 'index' must be a file name, got {index!r}"[:300])
+    return Manifest(root, datasets, index)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def manifests_referencing(folders: Sequence[str], extra_bases: Sequence[str] = (), inside_ok: str | None = None,
+                          exclude: Sequence[str] = ()) -> list[str]:
+    """The manifest.json files found beside `folders` (in each one's parent, and one level down from it, and
+    the same around `extra_bases`) whose shards lie in one of `folders`; those inside `inside_ok` and those in
+    `exclude` are left out. A manifest that cannot be read is not a user (it cannot train)."""
+    import glob
+
+    wanted = [os.path.realpath(f) for f in folders]
+    bases = {os.path.dirname(f) for f in wanted} | {os.path.realpath(b) for b in extra_bases}
+    found = {os.path.realpath(p) for base in bases
+             for p in [os.path.join(base, MANIFEST_FILE), *glob.glob(os.path.join(glob.escape(base), "*", MANIFEST_FILE))]
+             if os.path.isfile(p)}
+    found -= {os.path.realpath(p) for p in exclude}
+    users = []
+    for path in sorted(found):
+        if inside_ok and _inside(path, os.path.realpath(inside_ok)):
+            continue
+        try:
+            other = parse_manifest(path)
+        except ManifestError:
+            continue
+        if any(_inside(os.path.realpath(os.path.dirname(rec)), w) for rec in other.rec_paths() for w in wanted):
+            users.append(path)
+    return users
 
 
 def load_manifest(path: str) -> Manifest:
@@ -204,7 +259,40 @@ def load_manifest(path: str) -> Manifest:
                 raise ManifestError(f"{path}: shard file {shard_file} is missing")
     if not os.path.exists(manifest.index_path()):
         raise ManifestError(f"{path}: combined index {manifest.index_path()} is missing; rerun recordio_tools build")
+    check_counts(manifest, path)
     return manifest
+
+
+MIN_INDEX_LINE = 4  # "K\tO\n": the shortest line of an .idx file
+
+
+def check_counts(manifest: Manifest, source: str) -> None:
+    """Image counts no larger than the shard indexes can hold (so class counts, bounded by the images, are
+    too): what a manifest makes a reader allocate stays proportional to the files on disk."""
+    for rec, idx, shard in zip(manifest.rec_paths(), manifest.shard_idx_paths(),
+                               [s for d in manifest.datasets for s in d.shards]):
+        capacity = os.path.getsize(idx) // MIN_INDEX_LINE if os.path.isfile(idx) else 0
+        if shard.num_images > capacity:
+            raise ManifestError(f"{source}: shard {shard.rec} claims {shard.num_images} images but its index {idx} "
+                                f"holds at most {capacity}")
+
+
+def startup_check(path: str) -> tuple[Manifest, np.ndarray | None]:
+    """What the trainer checks of a training set before it allocates anything from it, and what `verify`
+    runs too (one check, not two): the manifest against the files on disk, the counts against the shard
+    indexes, the per-sample weights, the fused-in-place class count. Returns the manifest and weights."""
+    manifest = load_manifest(path)
+    if manifest.num_classes > max(manifest.num_images, 1):
+        raise ManifestError(f"{manifest_file(path)}: {manifest.num_classes} classes but {manifest.num_images} images; "
+                            "a class without an image cannot be learnt (and would cost memory for nothing)")
+    weights = load_sample_weights(manifest)
+    training_view(manifest)
+    return manifest, weights
+
+
+def manifest_file(path: str) -> str:
+    """The manifest.json a path names (the file, or the folder holding it)."""
+    return os.path.join(path, MANIFEST_FILE) if os.path.isdir(path) else path
 
 
 def _check_offsets(manifest: Manifest, source: str) -> None:
@@ -256,7 +344,7 @@ def write_manifest(out_dir: str, datasets: Sequence[DatasetInfo], dataset_dirs: 
 
 def _load_weights_file(path: str, num_images: int, name: str) -> np.ndarray:
     try:
-        weights = np.load(path, allow_pickle=False)
+        weights = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: a header cannot order memory
     except FileNotFoundError:
         raise ManifestError(f"{path}: sample-weight file of dataset {name!r} not found") from None
     except (OSError, ValueError) as e:
@@ -267,7 +355,7 @@ def _load_weights_file(path: str, num_images: int, name: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise ManifestError(f"{path}: weight {weights[bad[0]]} of image {bad[0]} is not a finite number >= 0")
-    return weights.astype(np.float32)
+    return np.array(weights, dtype=np.float32)
 
 
 def load_sample_weights(manifest: Manifest) -> np.ndarray | None:

@@ -197,14 +197,14 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
 # Such records carry EXACT_ID_MARK in the header's id2 field (unused by MXNet and insightface), so
 # a foreign two-float label like [identity, variant] is never mistaken for one: a record without
 # the mark is read as MXNet multi-label records are by insightface, class = label[0].
-_EXACT_LIMIT = 1 << 48
+EXACT_LIMIT = 1 << 48  # class ids the two-float label stores exactly
 _FLOAT32_EXACT = 1 << 24
 EXACT_ID_MARK = int.from_bytes(b"FFEXACT1", "little")
 
 
 def class_label(class_id: int) -> np.ndarray:
     """The two-float label that stores `class_id` exactly."""
-    if not 0 <= class_id < _EXACT_LIMIT:
+    if not 0 <= class_id < EXACT_LIMIT:
         raise ValueError(f"class id {class_id} outside [0, 2^48)")
     approx = np.float32(class_id)
     return np.array([approx, np.float32(class_id - int(approx))], dtype="<f4")
@@ -264,6 +264,9 @@ def parse_image_header(payload: bytes) -> tuple[int, int]:
 # Index files
 
 
+INDEX_LIMIT = 1 << 63  # keys and offsets are int64 wherever they are used
+
+
 def read_index(idx_path: str | os.PathLike) -> list[tuple[int, int]]:
     """(key, offset) pairs of a .idx file in file order."""
     entries = []
@@ -276,9 +279,13 @@ def read_index(idx_path: str | os.PathLike) -> list[tuple[int, int]]:
                 if len(fields) != 2:
                     raise RecordIOError(idx_path, f"line {line_no}", f"expected 'key<TAB>offset', got {line.strip()!r}")
                 try:
-                    entries.append((int(fields[0]), int(fields[1])))
+                    key, offset = int(fields[0]), int(fields[1])
                 except ValueError:
-                    raise RecordIOError(idx_path, f"line {line_no}", f"not integers: {line.strip()!r}") from None
+                    raise RecordIOError(idx_path, f"line {line_no}", f"not integers: {line.strip()[:80]!r}") from None
+                if not (0 <= key < INDEX_LIMIT and 0 <= offset < INDEX_LIMIT):
+                    raise RecordIOError(idx_path, f"line {line_no}", f"key or offset outside [0, 2^63): "
+                                                                   f"{line.strip()[:80]!r}")
+                entries.append((key, offset))
     except FileNotFoundError:
         raise RecordIOError(idx_path, "open", "index file not found") from None
     except UnicodeDecodeError as e:

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .files import output_owner
+from .files import mark_status
 from .manifest import SAMPLE_WEIGHTS_FILE, DatasetInfo, Shard, shard_name, write_dataset_info
 from .recordio import RecordWriter, image_header, pack
 
@@ -55,12 +55,26 @@ def check_out(out: str, inputs: list[str], command: str, overwrite: bool = False
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"{out}: exists and is not a folder; give --out a new folder")
     if os.path.isdir(out) and os.listdir(out) and not overwrite and not inputs_inside_ok:
-        owner = output_owner(out)
+        owner, what = mark_status(out)
         if owner != command:
-            what = f"an output of `recordio_tools {owner}`" if owner else "not an output of recordio_tools"
             raise UsageError(f"{out}: exists, is not empty and is {what}; give a new --out folder, or pass "
                              f"--overwrite to replace it as a whole")
+    refuse_referenced_out(out)
     return out
+
+
+def refuse_referenced_out(out: str) -> None:
+    """Refuse to replace a folder whose shards another training set references (`build` references
+    datasets in place): rewriting them would break that set silently; --overwrite does not lift it."""
+    from .errors import UsageError
+    from .manifest import manifests_referencing
+
+    if not os.path.isdir(out):
+        return
+    users = manifests_referencing([out], inside_ok=out)
+    if users:
+        raise UsageError(f"{out}: its shards are used by the training set {', '.join(users)}; replacing them "
+                         f"would break it: give --out a new folder (or remove that training set first)")
 
 
 class DatasetWriter:

@@ -53,8 +53,29 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                      "(a verification .bin holds only lists of bytes and bools)")
 
 
+def pickle_framing_problem(data: bytes) -> str | None:
+    """What is wrong with the opcode framing of pickle `data`, or None. pickletools reads each counted
+    string from the data, never allocating what a length field claims, so a file that passes cannot make
+    an unpickler allocate more than it holds."""
+    import pickletools
+
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as e:  # noqa: BLE001 - any malformation: ValueError, struct.error, UnicodeDecodeError, ...
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def _check_framing(data: bytes, source: str) -> None:
+    problem = pickle_framing_problem(data)
+    if problem:
+        raise VerificationBinError(f"{source}: not loaded: pickle data was truncated or malformed ({problem})")
+
+
 def loads_verification_bin(data: bytes, source: str = "<bytes>") -> tuple[list[bytes], list[bool]]:
     """Parse the bytes of a verification .bin; `source` names it in errors."""
+    _check_framing(data, source)
     try:
         # encoding="bytes": Python 2 str objects (insightface's original bins) come back as bytes.
         obj = _DataOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()

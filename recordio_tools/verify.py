@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .images import decode_problem
-from .manifest import DATASET_FILE, ManifestError, fused_in_place, parse_manifest, read_dataset_info
-from .recordio import FramingError, RecordIOError, class_id_of, next_record_start, read_record_at, record_end, unpack
+from .manifest import DATASET_FILE, ManifestError, fused_in_place, parse_manifest, read_dataset_info, startup_check
+from .recordio import INDEX_LIMIT, FramingError, RecordIOError, class_id_of, next_record_start, read_record_at, record_end, unpack
 from .scan import progress
 
 _MAX_INDEX_MISMATCHES = 20  # train.idx lines listed one by one before a count
@@ -101,6 +101,8 @@ def read_index_entries(idx: str, report: Report) -> IndexEntries | None:
             if len(fields) != 2:
                 raise ValueError
             key, offset = int(fields[0]), int(fields[1])
+            if not (-INDEX_LIMIT <= key < INDEX_LIMIT and -INDEX_LIMIT <= offset < INDEX_LIMIT):
+                raise ValueError
         except ValueError:
             report.add(idx, f"line {line_no}", f"expected 'key<TAB>offset', got {line[:60]!r}")
             continue
@@ -272,10 +274,10 @@ def verify_shard(report: Report, spec: ShardSpec, decode: bool) -> int | None:
 def verify_dataset(report: Report, folder: str, decode: bool) -> None:
     try:
         info = read_dataset_info(folder)
+        fused = fused_in_place(os.path.join(folder, DATASET_FILE))
     except ManifestError as e:
         report.problems.append(str(e))
         return
-    fused = fused_in_place(os.path.join(folder, DATASET_FILE))
     verify_dataset_shards(report, info, folder, os.path.join(folder, DATASET_FILE), decode, fused)
 
 
@@ -335,7 +337,11 @@ def verify_manifest(report: Report, path: str, decode: bool) -> None:
     except ManifestError as e:
         report.problems.append(str(e))
         return
-    fused = fused_in_place(path if path.endswith(".json") else os.path.join(path, "manifest.json"))
+    try:
+        fused = fused_in_place(path if path.endswith(".json") else os.path.join(path, "manifest.json"))
+    except ManifestError as e:
+        report.problems.append(str(e))
+        return
     expected_offset = 0
     for info in manifest.datasets:
         if info.class_offset != expected_offset:
@@ -344,6 +350,11 @@ def verify_manifest(report: Report, path: str, decode: bool) -> None:
         expected_offset += info.num_classes
         verify_dataset_shards(report, info, manifest.root, path, decode, fused)
     verify_combined_index(report, manifest)
+    try:
+        startup_check(path)  # what `fftrain train` checks at start, the same function
+    except (ManifestError, RecordIOError) as e:
+        if not report.problems:  # else the cause is already reported, in verify's own words
+            report.problems.append(str(e))
 
 
 def verify_path(kind: str, path: str, decode: bool) -> Report:

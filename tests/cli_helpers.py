@@ -83,9 +83,14 @@ def sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def folder_snapshot(folder: pathlib.Path) -> dict[str, str]:
-    """Relative path -> SHA-1 of every file below `folder` (to show it did not change)."""
-    return {str(p.relative_to(folder)): sha1(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+def folder_snapshot(folder: pathlib.Path, with_mark: bool = True) -> dict[str, str]:
+    """Relative path -> SHA-1 of every file below `folder` (to show it did not change). Without
+    `with_mark`, the output mark (which holds the folder's identity, so differs between two folders of
+    the same bytes) is left out."""
+    from recordio_tools.files import OUTPUT_MARKER
+
+    return {str(p.relative_to(folder)): sha1(p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file() and (with_mark or p.name != OUTPUT_MARKER)}
 
 
 def leftover_temporaries(parent: pathlib.Path) -> list[str]:

@@ -37,6 +37,16 @@ def mxnet_fixtures() -> pathlib.Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """The tiny synthetic six-dataset set (preset 'tiny', seed 0), made once per run; tests only read it."""
+    from recordio_tools.synthetic import generate_synthetic_set
+
+    out = tmp_path_factory.mktemp("synth") / "set"
+    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory):
     """The tiny synthetic set with every kind of planted noise (the audit's tests read its ground truth)."""

@@ -126,3 +126,18 @@ def zero_jpeg_body(manifest_path: str, key: int, keep: int = 20) -> str:
     described = records.describe(key)
     records.close()
     return described
+
+
+def copy_with_a_bad_record(clean_set, root, seed: int, position: int = 3) -> tuple[str, int, str]:
+    """A copy of a training set in `root` whose record at `position` of epoch 0's order (seed `seed`) has its
+    JPEG body zeroed: (manifest path, key, how the record is named)."""
+    import shutil
+
+    from fftrain.data.records import RecordSet
+    from fftrain.data.sharding import epoch_order
+    from recordio_tools.manifest import load_manifest
+
+    shutil.copytree(clean_set, root)
+    manifest = os.path.join(str(root), "manifest.json")
+    key = int(epoch_order(len(RecordSet(load_manifest(manifest))), seed, 0)[position])
+    return manifest, key, zero_jpeg_body(manifest, key)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fftrain.distributed import DistContext, all_gather_object, all_reduce_, barrier
+from fftrain.search import unit_rows
 
 EMBEDDINGS_FILE = "embeddings.npy"
 LABELS_FILE = "labels.npy"
@@ -35,11 +36,6 @@ class TrainEmbeddings:
     class_counts: np.ndarray
     """[C_src] int64 images per class."""
     seconds: float
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def _decode_chunk(records, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -79,7 +75,8 @@ def embed_training_set(backbone, records, num_classes: int, dim: int, *, ctx: Di
     for start in range(lo, hi, chunk):
         keys = np.arange(start, min(hi, start + chunk))
         pixels, labels = _decode_chunk(records, keys)
-        vectors = _normalise(embed_pairs(backbone, pixels, device=ctx.device, batch_size=batch_size, flip=flip))
+        vectors = unit_rows(embed_pairs(backbone, pixels, device=ctx.device, batch_size=batch_size, flip=flip),
+                            torch.float64).numpy()
         stored = vectors.astype(np.float16)
         emb[keys[0]:keys[-1] + 1] = stored
         labels_out[keys[0]:keys[-1] + 1] = labels
@@ -110,4 +107,4 @@ def embed_verification_bin(backbone, path: str, *, ctx: DistContext, batch_size:
     embeddings = np.concatenate(parts)
     if embeddings.shape[0] != 2 * len(issame):
         raise RuntimeError(f"{path}: gathered {embeddings.shape[0]} embeddings for {2 * len(issame)} images")
-    return _normalise(embeddings).astype(np.float32), issame
+    return unit_rows(embeddings, torch.float64).numpy().astype(np.float32), issame

@@ -1,7 +1,7 @@
 """Identity leakage: verification images whose person is a training class.
 
-Each verification image's nearest training class centre (exact inner-product search, faiss when
-importable, else torch); an image above the threshold is leaked, a pair is leaked when either of
+Each verification image's nearest training class centre (exact inner-product search,
+`fftrain.search.top_k`); an image above the threshold is leaked, a pair is leaked when either of
 its images is. The verification accuracy (insightface's 10-fold protocol, as `fftrain eval`) is
 recomputed on the pairs that are not leaked, beside the full-set figure.
 """
@@ -11,26 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from fftrain.evaluation.metrics import N_FOLDS, verification_metrics
+from fftrain.search import top_k
 
 
 def nearest_centres(queries: np.ndarray, centres: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(similarities [Q, k] float32, class ids [Q, k] int64) of the k best centres per unit query row."""
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    centres = np.ascontiguousarray(centres, dtype=np.float32)
-    k = min(k, centres.shape[0])
-    try:
-        import faiss
-    except ImportError:
-        scores = torch.from_numpy(queries) @ torch.from_numpy(centres).T
-        sims, ids = scores.topk(k, dim=1)
-        return sims.numpy(), ids.numpy().astype(np.int64)
-    index = faiss.IndexFlatIP(centres.shape[1])
-    index.add(centres)
-    sims, ids = index.search(queries, k)
-    return sims.astype(np.float32), ids.astype(np.int64)
+    sims, ids = top_k(queries, centres, min(k, centres.shape[0]))
+    return sims.numpy(), ids.numpy()
 
 
 @dataclass

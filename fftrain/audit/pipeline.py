@@ -37,9 +37,23 @@ def _check_args(args) -> None:
         raise AuditError(f"--max-component {args.max_component}: must be >= 2")
 
 
-def work_dir(out: str) -> str:
+def work_dir(out: str, pid: int) -> str:
+    """The work folder of the audit run by process `pid` (rank 0's): `.OUT.tmp-PID` beside --out, so two
+    audits with one --out never share one, and the next run removes it only once `pid` is gone."""
     out = os.path.abspath(out)
-    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.audit-tmp")
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{pid}")
+
+
+def make_work_dir(out: str, pid: int) -> str:
+    """Create this run's work folder, after removing those of audits no longer running."""
+    from recordio_tools.files import remove_stale_temporaries
+
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    remove_stale_temporaries(os.path.dirname(out), os.path.basename(out))
+    work = work_dir(out, pid)
+    os.makedirs(work)
+    return work
 
 
 def _check_out(out: str) -> None:
@@ -106,7 +120,7 @@ def run(args, ctx, work, checkpoint, manifest, records, bins) -> None:
     from recordio_tools.files import replace_directory
 
     # --out (absent, empty or an earlier audit, checked at start) is replaced by the finished work folder
-    replace_directory(work, args.out, old=os.path.abspath(args.out) + ".audit-old")
+    replace_directory(work, args.out)
     if args.write_clean:
         from fftrain.audit.clean import write_clean_set
 

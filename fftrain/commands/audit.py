@@ -28,7 +28,7 @@ from fftrain.audit.inputs import AuditError
 from fftrain.config import FUSION_POLICIES, KNN_BACKENDS
 from fftrain.errors import EXIT_USER_ERROR, UserError, one_line, report_user_error
 from fftrain.audit.pipeline import (DEFAULT_CALIBRATION_PAIRS, DEFAULT_CALIBRATION_PROBES, DEFAULT_FAR, DEFAULT_INTER,
-                                    DEFAULT_INTRA, DEFAULT_INTRA_FRR, DEFAULT_LEAK, prepare, run, work_dir)
+                                    DEFAULT_INTRA, DEFAULT_INTRA_FRR, DEFAULT_LEAK, make_work_dir, prepare, run, work_dir)
 from fftrain.calibration.thresholds import parse_rate, parse_threshold
 
 
@@ -103,10 +103,9 @@ def run_audit(args) -> int:
         errors = [e for e in all_gather_object(error, ctx.group) if e]
         if errors:  # every rank met the same check: rank 0 says it
             return report_user_error("fftrain audit", AuditError(errors[0])) if ctx.is_main else EXIT_USER_ERROR
-        work = work_dir(args.out)
+        work = work_dir(args.out, all_gather_object(os.getpid(), ctx.group)[0])  # rank 0's
         if ctx.is_main:
-            shutil.rmtree(work, ignore_errors=True)  # our own fixed-name work folder of a killed run
-            os.makedirs(work)
+            make_work_dir(args.out, os.getpid())
         barrier(ctx.group)
         try:
             run(args, ctx, work, *prepared)

@@ -73,7 +73,8 @@ def _readiness(threshold) -> str:
 
 
 def run_fuse(args) -> int:
-    from recordio_tools.files import write_text_atomic
+    from recordio_tools.files import atomic_directory, write_text_atomic
+    from recordio_tools.shards import check_out
 
     from fftrain.config import FusionConfig
     from fftrain.fusion import SourceInfo, run_fusion
@@ -85,22 +86,23 @@ def run_fuse(args) -> int:
         print(f"fftrain fuse: note: {args.checkpoint} is already fused; this merges the fused classes further")
     datasets = meta["datasets"]
     source_info = SourceInfo.from_counts([d["name"] for d in datasets], [d["num_classes"] for d in datasets])
-    out = args.out or _default_out(args.checkpoint, args.t1)
     config = FusionConfig(t1=args.t1, knn_k=args.knn_k, max_component=args.max_component,
                           same_dataset_policy=args.same_dataset_policy, allow_same_dataset=args.allow_same_dataset,
                           backend=args.backend, t1_min=args.t1_min, t1_max=args.t1_max,
                           min_separation=args.min_separation, mutual_nn=args.mutual_nn)
-    result = run_fusion(saved.proxies, [], class_dataset=saved.fused_dataset, label_map=saved.label_map,
-                        source_info=source_info, config=config, report_dir=out)
+    out = check_out(args.out or _default_out(args.checkpoint, args.t1), [args.checkpoint], "fftrain fuse")
+    with atomic_directory(out, "fftrain fuse") as tmp:  # an existing --out only when an earlier fuse wrote it
+        result = run_fusion(saved.proxies, [], class_dataset=saved.fused_dataset, label_map=saved.label_map,
+                            source_info=source_info, config=config, report_dir=tmp)
+        if not args.dry_run:
+            body = {"format": "fftrain-label-map", "t1": result.threshold.to_dict()["t1"],
+                    "checkpoint": os.path.abspath(args.checkpoint), "datasets": datasets,
+                    "num_classes_fused": result.num_classes_new, "label_map": result.new_label_map.tolist()}
+            write_text_atomic(os.path.join(tmp, "label_map.json"), json.dumps(body) + "\n")
     print(f"T1={args.t1}: {result.summary_line()}")
     print(_readiness(result.threshold))
-    print(f"report: {result.report_paths.get('json')}  histogram: {result.report_paths.get('png')}")
+    paths = {kind: path and os.path.join(out, os.path.basename(path)) for kind, path in result.report_paths.items()}
+    print(f"report: {paths.get('json')}  histogram: {paths.get('png')}")
     if not args.dry_run:
-        body = {"format": "fftrain-label-map", "t1": result.threshold.to_dict()["t1"],
-                "checkpoint": os.path.abspath(args.checkpoint),
-                "datasets": datasets, "num_classes_fused": result.num_classes_new,
-                "label_map": result.new_label_map.tolist()}
-        path = os.path.join(out, "label_map.json")
-        write_text_atomic(path, json.dumps(body) + "\n")
-        print(f"label map: {path}")
+        print(f"label map: {os.path.join(out, 'label_map.json')}")
     return 0

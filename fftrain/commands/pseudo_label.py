@@ -103,7 +103,7 @@ def run_pseudo_label(args) -> int:
         options = _options(args)
         if args.shards < 1 or args.batch_size < 1:
             raise PseudoLabelError(f"--shards {args.shards} and --batch-size {args.batch_size} must be >= 1")
-        check_out(args.out)
+        check_out(args.out, [args.unlabeled, args.checkpoint, args.embeddings])
         meta = read_meta(args.checkpoint)
         images = UnlabeledImages(args.unlabeled)
         embeddings = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recordio_tools.manifest import Manifest, load_manifest, training_view
+from recordio_tools.manifest import Manifest, startup_check, training_view
 
 from fftrain.config import ConfigError
 from fftrain.data.label_space import LabelSpace
@@ -61,8 +61,9 @@ def prepare(manifest: str | Manifest | Prepared, *, num_shards: int, batch_size:
         return Prepared(manifest.manifest, manifest.records, manifest.labels,
                         steps_per_epoch(len(manifest.records), num_shards, batch_size), manifest.sample_weights)
     if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest)
-    weights = load_sample_weights(manifest)  # before the view: a set fused in place keeps its datasets' weights
+        manifest, weights = startup_check(manifest)  # the check `recordio_tools verify` runs too
+    else:
+        weights = load_sample_weights(manifest)  # before the view: a set fused in place keeps its datasets' weights
     manifest = training_view(manifest)
     records = RecordSet(manifest, on_bad_record)
     if validate:

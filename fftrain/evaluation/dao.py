@@ -5,7 +5,7 @@ reference-based support-set estimation), reported beside the plain cosine.
     report = evaluate_dao(emb1, emb2, issame, proxies)                    # DAO vs cosine accuracy
 
 For a pair of L2-normalised embeddings f1, f2 and the L2-normalised proxies (rows of the FC
-weight), let s_i1..s_ik be the k highest proxy similarities of f_i (faiss IndexFlatIP). Then
+weight), let s_i1..s_ik be the k highest proxy similarities of f_i (`fftrain.search.top_k`). Then
 
     DAO(f1, f2) = e^{tau <f1,f2>} * (1 / sum_k e^{tau s1_k} + 1 / sum_k e^{tau s2_k})
 
@@ -25,6 +25,7 @@ import torch
 
 from fftrain.distributed import all_gather_object
 from fftrain.evaluation.metrics import N_FOLDS, kfold_accuracy, l2_normalize
+from fftrain.search import top_k, unit_rows
 
 DEFAULT_K = 10
 DEFAULT_TAU = 1.0
@@ -36,39 +37,22 @@ def _as_float32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-def _local_topk_faiss(queries: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
-    import faiss  # deferred: heavy, and only needed here
-
-    index = faiss.IndexFlatIP(anchors.shape[1])
-    index.add(anchors)
-    sims, _ = index.search(queries, k)
-    return sims.astype(np.float64)
-
-
-def _local_topk_torch(queries: np.ndarray, anchors: torch.Tensor, k: int, chunk: int = 4096) -> np.ndarray:
-    a = anchors.detach().float()
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    q = torch.from_numpy(queries).to(a.device)
-    out = []
-    for start in range(0, q.shape[0], chunk):
-        out.append((q[start:start + chunk] @ a.T).topk(k, dim=1).values.cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, k))
-
-
 def proxy_topk_similarities(embeddings, proxies, k: int = DEFAULT_K, *, group=None) -> np.ndarray:
     """[N, k] highest cosine similarities of each embedding to the proxies, highest first.
 
-    `embeddings` [N, D] and `proxies` [C, D] (numpy or torch) are L2-normalised here. On the CPU
-    the search is a faiss IndexFlatIP; proxies given as a CUDA tensor are searched with a torch
-    matmul + top-k on their device. With a group, `proxies` are this rank's shard (possibly fewer
+    `embeddings` [N, D] and `proxies` [C, D] (numpy or torch) are L2-normalised here and searched
+    on the proxies' device (`fftrain.search.top_k`, its 'auto' backend). With a group, `proxies` are this rank's shard (possibly fewer
     than k rows, or none) and the result is the top-k over all ranks' shards.
     """
     if k < 1:
         raise ValueError(f"k={k}: need at least one neighbour")
-    queries = l2_normalize(_as_float32(embeddings)).astype(np.float32)
-    on_cuda = isinstance(proxies, torch.Tensor) and proxies.is_cuda
-    if not on_cuda:
-        proxies = _as_float32(proxies).reshape(-1, queries.shape[1]) if np.size(proxies) == 0 else _as_float32(proxies)
+    queries = unit_rows(_as_float32(embeddings))
+    if isinstance(proxies, torch.Tensor):
+        proxies = proxies.detach()
+    else:
+        proxies = torch.from_numpy(_as_float32(proxies))
+    if proxies.numel() == 0:
+        proxies = proxies.reshape(-1, queries.shape[1])
     if proxies.ndim != 2:
         raise ValueError(f"expected proxies of shape [C, D], got {tuple(proxies.shape)}")
     n_local = int(proxies.shape[0])
@@ -77,10 +61,9 @@ def proxy_topk_similarities(embeddings, proxies, k: int = DEFAULT_K, *, group=No
     k_local = min(k, n_local)
     if k_local == 0:
         local = np.zeros((queries.shape[0], 0))
-    elif on_cuda:
-        local = _local_topk_torch(queries, proxies, k_local)
     else:
-        local = _local_topk_faiss(queries, l2_normalize(proxies).astype(np.float32), k_local)
+        sims, _ = top_k(queries.to(proxies.device), unit_rows(proxies), k_local)
+        local = sims.cpu().numpy().astype(np.float64)
     parts = all_gather_object(local, group)
     merged = np.concatenate(parts, axis=1)
     total = sum(int(p.shape[1]) for p in parts)

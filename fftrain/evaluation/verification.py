@@ -191,6 +191,15 @@ def evaluate_embeddings(embeddings: np.ndarray, issame, *, name: str = "", proxi
     return result
 
 
+def check_pair_count(bin_path, num_pairs: int) -> None:
+    """The 10-fold protocol needs at least `N_FOLDS` pairs (the check `fftrain train` makes at start)."""
+    from recordio_tools.verification_bin import VerificationBinError
+
+    if num_pairs < N_FOLDS:
+        raise VerificationBinError(f"{bin_path}: {num_pairs} pairs; the {N_FOLDS}-fold protocol needs at least "
+                                   f"{N_FOLDS}")
+
+
 def evaluate_bin(model: nn.Module, bin_path: str | os.PathLike, *, device: torch.device | str,
                  batch_size: int = 64, group=None, dtype: torch.dtype = torch.float32,
                  name: str | None = None, proxies=None, proxy_group=None, dao_k: int = 10,
@@ -208,6 +217,7 @@ def evaluate_bin(model: nn.Module, bin_path: str | os.PathLike, *, device: torch
     """
     rank, world = rank_of(group), world_size_of(group)
     images, issame = load_bin(bin_path, part=(rank, world), image_size=image_size, cache=cache)
+    check_pair_count(bin_path, len(issame))
     local = embed_pairs(model, images, device=device, batch_size=batch_size, dtype=dtype)
     parts = [p for p in all_gather_object(local, group) if p.size]
     embeddings = np.concatenate(parts) if parts else np.zeros((0, 0))

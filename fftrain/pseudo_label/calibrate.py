@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fftrain.calibration.thresholds import AUTO, Threshold, far_at, tar_at, upper_threshold
+from fftrain.search import unit_rows
 
 MIN_PAIRS = 100
 PURITY_MEMBERS = 256  # members sampled per cluster for its pair cosines
@@ -38,11 +39,6 @@ class ReferencePairs:
         return tar_at(self.genuine, threshold) if self.genuine.size >= MIN_PAIRS else None
 
 
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def reference_pairs(embeddings, overlap: np.ndarray, nearest: np.ndarray, *, max_pairs: int, seed: int) -> ReferencePairs:
     ids = np.flatnonzero(overlap)
     empty = ReferencePairs(np.zeros(0), np.zeros(0))
@@ -52,7 +48,7 @@ def reference_pairs(embeddings, overlap: np.ndarray, nearest: np.ndarray, *, max
     a, b = rng.choice(ids, max_pairs), rng.choice(ids, max_pairs)
     keep = a != b
     a, b = a[keep], b[keep]
-    x = _unit(embeddings)
+    x = unit_rows(embeddings).numpy()
     cos = np.einsum("ij,ij->i", x[a], x[b]).astype(np.float64)
     same = nearest[a] == nearest[b]
     return ReferencePairs(cos[~same], cos[same])
@@ -73,7 +69,7 @@ def cluster_purity(embeddings, clusters: np.ndarray, threshold: float, tar: floa
                    seed: int = 0) -> np.ndarray:
     """[K] estimated pairwise precision of each cluster 0..K-1 (NaN where it has one member)."""
     k = int(clusters.max()) + 1 if (clusters >= 0).any() else 0
-    x = _unit(embeddings)
+    x = unit_rows(embeddings).numpy()
     rng = np.random.default_rng([seed, 4])
     out = np.full(k, np.nan)
     for c in range(k):

@@ -1,6 +1,6 @@
-"""Clustering the identity-disjoint samples on a faiss kNN graph.
+"""Clustering the identity-disjoint samples on a kNN graph.
 
-    graph = knn_graph(embeddings, k=30)                        # exact (flat) or IVF search
+    graph = knn_graph(embeddings, k=30)                        # exact (flat, fftrain.search) or faiss IVF search
     labels = cluster(graph, backend="infomap", threshold=0.5)  # [N] int64, contiguous from 0
     labels = drop_small(labels, min_size=3)                    # smaller clusters -> -1
 
@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from fftrain.search import best_hits, top_k, unit_rows
 
 BACKENDS = ("infomap", "leiden", "components")
 KNN_INDEXES = ("auto", "flat", "ivf")
@@ -57,50 +60,42 @@ class KnnGraph:
         return lo[first], hi[first], sim[first].astype(np.float64)
 
 
-def _unit_float32(x) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def knn_graph(embeddings, k: int = 30, *, index: str = "auto", nprobe: int = 16, seed: int = 0) -> KnnGraph:
     """The k nearest neighbours (self excluded) of every L2-normalised row, by inner product."""
-    import faiss
-
     if index not in KNN_INDEXES:
         raise ValueError(f"unknown kNN index {index!r}; available: {list(KNN_INDEXES)}")
-    x = _unit_float32(embeddings)
-    n, d = x.shape
-    k_eff = min(k + 1, n)
+    x = unit_rows(embeddings)
+    n = x.shape[0]
+    width = min(k, n - 1)
     kind = index if index != "auto" else ("flat" if n <= AUTO_FLAT_MAX else "ivf")
     started = time.perf_counter()
-    if kind == "flat":
-        search_index = faiss.IndexFlatIP(d)
+    if width < 1:
+        sims, ids = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+    elif kind == "flat":
+        sims, ids = (t.numpy() for t in top_k(x, x, width, self_keys=True))
     else:
-        # k-means training dominated the time with 4 sqrt(N) lists, 64 points per list and 25 iterations
-        # (45 CPU-s at 50K x 512); 2 sqrt(N) lists, 39 points each and 10 iterations keep the graph's F
-        nlist = max(1, int(2 * np.sqrt(n)))
-        search_index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(n, min(n, 39 * nlist), replace=False)
-        search_index.cp.seed = seed
-        search_index.cp.niter = 10
-        search_index.train(x[np.sort(sample)])
-        search_index.nprobe = min(nprobe, nlist)
-    search_index.add(x)
-    sims, ids = search_index.search(x, k_eff)
-    sims, ids = _drop_self(sims, ids, k)
+        sims, ids = _ivf_knn(x.numpy(), width, nprobe, seed)
     return KnnGraph(sims, ids, time.perf_counter() - started, kind)
 
 
-def _drop_self(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(ids)
-    is_self = ids == np.arange(n)[:, None]
-    # rows where self was not returned (ties, IVF) drop their last hit instead
-    is_self[~is_self.any(axis=1), -1] = True
-    keep = ~is_self
-    out_ids = ids[keep].reshape(n, -1)[:, :k]
-    out_sims = sims[keep].reshape(n, -1)[:, :k]
-    return out_sims.astype(np.float32), out_ids.astype(np.int64)
+def _ivf_knn(x: np.ndarray, k: int, nprobe: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate: faiss IVF-flat over the rows, each row's own hit dropped (`fftrain.search.best_hits`)."""
+    import faiss
+
+    n, d = x.shape
+    # k-means training dominated the time with 4 sqrt(N) lists, 64 points per list and 25 iterations
+    # (45 CPU-s at 50K x 512); 2 sqrt(N) lists, 39 points each and 10 iterations keep the graph's F
+    nlist = max(1, int(2 * np.sqrt(n)))
+    search_index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(n, min(n, 39 * nlist), replace=False)
+    search_index.cp.seed = seed
+    search_index.cp.niter = 10
+    search_index.train(x[np.sort(sample)])
+    search_index.nprobe = min(nprobe, nlist)
+    search_index.add(x)
+    sims, ids = search_index.search(x, k + 1)
+    hits = best_hits(torch.from_numpy(sims), torch.from_numpy(ids).to(torch.int64), k, torch.arange(n))
+    return tuple(t.numpy() for t in hits)
 
 
 def cluster(graph: KnnGraph, *, backend: str = "infomap", threshold: float | None = None,

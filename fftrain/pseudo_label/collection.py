@@ -112,10 +112,20 @@ def load_embeddings_file(path: str, count: int, dim: int, checkpoint: str) -> np
     return x.astype(np.float32)
 
 
-def check_out(out: str) -> None:
-    if os.path.exists(out) and (not os.path.isdir(out) or
-                                (os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)))):
-        raise PseudoLabelError(f"{out}: exists and was not written by fftrain pseudo-label; choose another --out")
+OUTPUT_COMMAND = "fftrain pseudo-label"  # the output mark of its dataset folders
+
+
+def check_out(out: str, inputs: list[str]) -> None:
+    """The check every dataset-writing command makes (recordio_tools.shards.check_out): --out neither an input
+    nor inside or holding one, empty or an earlier pseudo-label output (its mark bound to the folder), and
+    no training set referencing its shards."""
+    from recordio_tools.errors import UsageError
+    from recordio_tools.shards import check_out as check_dataset_out
+
+    try:
+        check_dataset_out(out, [path for path in inputs if path], OUTPUT_COMMAND)
+    except UsageError as e:
+        raise PseudoLabelError(str(e)) from None
 
 
 def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: dict, shards: int) -> None:
@@ -127,7 +137,7 @@ def write_dataset(out: str, name: str, images: UnlabeledImages, result, report: 
     from fftrain.pseudo_label.report import write_report
 
     written = np.flatnonzero(result.labels >= 0)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, OUTPUT_COMMAND) as tmp:
         writer = DatasetWriter(tmp, name, shards)
         try:
             for lo in range(0, len(images), EMBED_CHUNK):

@@ -22,31 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fftrain.calibration.evt import WeibullMixture, fit_weibull_mixture, otsu_threshold
+from fftrain.search import top_k, unit_rows
 
 CONFIDENCE = 0.95
 
 
-def _unit_rows(x) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return torch.nn.functional.normalize(x, dim=1).numpy()
-
-
-def max_cosine(embeddings, proxies, *, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def max_cosine(embeddings, proxies) -> tuple[np.ndarray, np.ndarray]:
     """(best cosine [N] float64, index of that proxy [N] int64) of each embedding row against all
-    proxy rows; both are L2-normalised here. faiss exact inner-product search."""
-    import faiss
-
-    queries, keys = _unit_rows(embeddings), _unit_rows(proxies)
-    index = faiss.IndexFlatIP(keys.shape[1])
-    index.add(keys)
-    sims, ids = np.empty(len(queries)), np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), batch):
-        s, i = index.search(queries[start:start + batch], 1)
-        sims[start:start + batch], ids[start:start + batch] = s[:, 0], i[:, 0]
-    return sims, ids
+    proxy rows; both are L2-normalised here. Exact inner-product search (`fftrain.search`)."""
+    sims, ids = top_k(unit_rows(embeddings), unit_rows(proxies), 1)
+    return sims[:, 0].numpy().astype(np.float64), ids[:, 0].numpy()
 
 
 @dataclass

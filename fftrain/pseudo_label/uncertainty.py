@@ -23,39 +23,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from fftrain.calibration.evt import FitError, Weibull, fit_weibull, mixture_shift, otsu_threshold
+from fftrain.search import top_k, unit_rows
 
 
 def cluster_centres(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[K, D] float32 unit mean of each cluster 0..K-1 (samples with label -1 are ignored)."""
-    x = _unit(embeddings)
+    x = unit_rows(embeddings).numpy()
     keep = labels >= 0
     k = int(labels[keep].max()) + 1 if keep.any() else 0
     sums = np.zeros((k, x.shape[1]), dtype=np.float64)
     np.add.at(sums, labels[keep], x[keep])
-    return _unit(sums)
-
-
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(sums).numpy()
 
 
 def cluster_margins(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[N] cosine to the own cluster centre minus the best cosine to any other centre, for samples
     with label >= 0 (NaN for -1). With a single cluster the other cosine is taken as -1."""
-    import faiss
-
     labels = np.asarray(labels, dtype=np.int64)
-    x = _unit(embeddings)
+    x = unit_rows(embeddings).numpy()
     centres = cluster_centres(x, labels)
     margins = np.full(len(x), np.nan)
     keep = np.flatnonzero(labels >= 0)
     if not len(keep):
         return margins
     own = np.einsum("nd,nd->n", x[keep], centres[labels[keep]])
-    index = faiss.IndexFlatIP(centres.shape[1])
-    index.add(np.ascontiguousarray(centres))
-    sims, ids = index.search(np.ascontiguousarray(x[keep]), min(2, len(centres)))
+    sims, ids = (t.numpy() for t in top_k(x[keep], centres, min(2, len(centres))))
     first_is_own = ids[:, 0] == labels[keep]
     other = np.where(first_is_own, sims[:, 1] if sims.shape[1] > 1 else -1.0, sims[:, 0])
     margins[keep] = own - other

@@ -49,9 +49,12 @@ def format_duration(seconds: float) -> str:
 class MetricsWriter:
     """metrics.jsonl and tensorboard on rank 0; other ranks write nothing."""
 
-    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool):
+    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool, resume_step: int | None = None):
         self.enabled = enabled
-        self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8") if enabled else None
+        path = os.path.join(output_dir, "metrics.jsonl")
+        if enabled and resume_step is not None:
+            drop_rerun_rows(path, resume_step)
+        self._jsonl = open(path, "a", encoding="utf-8") if enabled else None
         self._tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -73,6 +76,35 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _kept_after_resume(line: str, resume_step: int) -> bool:
+    """Whether a metrics.jsonl row stays when a run resumes from the checkpoint of `resume_step`: the rows of
+    earlier steps, and that step's training row (written before its checkpoint); its verification rows
+    (written after) and every later row are written again by the resumed run."""
+    try:
+        row = json.loads(line)
+        step = row["step"]
+    except (ValueError, TypeError, KeyError):
+        return False  # a line torn by a kill
+    if not isinstance(step, int) or step > resume_step:
+        return False
+    return step < resume_step or not any(key.startswith("verification/") for key in row)
+
+
+def drop_rerun_rows(path: str, resume_step: int) -> None:
+    """Rewrite metrics.jsonl (atomically) without the rows a run resumed from `resume_step` writes again, so
+    every step has its rows once."""
+    from recordio_tools.files import write_text_atomic
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if _kept_after_resume(line, resume_step)]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class Throughput:

@@ -4,10 +4,11 @@ pretrained backbone weights, the data, the output folder's lock.
     started = start_up(cfg, ctx)      # collective; a UserError (StartupRefused) agreed by every rank
     Trainer(started.cfg, ctx, started.data, started.point).train()
 
-The checks run in the order that makes a bad setting cost least: the resume path and its meta (a missing
-`--resume` folder fails before anything else), the pretrained weights, then the data (for the demo, the
-synthetic set is generated here), the verification files, the resume rules against the data, and last
-global rank 0 takes `output_dir`'s lock, the first thing written there.
+Global rank 0 takes `output_dir`'s lock first (the only write before the checks, removed on a refusal),
+so that the folder, the checkpoint to resume included, is read only under it. The checks then run in the
+order that makes a bad setting cost least: the resume path and its meta (a missing `--resume` folder
+fails first), the pretrained weights, then the data (for the demo, the synthetic set is generated here),
+the verification files, the resume rules against the data.
 """
 
 from __future__ import annotations
@@ -64,9 +65,28 @@ def agree(ctx: DistContext, check):
 
 
 def start_up(cfg: TrainConfig, ctx: DistContext) -> Started:
-    """Every start-up check, fastest failure first (collective), then the lock; nothing else written."""
-    cfg, data, point = checked_start(cfg, ctx)
-    return Started(cfg, data, point, lock_output(cfg, ctx))
+    """The lock, then every start-up check, fastest failure first (collective); nothing else written.
+    The lock comes first so that the folder is read only under it: `--resume auto` never takes a running
+    trainer's checkpoints, half pruned, for damage. A refusal releases the lock and removes the folder if
+    the lock created it."""
+    created = not os.path.exists(cfg.output_dir)
+    lock = lock_output(cfg, ctx)
+    try:
+        cfg, data, point = checked_start(cfg, ctx)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            if created:
+                _remove_if_empty(cfg.output_dir)
+        raise
+    return Started(cfg, data, point, lock)
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty: something else is there
+        pass
 
 
 def checked_start(cfg: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, object, StartPoint]:
@@ -141,8 +161,7 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
     enough pairs for the 10-fold protocol (this rank's share is decoded now and cached for later)."""
     from recordio_tools.verification_bin import VerificationBinError
 
-    from fftrain.evaluation.metrics import N_FOLDS
-    from fftrain.evaluation.verification import load_bin
+    from fftrain.evaluation.verification import check_pair_count, load_bin
 
     missing = [path for path in cfg.data.verification if not os.path.isfile(path)]
     if missing:
@@ -150,11 +169,9 @@ def check_verification_files(cfg: TrainConfig, ctx: DistContext) -> None:
     for path in cfg.data.verification:
         try:
             _, issame = load_bin(path, part=(ctx.rank, ctx.world_size))
+            check_pair_count(path, len(issame))  # the check `fftrain eval` makes too
         except VerificationBinError as e:
             raise ConfigError(f"data.verification: {e}") from None
-        if len(issame) < N_FOLDS:
-            raise ConfigError(f"data.verification: {path}: {len(issame)} pairs; the {N_FOLDS}-fold protocol needs "
-                              f"at least {N_FOLDS}")
 
 
 def check_inputs(cfg: TrainConfig, ctx: DistContext, manifest: str):

@@ -97,7 +97,8 @@ class Trainer:
         position = (data_position(resume_meta, data.num_records, cfg.data.batch_size * ctx.world_size, cfg.data.order)
                     if resume_path else (0, 0))
         self.loader = data.make_loader(position=position)
-        self.metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.log.tensorboard)
+        self.metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.log.tensorboard,
+                                     resume_step=resume_meta["step"] if resume_meta else None)
         self.last_checkpoint = resume_path
 
     # ---- phases --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 
 from ..files import write_text_atomic
 from ..manifest import MANIFEST_FILE
+from ..strict_json import read_json
 from .label_maps import RelabelError
 
 JOURNAL_FORMAT = "fftrain-relabel-journal"
@@ -30,8 +31,10 @@ def _manifest_file(trainset: str) -> str:
 
 
 def _read_json_body(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    body = read_json(path, RelabelError)
+    if not isinstance(body, dict):
+        raise RelabelError(f"{path}: expected a JSON object, got {type(body).__name__}")
+    return body
 
 
 def _temp_of(path: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..files import fsync_dir, remove_quietly
-from ..manifest import DATASET_FILE, MANIFEST_FILE, Manifest, ManifestError, load_manifest, parse_manifest, \
+from ..manifest import DATASET_FILE, MANIFEST_FILE, Manifest, load_manifest, manifests_referencing, \
     read_dataset_info, write_manifest
 from ..scan import progress
 from .helpers import (JOURNAL_FILE, JOURNAL_FORMAT, LABEL_MAP_COPY, _KillHook, _Lock, _manifest_file, _read_json_body,
@@ -116,24 +116,9 @@ def _finish(manifest_file: str, manifest: Manifest, shards: list[_Shard], label_
 
 def other_users(manifest: Manifest, folders: list[str]) -> list[str]:
     """Other manifest.json files (beside `folders` and beside the training set, one level down) whose
-    shards lie in `folders`."""
-    import glob
-
-    wanted = {os.path.realpath(f) for f in folders}
-    bases = {os.path.dirname(os.path.realpath(f)) for f in folders} | {os.path.dirname(os.path.realpath(manifest.root))}
-    found = {os.path.realpath(p) for base in bases
-             for p in [os.path.join(base, MANIFEST_FILE), *glob.glob(os.path.join(base, "*", MANIFEST_FILE))]
-             if os.path.exists(p)}
-    found.discard(os.path.realpath(os.path.join(manifest.root, MANIFEST_FILE)))
-    users = []
-    for path in sorted(found):
-        try:
-            other = parse_manifest(path)
-        except ManifestError:
-            continue
-        if any(os.path.realpath(os.path.dirname(rec)) in wanted for rec in other.rec_paths()):
-            users.append(path)
-    return users
+    shards lie in `folders` (the check every dataset-writing command's --out makes too)."""
+    return manifests_referencing(folders, extra_bases=[os.path.dirname(os.path.realpath(manifest.root))],
+                                 exclude=[os.path.join(manifest.root, MANIFEST_FILE)])
 
 
 def _refuse_referenced(manifest_file: str, manifest: Manifest, outside: list[str]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import MANIFEST_FILE, Manifest
+from ..strict_json import read_json
 
 LABEL_MAP_FORMAT = "fftrain-label-map"
 
@@ -48,10 +49,14 @@ def _check_mapping(values, path: str, manifest: Manifest, num_fused_given) -> tu
     if len(values) != manifest.num_classes:
         raise RelabelError(f"{path}: label map has {len(values)} entries but {manifest_file} has "
                            f"{manifest.num_classes} source classes (one entry per source class)")
+    negative = next((i for i, v in enumerate(values) if v < 0), None)
+    if negative is not None:
+        raise RelabelError(f"{path}: source class {negative} maps to negative id {values[negative]}")
+    past = next((i for i, v in enumerate(values) if v > len(values)), None)
+    if past is not None:  # before any array is sized by it: such an id leaves fused ids unused
+        raise RelabelError(f"{path}: fused ids are not contiguous: source class {past} maps to id "
+                           f"{values[past]}, past the {len(values)} source classes"[:300])
     mapping = np.asarray(values, dtype=np.int64)
-    if mapping.size and mapping.min() < 0:
-        bad = int(np.flatnonzero(mapping < 0)[0])
-        raise RelabelError(f"{path}: source class {bad} maps to negative id {int(mapping[bad])}")
     num_fused = int(mapping.max()) + 1 if mapping.size else 0
     present = np.zeros(num_fused, dtype=bool)
     present[mapping] = True
@@ -66,13 +71,7 @@ def _check_mapping(values, path: str, manifest: Manifest, num_fused_given) -> tu
 
 def read_label_map(path: str, manifest: Manifest) -> LabelMap:
     """Read label_map.json (from `fftrain fuse`) and check it against `manifest`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except FileNotFoundError:
-        raise RelabelError(f"{path}: label map not found (written by `fftrain fuse`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RelabelError(f"{path}: not valid JSON ({e})") from None
+    body = read_json(path, RelabelError, "label map (written by `fftrain fuse`)")
     if not isinstance(body, dict) or body.get("format") != LABEL_MAP_FORMAT:
         found = body.get("format") if isinstance(body, dict) else type(body).__name__
         raise RelabelError(f"{path}: not an fftrain label map (format={found!r}, expected {LABEL_MAP_FORMAT!r})")

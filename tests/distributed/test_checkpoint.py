@@ -10,42 +10,25 @@ import pytest
 import torch
 
 from dist_harness import run_distributed
-from fftrain.training.checkpoint import (CheckpointError, ShardedRows, check_compatible, complete_checkpoints,
-                                latest_checkpoint, load_checkpoint, load_partial, load_weights_file, save_checkpoint)
+from fftrain.training.checkpoint import (CheckpointError, check_compatible, complete_checkpoints, latest_checkpoint,
+                                         load_checkpoint, load_partial, load_weights_file)
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import single_process_context
+from checkpoint_helpers import DIM, NUM_CLASSES, full, rows, save
 from repo_paths import TESTS
-
-NUM_CLASSES, DIM = 11, 3
-
-
-def _full(step: int) -> torch.Tensor:
-    return torch.arange(NUM_CLASSES * DIM, dtype=torch.float32).reshape(NUM_CLASSES, DIM) + 1000 * step
-
-
-def _rows(ctx, tensor):
-    start, end = shard_range(NUM_CLASSES, ctx.rank, ctx.world_size)
-    return ShardedRows(tensor[start:end].clone(), NUM_CLASSES)
-
-
-def _save(ctx, root, step):
-    replicated = {"model": {"w": torch.full((2,), float(step))}, "label_map": torch.arange(NUM_CLASSES)}
-    sharded = {"fc_weight": _rows(ctx, _full(step)), "fc_momentum": _rows(ctx, -_full(step))}
-    return save_checkpoint(root, step, ctx=ctx, replicated=replicated, sharded=sharded, meta={"note": "t"},
-                           rank_state={"torch_rng": torch.get_rng_state()}, keep_last=2)
 
 
 def _load(ctx, path):
     replicated = {"model": {"w": torch.zeros(2)}, "label_map": torch.zeros(NUM_CLASSES, dtype=torch.long)}
-    sharded = {"fc_weight": _rows(ctx, torch.zeros(NUM_CLASSES, DIM)),
-               "fc_momentum": _rows(ctx, torch.zeros(NUM_CLASSES, DIM))}
+    sharded = {"fc_weight": rows(ctx, torch.zeros(NUM_CLASSES, DIM)),
+               "fc_momentum": rows(ctx, torch.zeros(NUM_CLASSES, DIM))}
     rank_state = load_checkpoint(path, ctx=ctx, replicated=replicated, sharded=sharded)
     return replicated["model"]["w"], sharded["fc_weight"].local, sharded["fc_momentum"].local, sorted(rank_state)
 
 
 def _save_then_load(ctx, root):
     for step in (1, 2, 3):
-        path = _save(ctx, root, step)
+        path = save(ctx, root, step)
     return path, _load(ctx, path)
 
 
@@ -56,27 +39,27 @@ def test_save_on_four_ranks_load_on_two_and_one(tmp_path):
     path = saved[0][0]
     for rank, (_, (w, fc, mom, rank_keys)) in enumerate(saved):
         start, end = shard_range(NUM_CLASSES, rank, 4)
-        assert torch.equal(fc, _full(3)[start:end]) and torch.equal(mom, -_full(3)[start:end])
+        assert torch.equal(fc, full(3)[start:end]) and torch.equal(mom, -full(3)[start:end])
         assert rank_keys == ["torch_rng"]
     assert [s for s, _ in complete_checkpoints(root)] == [2, 3]  # keep_last=2
     for rank, (w, fc, mom, rank_keys) in enumerate(run_distributed(_load, 2, (path,))):
         start, end = shard_range(NUM_CLASSES, rank, 2)
-        assert torch.equal(fc, _full(3)[start:end]) and torch.equal(mom, -_full(3)[start:end])
+        assert torch.equal(fc, full(3)[start:end]) and torch.equal(mom, -full(3)[start:end])
         assert torch.equal(w, torch.full((2,), 3.0))
         assert rank_keys == []  # RNG states are per rank: not restored on another world size
     w, fc, mom, _ = _load(single_process_context(), path)
-    assert torch.equal(fc, _full(3)) and torch.equal(mom, -_full(3))
+    assert torch.equal(fc, full(3)) and torch.equal(mom, -full(3))
 
 
 _SAVE_FOREVER = """
 import sys, torch
-sys.path[:0] = [{here!r}, {tests!r}]
-from test_checkpoint import _save
+sys.path[:0] = [{tests!r}]
+from checkpoint_helpers import save
 from fftrain.distributed import single_process_context
 ctx = single_process_context()
 step = 1
 while True:
-    _save(ctx, {root!r}, step)
+    save(ctx, {root!r}, step)
     step += 1
 """
 
@@ -85,7 +68,7 @@ while True:
 @pytest.mark.parametrize("delay", [0.3, 0.9, 1.7, 2.3, 3.1])
 def test_kill_during_save_leaves_only_complete_checkpoints(tmp_path, delay):
     root = str(tmp_path / "ck")
-    script = _SAVE_FOREVER.format(here=os.path.dirname(os.path.abspath(__file__)), tests=str(TESTS), root=root)
+    script = _SAVE_FOREVER.format(tests=str(TESTS), root=root)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not complete_checkpoints(root) and time.time() < deadline:
@@ -97,9 +80,9 @@ def test_kill_during_save_leaves_only_complete_checkpoints(tmp_path, delay):
     assert found, "no checkpoint completed before the kill"
     for step, path in found:
         _, fc, mom, _ = _load(single_process_context(), path)
-        assert torch.equal(fc, _full(step)) and torch.equal(mom, -_full(step))
+        assert torch.equal(fc, full(step)) and torch.equal(mom, -full(step))
     assert latest_checkpoint(root) == found[-1][1]
-    _save(single_process_context(), root, 999)  # the next save clears any half-written folder
+    save(single_process_context(), root, 999)  # the next save clears any half-written folder
     assert not [name for name in os.listdir(root) if name.startswith(".")]
 
 

@@ -235,3 +235,115 @@ def test_disk_full_during_save_on_two_ranks(small_disk):
 def test_state_json_is_plain_json(two_rank_root):
     with open(os.path.join(two_rank_root, "step-00000002", "state.json")) as f:
         assert json.load(f)["entries"]
+
+
+def _rewrite_json(file, change):
+    with open(file) as f:
+        body = json.load(f)
+    change(body)
+    with open(file, "w") as f:
+        f.write(json.dumps(body))
+
+
+def test_metadata_cannot_set_attributes_of_its_classes(two_rank_root, tmp_path):
+    """A .metadata that replaces `Metadata.__setstate__` (allowed types only, no code) is refused before it
+    changes anything, so a good checkpoint still loads in the same process."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    root, path = _copy_root(two_rank_root, tmp_path)
+    attack = (b"\x80\x02ctorch.distributed.checkpoint.metadata\nMetadata\nN}X\x0c\x00\x00\x00__setstate__"
+              b"ctorch\nSize\ns\x86b.")
+    with open(os.path.join(path, ".metadata"), "wb") as f:
+        f.write(attack)
+    with pytest.raises(CheckpointError, match=r"\.metadata: refused.*sets attributes of the class Metadata"):
+        _load(single_process_context(), path)
+    assert "__setstate__" not in vars(Metadata)
+    replicated, rows, _ = _load(single_process_context(), os.path.join(two_rank_root, "step-00000002"))
+    assert torch.equal(rows, _full(2))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(num_classes_fused=10 ** 12, num_classes_source=10 ** 12,
+                        datasets=[{"name": "a", "num_classes": 10 ** 12}]), "do not match the stored FC weight"),
+    (lambda m: m.update(world_size="2"), "field 'world_size' must be an integer >= 1"),
+    (lambda m: m.pop("world_size"), "field 'world_size' missing"),
+    (lambda m: m.update(datasets="a"), "field 'datasets' must be a list"),
+    (lambda m: m.update(num_classes_fused=float("nan")), "not valid JSON|non-finite number NaN"),
+])
+def test_meta_claims_are_checked_before_anything_is_allocated(two_rank_root, tmp_path, capsys, change, message):
+    from fftrain.cli import main
+
+    root, path = _copy_root(two_rank_root, tmp_path)
+    _rewrite_json(os.path.join(path, "meta.json"), change)
+    code = main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--out", str(tmp_path / "fuse")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "meta.json" in err, err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "fuse").exists()
+
+
+def test_a_checkpoint_path_that_is_a_file_is_refused(tmp_path, capsys):
+    from fftrain.cli import main
+
+    (tmp_path / "ckpt").write_text("not a folder")
+    code = main(["fuse", "--checkpoint", str(tmp_path / "ckpt"), "--t1", "0.7", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "a file, not a checkpoint folder" in err, err
+
+
+def _deep(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda b: b.update(entries=[[["optim", "param_groups"], [{"lr": "fast"}]]]), r"lr must be a number"),
+    (lambda b: b.update(deep=_deep(100)), "nested deeper than 64"),
+])
+def test_state_json_values_of_the_wrong_kind_are_refused_naming_the_key(two_rank_root, tmp_path, change, message):
+    root, path = _copy_root(two_rank_root, tmp_path)
+    _rewrite_json(os.path.join(path, "state.json"), change)
+    ctx = single_process_context()
+    replicated, sharded = _templates(ctx)
+    replicated["optim"] = {"param_groups": [{"lr": 0.5, "betas": (0.9, 0.99), "params": ["w"], "foreach": None}]}
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path, ctx=ctx, replicated=replicated, sharded=sharded)
+
+
+def test_fuse_out_never_replaces_what_fuse_did_not_write(two_rank_root, tmp_path, capsys):
+    from fftrain.cli import main
+
+    path = os.path.join(two_rank_root, "step-00000002")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fusion_report.json").write_text("my own notes")
+    code = main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--backend", "torch", "--out", str(mine)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not an output of recordio_tools" in err, err
+    assert (mine / "fusion_report.json").read_text() == "my own notes"
+    out = tmp_path / "fuse"
+    for _ in range(2):  # an earlier fuse output is replaced
+        assert main(["fuse", "--checkpoint", path, "--t1", "0.7", "--dry-run", "--backend", "torch",
+                     "--out", str(out)]) == 0
+    assert (out / "fusion_report.json").exists()
+
+
+def test_a_length_field_in_metadata_cannot_order_memory(two_rank_root, tmp_path):
+    import tracemalloc
+
+    root, path = _copy_root(two_rank_root, tmp_path)
+    file = os.path.join(path, ".metadata")
+    with open(file, "rb") as f:
+        data = f.read()
+    with open(file, "wb") as f:  # BINBYTES claiming ~2.4 GB right after PROTO (found by the fuzz tier)
+        f.write(data[:1] + b"BM" + data[1:])
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"\.metadata: refused, not checkpoint metadata"):
+            _load(single_process_context(), path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20

@@ -67,15 +67,6 @@ def _train_under_nccl_rule(ctx, synth_dir, out_dir):
     return trainer.state.step, trainer.state.fused, sorted(results), resumed.state.step
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0)
-    return out
-
-
 @pytest.mark.slow
 def test_trainer_head_fusion_eval_and_checkpoint_send_no_host_tensor(synth, tmp_path):
     results = run_distributed(_train_under_nccl_rule, 2, args=(str(synth), str(tmp_path / "run")))

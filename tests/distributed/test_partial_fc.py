@@ -19,30 +19,11 @@ from fftrain.distributed.class_sharding import shard_ranges
 from fftrain.distributed import DistContext, all_reduce_
 from fftrain.head.margins import ArcFace, CombinedMargin, CosFace
 from fftrain.head.partial_fc import PartialFCHead, init_proxies
+from partial_fc_helpers import D, make_problem
 
-D, D_IN = 8, 6
 ATOL, RTOL = 1e-10, 1e-9
 MARGINS = {"arcface": ArcFace(scale=8.0, margin=0.4), "cosface": CosFace(scale=8.0, margin=0.3),
            "combined": CombinedMargin(scale=8.0, m1=0.9, m2=0.2, m3=0.1)}
-
-
-def make_problem(seed, num_classes, global_batch, *, num_datasets=3, label_pool=None, label_datasets=None):
-    """Global data in float64: inputs, backbone P, proxies W, labels and the class->dataset table.
-
-    Labels are drawn from `label_pool`, or from the classes of `label_datasets`, or from all."""
-    g = torch.Generator().manual_seed(seed)
-    class_dataset = torch.randint(0, num_datasets, (num_classes,), generator=g)
-    pool = torch.arange(num_classes) if label_pool is None else torch.as_tensor(label_pool)
-    if label_datasets is not None:
-        pool = torch.isin(class_dataset, torch.tensor(label_datasets)).nonzero().squeeze(1)
-    labels = pool[torch.randint(0, len(pool), (global_batch,), generator=g)]
-    return {
-        "inp": torch.randn(global_batch, D_IN, generator=g, dtype=torch.float64),
-        "P": torch.randn(D_IN, D, generator=g, dtype=torch.float64),
-        "W": torch.randn(num_classes, D, generator=g, dtype=torch.float64),
-        "labels": labels,
-        "class_dataset": class_dataset,
-    }
 
 
 def reference(problem, margin, *, aware=False, classes=None, W=None, interclass=0.0):

@@ -16,7 +16,7 @@ from dist_harness import run_distributed
 from fftrain.distributed import DistContext, all_reduce_
 from fftrain.head.margins import ArcFace
 from fftrain.head.partial_fc import PartialFCHead
-from test_partial_fc import D, make_problem
+from partial_fc_helpers import D, make_problem
 
 MARGIN = ArcFace(scale=8.0, margin=0.4)
 C, B = 13, 4

@@ -42,7 +42,7 @@ def test_import_accepts_the_folder_and_is_deterministic_per_seed(mxnet_fixtures,
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         assert run_cli(capsys, "import", mxnet_fixtures / INSIGHTFACE, "--out", tmp_path / name, "--name", "x",
                        "--seed", seed)[0] == 0
-    assert folder_snapshot(tmp_path / "a") == folder_snapshot(tmp_path / "b")
+    assert folder_snapshot(tmp_path / "a", with_mark=False) == folder_snapshot(tmp_path / "b", with_mark=False)
     assert read_dataset(tmp_path / "a") != read_dataset(tmp_path / "c")
 
 

@@ -8,26 +8,14 @@ import sys
 import pytest
 
 from repo_paths import REPO
+from train_helpers import torchrun_settings
 from watchdog import run_watched
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0)
-    return out
-
-
 def _command(synth, out_dir, *extra):
-    values = {"output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
-              "data.batch_size": 16, "data.num_workers": 1, "data.verification": f"[{synth}/verification.bin]",
-              "optim.total_steps": 8, "optim.warmup_steps": 2, "optim.lr_milestones": "[6]", "fusion.t2": 0.5,
-              "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false"}
-    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    sets = torchrun_settings(synth, out_dir, **{"optim.total_steps": 8, "optim.lr_milestones": "[6]"})
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FFTRAIN_STARTUP_TIMEOUT_S="120")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)

@@ -155,3 +155,30 @@ def test_disk_full_is_one_line_and_keeps_the_earlier_output(tmp_path, capsys, sm
                                 "there (partial output removed)\n", err
     assert sorted(p.name for p in small_disk.iterdir()) == ["out"]  # no partial or temporary folder
     assert _snapshot(out) == before
+
+
+def test_a_copied_output_mark_does_not_make_a_folder_replaceable(tmp_path, capsys):
+    make_tree(tmp_path / "imgs", {"alice": 2, "bob": 1})
+    assert run_cli(capsys, "convert", tmp_path / "imgs", "--out", tmp_path / "conv")[0] == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    shutil.copyfile(tmp_path / "conv" / OUTPUT_MARKER, tmp_path / "mine" / OUTPUT_MARKER)
+    _refused(capsys, tmp_path, "convert", tmp_path / "imgs", "--out", tmp_path / "mine",
+             match="was not written in this folder (copied or unpacked from elsewhere)")
+    (tmp_path / "conv" / "notes.txt").write_text("mine")  # an output the user added to
+    _refused(capsys, tmp_path, "convert", tmp_path / "imgs", "--out", tmp_path / "conv",
+             match="now also holds notes.txt, which it did not write")
+
+
+@pytest.mark.parametrize("command", ["convert", "synth", "split-overlap", "relabel"])
+def test_an_out_a_training_set_references_is_refused_even_with_overwrite(tmp_path, capsys, command):
+    make_tree(tmp_path / "imgs", {"alice": 2, "bob": 1})
+    assert run_cli(capsys, "convert", tmp_path / "imgs", "--out", tmp_path / "conv1")[0] == 0
+    assert run_cli(capsys, "build", "--out", tmp_path / "train", tmp_path / "conv1")[0] == 0  # referenced in place
+    make_dataset(tmp_path / "other", "other", [3] * 4)
+    args = {"convert": (tmp_path / "imgs",), "synth": ("--tiny",), "split-overlap": (tmp_path / "other",),
+            "relabel": (tmp_path / "train", "--from-overlaps", tmp_path / "nothing.json")}[command]
+    _refused(capsys, tmp_path, command, *args, "--out", tmp_path / "conv1", "--overwrite",
+             match=f"its shards are used by the training set {tmp_path / 'train' / 'manifest.json'}")
+    code, _, err = run_cli(capsys, "verify", tmp_path / "train")
+    assert code == 0, err

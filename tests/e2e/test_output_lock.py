@@ -12,6 +12,7 @@ import pytest
 
 from fftrain.training.output_lock import LOCK_FILE, OutputLock, OutputLockedError, read_holder
 from repo_paths import REPO
+from train_helpers import torchrun_settings
 
 
 
@@ -79,19 +80,13 @@ def test_lock_on_another_host(tmp_path):
 
 
 def _settings(synth, out_dir, steps: int) -> list[str]:
-    values = {"output_dir": out_dir, "data.synth_dir": synth, "data.synth_preset": "tiny", "data.batch_size": 8,
-              "data.num_workers": 1, "optim.total_steps": steps, "optim.warmup_steps": 1,
-              "optim.lr_milestones": f"[{steps - 1}]", "log.every": 1, "checkpoint.every": 0,
-              "log.tensorboard": "false", "data.verification": f"[{synth}/verification.bin]", "fusion.t2": 1.0}
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    return torchrun_settings(synth, out_dir, **{"data.batch_size": 8, "optim.total_steps": steps,
+                                                "optim.warmup_steps": 1, "optim.lr_milestones": f"[{steps - 1}]",
+                                                "checkpoint.every": 0, "fusion.t2": 1.0})
 
 
 @pytest.mark.slow
-def test_two_trainers_on_one_output_dir(tmp_path):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    synth = tmp_path / "synth"
-    generate_synthetic_set(str(synth), preset="tiny", seed=0, progress=False)
+def test_two_trainers_on_one_output_dir(synth, tmp_path):
     out_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     train = [sys.executable, str(REPO / "fftrain" / "train.py")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fftrain.cli import main as fftrain_main
-from test_train_e2e import metrics, train
+from train_helpers import metrics, torchrun_env, train
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_two_ranks_share_the_embedding_and_write_the_same_dataset(world, tmp_pat
     import subprocess
     import sys
 
-    from test_train_e2e import REPO, _env
+    from repo_paths import REPO
 
     synth, checkpoint = world
     args = ["--checkpoint", str(checkpoint), "--unlabeled", str(synth / "unlabeled"), "--overlap", "none",
@@ -142,7 +142,7 @@ def test_two_ranks_share_the_embedding_and_write_the_same_dataset(world, tmp_pat
     assert code == 0, err
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "fftrain.cli", "pseudo-label", *args, "--out", str(tmp_path / "two")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("shard-00000.rec", "shard-00000.idx"):  # same images, same cluster labels
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -8,35 +8,10 @@ import sys
 
 import pytest
 
-from fftrain.commands.train import main as train_main
 from recordio_tools.verification_bin import write_verification_bin
+from train_helpers import run_main, settings
 from watchdog import run_watched
 from repo_paths import REPO
-
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
-    return out
-
-
-def settings(synth, out_dir, **extra) -> list[str]:
-    values = {"output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
-              "data.batch_size": 16, "data.num_workers": 1, "optim.total_steps": 10, "optim.warmup_steps": 2,
-              "optim.lr_milestones": "[8]", "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false"}
-    values.update(extra)
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-
-
-def run_main(capsys, argv) -> tuple[int, list[str], str]:
-    capsys.readouterr()
-    code = train_main(argv)
-    captured = capsys.readouterr()
-    return code, captured.err.splitlines(), captured.out
 
 
 def _bin(path, pairs: int, good_images: bool = True) -> str:
@@ -130,6 +105,7 @@ def test_plain_python_run_exits_2_with_one_line(synth, tmp_path):
 
 
 def test_train_help_lists_every_config_key_with_its_default(capsys):
+    from fftrain.commands.train import main as train_main
     from fftrain.config import describe_keys
 
     with pytest.raises(SystemExit):
@@ -155,6 +131,25 @@ def test_pretrained_weights_of_another_network_are_refused_at_start(synth, tmp_p
     assert not out_dir.exists()
 
 
+def test_the_lock_is_taken_before_the_resume_point_is_read(synth, tmp_path, capsys):
+    """A second trainer on a folder whose checkpoints the first is pruning is told the folder is in use,
+    not that its checkpoints are damaged: `--resume auto` is resolved after the lock."""
+    import json
+    import socket
+
+    from fftrain.training.output_lock import LOCK_FILE
+
+    out_dir = tmp_path / "run"
+    damaged = out_dir / "checkpoints" / "step-00000004"
+    damaged.mkdir(parents=True)
+    (damaged / "meta.json").write_text("{")  # mid-prune, as the other trainer sees it
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": 0.0, "run_id": "", "since": "earlier"}
+    (out_dir / LOCK_FILE).write_text(json.dumps(holder))
+    code, err, _ = run_main(capsys, settings(synth, out_dir) + ["--resume", "auto"])
+    assert code == 2 and len(err) == 1 and "is in use by another trainer" in err[0], err
+    assert (out_dir / LOCK_FILE).exists() and (damaged / "meta.json").read_text() == "{"
+
+
 def test_a_bad_resume_path_is_refused_before_the_demo_set_is_generated(tmp_path, capsys):
     synth_dir, out_dir = tmp_path / "synth", tmp_path / "run"
     code, err, out = run_main(capsys, ["--resume", str(tmp_path / "no_such_checkpoint"),
@@ -162,3 +157,19 @@ def test_a_bad_resume_path_is_refused_before_the_demo_set_is_generated(tmp_path,
     assert code == 2 and len(err) == 1 and str(tmp_path / "no_such_checkpoint") in err[0], err
     assert "generating the synthetic demo set" not in out
     assert not synth_dir.exists() and not out_dir.exists()
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_first_config_and_refuses_a_changed_seed(synth, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run_main(capsys, settings(synth, out_dir, stop_at_step=2, **{"data.batch_size": 8}))[0] == 0
+    first_config = (out_dir / "config.yaml").read_text()
+    code, err, _ = run_main(capsys, settings(synth, out_dir, seed=1))
+    assert code == 2 and len(err) == 1 and "seed: the checkpoint has 0, this run 1" in err[0], err
+    code, err, out = run_main(capsys, settings(synth, out_dir, stop_at_step=3, **{"data.batch_size": 16,
+                                                                                   "optim.lr": 0.05}))
+    assert code == 0, err
+    assert "changed settings: " in out and "data.batch_size 8 -> 16" in out and "optim.lr 0.1 -> 0.05" in out
+    assert (out_dir / "config.yaml").read_text() == first_config
+    resumed = (out_dir / "config-resume-00000002.yaml").read_text()
+    assert "batch_size: 16" in resumed and "lr: 0.05" in resumed

@@ -16,15 +16,6 @@ from fftrain.training.trainer import Trainer
 from host_syncs import HostSyncCounter
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
-    return out
-
-
 def make_trainer(synth, out_dir, device="cpu", **overrides) -> Trainer:
     values = {"output_dir": str(out_dir), "data.manifest": str(synth / "manifest.json"), "data.batch_size": 8,
               "data.num_workers": 1, "data.reader": "torch", "optim.total_steps": 20, "optim.warmup_steps": 1,

@@ -14,56 +14,11 @@ import pytest
 import torch
 
 from fftrain.training.checkpoint import complete_checkpoints, load_proxies_from_checkpoint, read_meta
-from watchdog import children_of, communicate_within, kill_session, rank_of, run_watched
+from train_helpers import TRAIN, metrics, torchrun_env, torchrun_settings, train
+from watchdog import children_of, communicate_within, kill_session, rank_of
 from repo_paths import REPO
 
 pytestmark = pytest.mark.slow  # every test here runs torchrun end to end
-
-TRAIN = str(REPO / "fftrain" / "train.py")
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0)
-    return out
-
-
-def _overrides(synth, out_dir, **extra) -> list[str]:
-    values = {
-        "output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
-        "data.batch_size": 16, "data.num_workers": 1, "data.verification": f"[{synth}/verification.bin]",
-        "optim.total_steps": 10, "optim.warmup_steps": 2, "optim.lr_milestones": "[8]", "fusion.t2": 0.5,
-        "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false",
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    args = []
-    for key, value in values.items():
-        args += ["--set", f"{key}={value}"]
-    return args
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FFTRAIN_STARTUP_TIMEOUT_S="120")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def train(synth, out_dir, nproc=1, extra_args=(), max_restarts=0, check=True, **overrides):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={max_restarts}", TRAIN, *_overrides(synth, out_dir, **overrides), *extra_args]
-    proc = run_watched(cmd, deadline_s=480, cwd=REPO, env=_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def metrics(out_dir) -> dict[int, dict]:
-    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
-    return {r["step"]: r for r in rows if "loss/cls" in r}
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -175,8 +130,8 @@ def _checkpoints_since_last_resume(log, resumes_expected: int) -> int:
 
 def test_sigkill_rank0_then_rank1_torchrun_restarts_from_the_last_checkpoint(synth, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=4",
-           TRAIN, *_overrides(synth, tmp_path, checkpoint__every=1, **{"optim.total_steps": 14})]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+           TRAIN, *torchrun_settings(synth, tmp_path, checkpoint__every=1, **{"optim.total_steps": 14})]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     rng = random.Random(0)
     kills = []
@@ -261,14 +216,14 @@ def _free_port() -> int:
 def test_two_torchrun_agents_c10d_rendezvous_recover_from_a_killed_worker(synth, tmp_path):
     """Multi-node as two agents on one host: node 1's worker dies mid-run; both agents re-rendezvous."""
     endpoint = f"127.0.0.1:{_free_port()}"
-    env = dict(_env(), FFTRAIN_FAULT="step@6:1", FFTRAIN_FAULT_DIR=str(tmp_path))
+    env = dict(torchrun_env(), FFTRAIN_FAULT="step@6:1", FFTRAIN_FAULT_DIR=str(tmp_path))
     procs = []
     try:
         for node in range(2):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                    "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=fftrain-test",
                    "--max-restarts=2", "--monitor-interval=1", TRAIN,
-                   *_overrides(synth, tmp_path / "run", checkpoint__every=2)]
+                   *torchrun_settings(synth, tmp_path / "run", checkpoint__every=2)]
             procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True, start_new_session=True))
         outputs = [communicate_within(p, deadline_s=480) for p in procs]

@@ -13,15 +13,6 @@ from fftrain.training.run_log import setup_logging
 from fftrain.training.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    out = tmp_path_factory.mktemp("synth") / "set"
-    generate_synthetic_set(str(out), preset="tiny", seed=0, progress=False)
-    return out
-
-
 def make_trainer(synth, out_dir, **overrides) -> Trainer:
     values = {"output_dir": str(out_dir), "data.manifest": str(synth / "manifest.json"), "data.batch_size": 16,
               "data.num_workers": 1, "data.reader": "torch", "optim.total_steps": 6, "optim.warmup_steps": 1,

@@ -61,3 +61,34 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (tmp_path / f".out.tmp-{os.getpid()}").mkdir()
     assert files.remove_stale_temporaries(str(tmp_path), "out") == [f".out.tmp-{dead}"]
     assert os.listdir(tmp_path) == [f".out.tmp-{os.getpid()}"]
+
+
+def _marked(tmp_path, name="out"):
+    out = tmp_path / name
+    with files.atomic_directory(str(out), "convert") as tmp:
+        os.makedirs(os.path.join(tmp, "sub"))
+        (open(os.path.join(tmp, "sub", "f"), "w")).close()
+    return out
+
+
+def test_an_output_mark_is_bound_to_its_folder_and_to_what_it_lists(tmp_path):
+    out = _marked(tmp_path)
+    assert files.output_owner(str(out)) == "convert"
+    os.rename(out, tmp_path / "moved")  # a rename keeps the folder: still ours
+    assert files.output_owner(str(tmp_path / "moved")) == "convert"
+    copy = tmp_path / "copy"  # a copy of the mark (or an unpacked archive holding it) is not
+    copy.mkdir()
+    (copy / "thesis.tex").write_text("mine")
+    (copy / files.OUTPUT_MARKER).write_bytes((tmp_path / "moved" / files.OUTPUT_MARKER).read_bytes())
+    owner, why = files.mark_status(str(copy))
+    assert owner is None and "not written in this folder" in why
+    (tmp_path / "moved" / "sub" / "notes.txt").write_text("mine")  # a file the command did not write
+    owner, why = files.mark_status(str(tmp_path / "moved"))
+    assert owner is None and "sub/notes.txt" in why
+
+
+def test_a_mark_that_is_not_ours_is_no_mark(tmp_path):
+    out = _marked(tmp_path)
+    for body in (b"\xff", b"[" * 100000, b'{"command": 1}', b'{"command": "convert"}'):
+        (out / files.OUTPUT_MARKER).write_bytes(body)
+        assert files.output_owner(str(out)) is None

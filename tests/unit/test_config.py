@@ -1,4 +1,5 @@
 import pathlib
+import re
 
 import pytest
 
@@ -105,3 +106,27 @@ def test_reader_order_needs_dali():
     assert config_from_dict({"data": {"order": "reader"}}).data.order == "reader"
     with pytest.raises(ConfigError, match=r"data\.order: 'reader' order needs data\.reader=dali"):
         config_from_dict({"data": {"order": "reader", "reader": "torch"}})
+
+
+@pytest.mark.parametrize("text,message", [
+    ("optim:\n  lr: 0.1\n  lr: 0.2\n", r"key 'lr' given twice \(line 3\)"),
+    ("optim:\n  lr: .inf\n", r"optim\.lr: expected a finite number, got inf"),
+    ("head:\n  scale: .nan\n", r"head\.scale: expected a finite number, got nan"),
+    ("optim:\n  lr: 1e400\n", r"optim\.lr: expected a finite number, got inf"),
+    ("data:\n  batch_size: 1000000000000000000000000000000\n", r"data\.batch_size: expected an integer below 2\^63"),
+    ("[" * 2000 + "]" * 2000 + "\n", r"not valid YAML|nested too deeply|top level must be a mapping"),
+])
+def test_duplicate_keys_and_non_finite_numbers_are_refused_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value).startswith(f"{path}: ") and re.search(message, str(caught.value)), caught.value
+
+
+@pytest.mark.parametrize("override,message", [("optim.lr=inf", "optim.lr: expected a number, got 'inf'"),
+                                              ("head.scale=.inf", "head.scale: expected a finite number, got inf"),
+                                              ("optim.lr={a: 1, a: 2}", "--set optim.lr: key 'a' given twice")])
+def test_non_finite_overrides_are_refused_at_start(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])

@@ -4,11 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from fftrain.evaluation.dao import (
-    _local_topk_torch, dao_scores, evaluate_dao, proxy_topk_similarities,
-)
+from fftrain.evaluation.dao import dao_scores, evaluate_dao, proxy_topk_similarities
+from fftrain.search import top_k, unit_rows
 
 
 def _unit(x):
@@ -49,13 +47,15 @@ def test_dao_needs_k_proxies():
         dao_scores(np.eye(4)[:1], np.eye(4)[1:2], np.eye(4), k=10)
 
 
-def test_torch_search_matches_faiss():
+def test_the_proxy_search_is_the_search_modules_on_unit_rows_with_either_backend():
     rng = np.random.default_rng(1)
-    queries = _unit(rng.standard_normal((30, 16))).astype(np.float32)
+    queries = rng.standard_normal((30, 16)).astype(np.float32)
     proxies = rng.standard_normal((100, 16)).astype(np.float32)
-    faiss_topk = proxy_topk_similarities(queries, proxies, k=5)
-    torch_topk = _local_topk_torch(queries, torch.from_numpy(proxies), 5, chunk=7)
-    np.testing.assert_allclose(torch_topk, faiss_topk, atol=1e-5)
+    dao_topk = proxy_topk_similarities(queries, proxies, k=5)
+    faiss_sims, _ = top_k(unit_rows(queries), unit_rows(proxies), 5, backend="faiss")
+    torch_sims, _ = top_k(unit_rows(queries), unit_rows(proxies), 5, backend="torch", max_block_elems=7 * 100)
+    assert np.array_equal(dao_topk, faiss_sims.numpy().astype(np.float64))
+    np.testing.assert_allclose(torch_sims.numpy(), faiss_sims.numpy(), atol=1e-5)
 
 
 def test_evaluate_dao_reports_both_scores():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from fftrain.config import ConfigError, GRLConfig, ModelConfig, load_config
 from fftrain.data.augment import color_matrix, step_params
-from fftrain.fusion.knn import block_elems_for, distributed_knn
+from fftrain.fusion.knn import distributed_knn
+from fftrain.search import block_elems_for
 from fftrain.fusion.reshard import _segment_sum
 from fftrain.head.margins import build_margin
 from fftrain.model.embedding import EmbeddingModel
@@ -215,13 +216,9 @@ def test_bf16_storage_holds_two_bytes_per_value_and_steps_are_repeatable():
 
 # ---- errors and packaging --------------------------------------------------------------------------
 
-def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(synth, tmp_path, monkeypatch, capsys):
     from fftrain.training import trainer as trainer_module
     from fftrain.commands.train import run_training
-    from recordio_tools.synthetic import generate_synthetic_set
-
-    synth = tmp_path / "synth"
-    generate_synthetic_set(str(synth), preset="tiny", seed=0)
 
     def broken(self):
         raise RuntimeError("a bug, not a user error")

@@ -132,7 +132,7 @@ LAYERS = [
     ("recordio_tools", "fftrain", "fftrain.errors"),
     ("fftrain.distributed",),
     ("fftrain.config", "fftrain.configs", "fftrain.demo"),
-    ("fftrain.data", "fftrain.model", "fftrain.head", "fftrain.calibration"),
+    ("fftrain.data", "fftrain.model", "fftrain.head", "fftrain.calibration", "fftrain.search"),
     ("fftrain.evaluation",),
     ("fftrain.fusion", "fftrain.training.checkpoint", "fftrain.training.faults", "fftrain.training.run_log",
      "fftrain.training.lr_schedule", "fftrain.training.resume_rules", "fftrain.training.output_lock",
@@ -173,3 +173,14 @@ def test_the_layer_check_sees_function_level_imports_and_orders_the_layers():
 def test_the_training_folder_sits_wholly_above_evaluation():
     training = [name for name in _modules() if name.startswith("fftrain.training")]
     assert min(_layer_of(name) for name in training) > _layer_of("fftrain.evaluation")
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/ helper modules or conftest, so each tier runs alone (scripts that
+    tests hand to a subprocess count too)."""
+    import re
+
+    importing = re.compile(r"^\s*(?:from|import)\s+(?:tests\.)?(?:\w+\.)?test_\w+", re.MULTILINE)
+    offenders = sorted(str(path.relative_to(REPO)) for path in (REPO / "tests").rglob("*.py")
+                       if importing.search(path.read_text()))
+    assert offenders == []

@@ -76,24 +76,3 @@ def test_batch_change_that_cannot_continue_exactly_is_refused():
     with pytest.raises(ConfigError, match=r"data\.order=reader"):
         data_position(meta, 1000, 8, "reader")
     assert data_position(meta, 1000, 16, "reader") == (0, 3)
-
-
-@pytest.mark.slow
-def test_resume_keeps_the_first_config_and_refuses_a_changed_seed(tmp_path, capsys):
-    from recordio_tools.synthetic import generate_synthetic_set
-    from test_startup_checks import run_main, settings
-
-    synth = tmp_path / "synth"
-    generate_synthetic_set(str(synth), preset="tiny", seed=0, progress=False)
-    out_dir = tmp_path / "run"
-    assert run_main(capsys, settings(synth, out_dir, stop_at_step=2, **{"data.batch_size": 8}))[0] == 0
-    first_config = (out_dir / "config.yaml").read_text()
-    code, err, _ = run_main(capsys, settings(synth, out_dir, seed=1))
-    assert code == 2 and len(err) == 1 and "seed: the checkpoint has 0, this run 1" in err[0], err
-    code, err, out = run_main(capsys, settings(synth, out_dir, stop_at_step=3, **{"data.batch_size": 16,
-                                                                                   "optim.lr": 0.05}))
-    assert code == 0, err
-    assert "changed settings: " in out and "data.batch_size 8 -> 16" in out and "optim.lr 0.1 -> 0.05" in out
-    assert (out_dir / "config.yaml").read_text() == first_config
-    resumed = (out_dir / "config-resume-00000002.yaml").read_text()
-    assert "batch_size: 16" in resumed and "lr: 0.05" in resumed

@@ -96,3 +96,22 @@ def test_truncated_and_missing_files(tmp_path):
         read_verification_bin(path)
     with pytest.raises(VerificationBinError, match="verification file not found"):
         read_verification_bin(tmp_path / "absent.bin")
+
+
+@pytest.mark.parametrize("opcode", [b"\x96", b"\x8e"])  # BYTEARRAY8, BINBYTES8
+def test_a_length_field_cannot_order_memory(tmp_path, opcode):
+    import struct
+    import tracemalloc
+
+    from recordio_tools.verification_bin import VerificationBinError, read_verification_bin
+
+    path = tmp_path / "huge.bin"
+    path.write_bytes(b"\x80\x05" + opcode + struct.pack("<Q", 1 << 34) + b"only a few bytes.")
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationBinError, match=r"huge\.bin: not loaded: pickle data was truncated"):
+            read_verification_bin(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

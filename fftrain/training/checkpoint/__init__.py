@@ -6,6 +6,8 @@ loaded without running code from its files.
 - `dcp_io`: the collective save and load (DCP, tensors only).
 - `resume`: which checkpoint a run resumes from.
 - `offline`: pieces of a checkpoint in one process (eval, export, fuse, audit, pseudo-label).
+- `checks`: what the files may claim (meta fields, sizes against DCP's metadata, state.json kinds) and the
+  unpickler that builds only declared fields of its own types.
 """
 
 from fftrain.training.checkpoint.dcp_io import (load_checkpoint, model_and_optimizer_state, save_checkpoint,

@@ -188,7 +188,7 @@ def load_checkpoint(path: str, *, ctx: DistContext, replicated: dict, sharded: d
     Returns this rank's saved rank state when the world size matches, else {}.
     """
     meta = check_complete(path)
-    tensors, _ = split_tensors(replicated)
+    tensors, templates = split_tensors(replicated)
     state = _dcp_state(tensors, sharded, ctx)
     safe_dcp_load(state, path, ctx.group)
     for key, rows in sharded.items():
@@ -196,7 +196,7 @@ def load_checkpoint(path: str, *, ctx: DistContext, replicated: dict, sharded: d
         rows.local.copy_(loaded.to_local() if hasattr(loaded, "to_local") else loaded)
     for key in replicated:
         replicated[key] = state[key]
-    merge_extras(replicated, path)
+    merge_extras(replicated, path, templates)
     rank_file = os.path.join(path, f"rank{ctx.rank}.pt")
     if meta["world_size"] != ctx.world_size or not os.path.exists(rank_file):
         return {}

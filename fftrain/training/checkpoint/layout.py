@@ -19,7 +19,6 @@ the next save or resume removes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from fftrain.data.label_space import LabelSpace
-from fftrain.errors import UserError
+from fftrain.training.checkpoint.checks import CheckpointError, check_meta_fields, check_state_value
+from recordio_tools.strict_json import read_json
 
 META_FILE = "meta.json"
 STATE_FILE = "state.json"
@@ -39,10 +39,6 @@ FC_WEIGHT = "fc_weight"
 FC_MOMENTUM = "fc_momentum"
 LABEL_MAP = LabelSpace.CHECKPOINT_KEY
 _NAME = re.compile(r"^step-(\d{8})$")
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, incomplete, or does not fit the current run."""
 
 
 @dataclass
@@ -80,20 +76,19 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def read_meta(path: str) -> dict:
+    """meta.json read strictly (duplicate keys, NaN, deep nesting refused), every field of the right type."""
     meta_path = os.path.join(path, META_FILE)
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not a complete checkpoint ({META_FILE} missing)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{path}: a file, not a checkpoint folder")
+    if not os.path.isfile(meta_path):
+        raise CheckpointError(f"{path}: not a complete checkpoint ({META_FILE} missing)")
+    meta = read_json(meta_path, CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: not valid JSON (a {type(meta).__name__}, not an object)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format version {meta.get('format_version')}, "
+        raise CheckpointError(f"{meta_path}: format version {meta.get('format_version')!r:.40}, "
                               f"this fftrain reads {FORMAT_VERSION}")
-    return meta
+    return check_meta_fields(meta, meta_path)
 
 
 def check_compatible(meta: dict, expected: dict, path: str) -> None:
@@ -149,17 +144,14 @@ def _from_json(value):
     return value
 
 
-def merge_extras(state: dict, path: str) -> None:
+def merge_extras(state: dict, path: str, templates: list | None = None) -> None:
     """Put the JSON leaves of the checkpoint's replicated state back where they were (top-level keys
-    of `state` only)."""
+    of `state` only). `templates`: the run's own leaves (`split_tensors`' second result); a loaded value
+    must be of the same kind as the one it replaces."""
+    expected = {tuple(keys): value for keys, value in templates or []}
     state_path = os.path.join(path, STATE_FILE)
-    try:
-        with open(state_path, encoding="utf-8") as f:
-            entries = json.load(f)["entries"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: missing") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{state_path}: not an fftrain state file ({type(e).__name__}: {e})") from None
+    body = read_json(state_path, CheckpointError, "state file")
+    entries = body.get("entries") if isinstance(body, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], list)
                                                 and e[0] and all(isinstance(k, str) for k in e[0]) for e in entries):
         raise CheckpointError(f"{state_path}: not an fftrain state file (malformed entries)")
@@ -169,5 +161,13 @@ def merge_extras(state: dict, path: str) -> None:
         node = state
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = _from_json(value)
+            if not isinstance(node, dict):
+                raise CheckpointError(f"{state_path}: entry {'.'.join(keys)[:200]} goes through a value that is "
+                                      "not an object")
+        try:
+            loaded = _from_json(value)
+        except (ValueError, TypeError):
+            raise CheckpointError(f"{state_path}: entry {'.'.join(keys)[:200]} is malformed") from None
+        check_state_value(_from_json(expected.get(tuple(keys))), loaded, ".".join(keys), state_path)
+        node[keys[-1]] = loaded
 

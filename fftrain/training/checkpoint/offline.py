@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from fftrain.data.label_space import fused_dataset_of
 from fftrain.training.checkpoint.dcp_io import safe_dcp_load
-from fftrain.training.checkpoint.layout import FC_WEIGHT, LABEL_MAP, MODEL, merge_extras, split_tensors
+from fftrain.training.checkpoint.checks import require_fields
+from fftrain.training.checkpoint.layout import FC_WEIGHT, LABEL_MAP, META_FILE, MODEL, merge_extras, split_tensors
 from fftrain.training.checkpoint.safe_read import check_complete
+
+def meta_file(path: str) -> str:
+    return os.path.join(path, META_FILE)
+
 
 def load_partial(path: str, state: dict) -> dict:
     """Fill the given subset of a checkpoint's state (templates of the right shapes) in one process."""
     check_complete(path)
-    tensors, _ = split_tensors(state)
+    tensors, templates = split_tensors(state)
     safe_dcp_load(tensors, path, None)
     state.update(tensors)
-    merge_extras(state, path)
+    merge_extras(state, path, templates)
     return state
 
 
@@ -27,6 +33,7 @@ def load_backbone_from_checkpoint(path: str) -> torch.nn.Module:
     from fftrain.model.embedding import EmbeddingModel
 
     meta = check_complete(path)
+    require_fields(meta, ("config", "num_datasets"), meta_file(path))
     cfg = config_from_dict(meta["config"])
     model = EmbeddingModel(cfg.model, cfg.grl, meta["num_datasets"])
     state = load_partial(path, {MODEL: model.state_dict()})
@@ -37,6 +44,7 @@ def load_backbone_from_checkpoint(path: str) -> torch.nn.Module:
 def load_proxies_from_checkpoint(path: str) -> torch.Tensor:
     """All class proxies [C_fused, D] of a checkpoint, gathered into one tensor."""
     meta = check_complete(path)
+    require_fields(meta, ("num_classes_fused", "embedding_size"), meta_file(path))
     weight = torch.empty(meta["num_classes_fused"], meta["embedding_size"])
     return load_partial(path, {"sharded": {FC_WEIGHT: weight}})["sharded"][FC_WEIGHT]
 
@@ -57,6 +65,7 @@ class ProxiesAndLabels:
 def load_proxies_and_labels(path: str) -> ProxiesAndLabels:
     """One process, no group: the proxies and label space of a complete checkpoint."""
     meta = check_complete(path)
+    require_fields(meta, ("num_classes_fused", "embedding_size", "num_classes_source", "datasets"), meta_file(path))
     state = load_partial(path, {"sharded": {FC_WEIGHT: torch.empty(meta["num_classes_fused"], meta["embedding_size"])},
                                 LABEL_MAP: torch.empty(meta["num_classes_source"], dtype=torch.int64)})
     class_dataset = [i for i, d in enumerate(meta["datasets"]) for _ in range(d["num_classes"])]

@@ -9,6 +9,7 @@ any load.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -17,7 +18,9 @@ from typing import Any
 
 import torch
 
-from fftrain.training.checkpoint.layout import DCP_METADATA_FILE, CheckpointError, first_line, merge_extras, read_meta
+from fftrain.training.checkpoint.checks import RestrictedUnpickler, check_meta_against_dcp
+from fftrain.training.checkpoint.layout import (DCP_METADATA_FILE, FC_WEIGHT, LABEL_MAP, META_FILE, CheckpointError,
+                                                first_line, merge_extras, read_meta)
 
 _DCP_METADATA_TYPES = {("torch.distributed.checkpoint.metadata", name) for name in (
     "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
@@ -28,15 +31,10 @@ _DCP_METADATA_TYPES = {("torch.distributed.checkpoint.metadata", name) for name 
 _DCP_DATA_FILE = re.compile(r"^[A-Za-z0-9_.-]+\.distcp$")
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Admits only what DCP's FileSystemWriter pickles into `.metadata` (checked with torch 2.13)."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _DCP_METADATA_TYPES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata type")
+def _dtype(module: str, name: str):
+    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    return None
 
 
 def read_dcp_metadata(file: str):
@@ -44,9 +42,15 @@ def read_dcp_metadata(file: str):
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata
 
+    from recordio_tools.verification_bin import pickle_framing_problem
+
     try:
         with open(file, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+            data = f.read()
+        problem = pickle_framing_problem(data)  # no length field may order memory from the unpickler
+        if problem:
+            raise pickle.UnpicklingError(f"truncated or malformed, {problem}")
+        metadata = RestrictedUnpickler(io.BytesIO(data), _DCP_METADATA_TYPES, _dtype).load()  # torch 2.13
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
     except Exception as e:  # the restricted unpickler's refusal, truncation (EOFError), garbage
@@ -84,6 +88,7 @@ def check_complete(path: str) -> dict:
     Returns the meta."""
     meta = read_meta(path)
     metadata = read_dcp_metadata(os.path.join(path, DCP_METADATA_FILE))
+    check_meta_against_dcp(meta, metadata, os.path.join(path, META_FILE), FC_WEIGHT, LABEL_MAP)
     needed: dict[str, int] = {}
     for info in metadata.storage_data.values():
         needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
