@@ -435,13 +435,13 @@ def _coerce(value, annotation, key: str):
 def _coerce_either(value, annotations, key: str):
     """A union field (e.g. `float | str` for a number or 'auto'): the value as the first type it fits;
     the field's own check then says which strings it takes."""
+    errors = []
     for annotation in annotations:
         try:
             return _coerce(value, annotation, key)
-        except ConfigError:
-            continue
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in annotations)
-    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]  # the first type's complaint (e.g. "expected a finite number") says the most
 
 
 def _build(cls, values: dict, prefix: str = ""):
