@@ -4,14 +4,17 @@ The `fftrain plan` command (fftrain/commands/plan.py) prints it.
 
 Two phases peak separately: a training step (backbone parameters, gradients, momentum and
 activations; the FC shard; the sampled rows and logits; the gathered batch; DALI buffers) and the
-fusion step at T2 (between steps: activations are free, the FC shard stays, the kNN works on two
-shards and a score block, then the reshard holds send and receive copies of the shard).
+fusion step at T2 (between steps: activations are free, the FC shard stays, an fp32 normalised
+copy of it lives through the fusion, the kNN adds a remote shard and faiss's copies, the streaming
+reshard the new shard and a few bounded chunks).
 
 Where the numbers come from:
 - backbone activations: measured, not guessed. The backbone runs forward on fake tensors (torch's FakeTensorMode: no
   memory, no compute) at a small batch with autograd's saved-tensor hooks counting the bytes every
   op keeps for the backward; that count scales linearly with the batch. Peak during backward adds
   the largest transient (one layer's output gradient), also from the same trace.
+- the fusion step's temporaries follow fftrain.fusion's code (see `fusion_parts`), checked against
+  the peaks measured by benchmarks/bench_fusion_memory.py (tests/unit/test_plan.py, within 10%).
 - the head's per-step tensors follow PartialFCHead's code (see `head_parts`); its constants were
   checked against the CPU peaks in benchmarks/RESULTS.md (tests/unit/test_plan.py, within 10%).
 - CUDA context, NCCL buffers and the allocator's fragmentation are not measurable without a GPU:
@@ -53,6 +56,10 @@ class PlanInput:
     momentum: bool = True
     knn_k: int = 10
     knn_block_elems: int = 1 << 25
+    datasets: int = 6
+    """Source datasets (equal-sized here): the cross-dataset kNN searches one sub-index per dataset."""
+    merged_fraction: float = 0.1
+    """Share of the classes that fusion merges (members of merged classes wait in the reshard)."""
     dali_prefetch: int = 2
     overhead_gib: float = 2.0
     """CUDA context + NCCL communicators + cuDNN workspace: not measured here (no GPU)."""
@@ -194,14 +201,36 @@ def dali_parts(inp: PlanInput) -> dict[str, int]:
 
 
 def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
+    """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend):
+    the kNN phase holds an fp32 normalised copy of the weight shard (freed before the reshard), one
+    remote shard in fp32, the per-dataset copies of the queries and keys, and faiss's own copy of
+    the keys it indexes, plus the running top-k; the streaming reshard adds the new shard, a few
+    chunk buffers, and the merged classes' members (in storage dtype, folded in fp32)."""
+    from fftrain.fusion.reshard import CHUNK_BYTES
+
     n_local = local_classes(inp, classes)
     d, store = inp.embedding, _BYTES[inp.fc_storage]
-    shard = n_local * d * store * (2 if inp.momentum else 1)
-    knn = (2 * n_local * d * 4                       # the normalised local rows and one remote shard
-           + inp.knn_block_elems * 4                 # the score block
-           + 2 * n_local * inp.knn_k * 12)           # running top-k + the merge
-    reshard = 2 * shard                              # send and receive copies of weight + momentum
-    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
+    copies = 2 if inp.momentum else 1
+    shard = n_local * d * store * copies
+    rows32 = n_local * d * 4                             # one shard's rows in fp32 (the normalised proxies)
+    g = max(1, inp.datasets)
+    knn = (2 * rows32                                    # the remote shard in hand, and one more fp32
+                                                         # shard-sized block the CPU peaks show (not traced)
+           + rows32 * (g - 1) // g                       # the queries of the other datasets
+           + 2 * rows32 // g                             # one dataset's keys and faiss's copy of them
+           + 6 * n_local * inp.knn_k * 12                # running top-k, the merge's cat/sort/gather
+           + _faiss_workspace(inp.device))
+    merged = int(inp.merged_fraction * n_local)
+    reshard = (shard                                     # the new shard (a little smaller: merges)
+               + 3 * min(CHUNK_BYTES, shard)             # send, receive and masked copies of a chunk
+               + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
+    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(rows32 + knn, reshard)}
+
+
+def _faiss_workspace(device: str) -> int:
+    """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU; faiss-cpu
+    scores blocks through BLAS, whose sgemm keeps a 32 MiB buffer per thread (one thread per rank here)."""
+    return int(1.5 * GIB) if device == "cuda" else 32 * 2**20
 
 
 def plan(inp: PlanInput, classes: int | None = None) -> Plan:

@@ -267,7 +267,8 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many steps."""
     grad_clip: float = 5.0
-    """Max global grad norm of the backbone; 0 disables clipping."""
+    """Max global grad norm of the backbone and the dataset classifier together (the FC is not clipped: it
+    steps in the head); 0 disables clipping. The classifier counts in the norm even while the GRL weight is 0."""
 
     def __post_init__(self):
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")

@@ -4,10 +4,13 @@
 
 Every rank holds rows [start, end) of shard_range(C_old, rank, W) of the weight and of each
 state tensor (same leading size). Old row c goes to new fused class old_to_new[c], owned by
-shard_range(C_new, ., W): all-to-all (a count exchange, then one all_to_all_single with
-per-destination split sizes per tensor; gloo and NCCL both implement it, while gloo's
-`all_to_all` needs equal sizes) carries the rows with their new ids; the owner folds the members
-of each new class together:
+shard_range(C_new, ., W). The rows stream in chunks of at most `chunk_rows` local rows (a byte budget,
+`CHUNK_BYTES`, that does not grow with the shard): per chunk, a count exchange and one
+all_to_all_single with per-destination split sizes per tensor (gloo and NCCL both implement it,
+while gloo's `all_to_all` needs equal sizes). The owner writes a row that is alone in its new
+class straight into its new shard (allocated once, in the storage dtype); the members of merged
+classes (a small share of the rows) wait, in the storage dtype, until all have arrived, and are
+then folded together:
 
 - weight: a new class with one member keeps that row bit for bit. A merged class gets the mean
   of its members' unit directions, renormalised, scaled to the mean of its members' norms:
@@ -16,8 +19,9 @@ of each new class together:
   norm sets the effective step size of SGD on the row (the cosine's gradient scales as 1/|w|),
   so the merged row keeps the norm scale its members were trained at.
 - each state tensor (e.g. SGD momentum): plain mean of the members' rows.
-Rows arrive at their owner in ascending old id whatever the world size, so the sums are taken
-in the same order on one rank and on N.
+The members are folded in ascending old id whatever the world size and chunk size, so the sums are
+taken in the same order on one rank and on N. Memory above the inputs: the new shard, one chunk's
+send and receive buffers (at most W chunks arrive per step), and the merged classes' members.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fftrain.distributed.class_sharding import owner_of, shard_range
+from fftrain.distributed.class_sharding import owner_of, shard_range, shard_ranges
 from fftrain.distributed import ProcessGroup, all_to_all_single_, comm_device, rank_of, world_size_of
 
 _EPS = 1e-12
+CHUNK_BYTES = 16 * 2**20
+"""Rows sent per chunk step: this many bytes of one rank's rows (weight and states together)."""
 
 
 def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: ProcessGroup | None
@@ -52,44 +58,25 @@ def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: Proces
         send = t[order].to(cdev).contiguous()
         recv = send.new_empty((sum(out_splits), *send.shape[1:]))
         all_to_all_single_(recv, send, group, output_split_sizes=out_splits, input_split_sizes=in_splits)
+        del send
         out.append(recv.to(device))
     return out
 
 
-def merge_rows(weight_rows: torch.Tensor, state_rows: list[torch.Tensor], new_local: torch.Tensor,
-               n_new: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Fold rows with the same target row `new_local` (in [0, n_new)) together; see module doc.
-
-    Rows alone in their target are copied; only the members of merged targets are computed on."""
-    counts = torch.bincount(new_local, minlength=n_new)
-    if counts.numel() > n_new:
-        raise ValueError(f"row index {int(new_local.max())} past the {n_new} new rows of this rank")
-    if n_new and int(counts.min()) == 0:
-        missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
-        raise ValueError(f"new rows {missing} received no member: old_to_new must map onto "
-                         f"[0, C_new)")
-    multi = counts[new_local] > 1
-    single_rows, single_to = torch.nonzero(~multi).flatten(), new_local[~multi]
-    multi_rows = torch.nonzero(multi).flatten()
-    targets, slot = torch.unique(new_local[multi_rows], return_inverse=True)  # merged targets, compact
-    cnt = counts[targets].to(torch.float32)[:, None]
-
-    def fold(rows: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
-        out = rows.new_empty((n_new, rows.shape[1]))
-        out[single_to] = rows[single_rows]
-        out[targets] = merged.to(rows.dtype)
-        return out
-
-    w = weight_rows[multi_rows].to(torch.float32)
+def fold_merged(weight_rows: torch.Tensor, state_rows: list[torch.Tensor], target: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The merge rule over the members of merged classes (rows in ascending old id; `target`: each
+    row's new local row). Returns (the targets, ascending; their weight rows; their state rows),
+    computed in float32 and returned in the rows' dtypes."""
+    targets, slot = torch.unique(target, return_inverse=True)
+    cnt = torch.bincount(slot, minlength=targets.numel()).to(torch.float32)[:, None]
+    w = weight_rows.to(torch.float32)
     norms = w.norm(dim=1, keepdim=True)
     sum_dir = _segment_sum(w / norms.clamp(min=_EPS), slot, targets.numel())
     sum_norm = _segment_sum(norms, slot, targets.numel())
-    new_w = fold(weight_rows, F.normalize(sum_dir, dim=1, eps=_EPS) * (sum_norm / cnt))
-    new_states = []
-    for s in state_rows:
-        sf = s[multi_rows].to(torch.float32)
-        new_states.append(fold(s, _segment_sum(sf, slot, targets.numel()) / cnt))
-    return new_w, new_states
+    new_w = (F.normalize(sum_dir, dim=1, eps=_EPS) * (sum_norm / cnt)).to(weight_rows.dtype)
+    new_states = [(_segment_sum(s.to(torch.float32), slot, targets.numel()) / cnt).to(s.dtype) for s in state_rows]
+    return targets, new_w, new_states
 
 
 def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tensor:
@@ -110,13 +97,14 @@ def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tens
 
 
 def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to_new: torch.Tensor,
-                  num_classes_new: int, group: ProcessGroup | None
+                  num_classes_new: int, group: ProcessGroup | None, *, chunk_rows: int | None = None
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """This rank's new weight shard [n_new_local, ...] and state shards for C_new classes.
 
     local_weight: rows [start, end) of shard_range(len(old_to_new), rank, W); states: tensors
     with the same leading size (any trailing shape). old_to_new: int64 [C_old] onto [0, C_new),
-    identical on every rank. Every rank of `group` must call.
+    identical on every rank. chunk_rows: local rows sent per step (None: `CHUNK_BYTES` worth).
+    Every rank of `group` must call. The inputs are not modified.
     """
     world, rank = world_size_of(group), rank_of(group)
     num_old = int(old_to_new.shape[0])
@@ -128,16 +116,56 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
         if s.shape[0] != local_weight.shape[0]:
             raise ValueError(f"state {i} has {s.shape[0]} rows, the weight {local_weight.shape[0]}")
     device = local_weight.device
-    new_ids = torch.as_tensor(old_to_new, dtype=torch.int64).to(device)[start:end]
-    w = local_weight.detach().reshape(local_weight.shape[0], -1)
-    flat_states = [s.detach().reshape(s.shape[0], -1) for s in states]
-    dest = _owner(new_ids, num_classes_new, world)
-    recv_ids, recv_w, *recv_states = exchange_rows([new_ids, w, *flat_states], dest, group)
+    all_new = torch.as_tensor(old_to_new, dtype=torch.int64).to(device)
+    members = _member_counts(all_new, num_classes_new)
     new_start, new_end = shard_range(num_classes_new, rank, world)
-    new_w, new_states = merge_rows(recv_w, recv_states, recv_ids - new_start, new_end - new_start)
-    new_w = new_w.reshape(new_end - new_start, *local_weight.shape[1:])
-    new_states = [n.reshape(new_end - new_start, *s.shape[1:]) for n, s in zip(new_states, states)]
-    return new_w, new_states
+    tensors = [t.detach().reshape(t.shape[0], -1) for t in (local_weight, *states)]
+    new = [t.new_empty((new_end - new_start, t.shape[1])) for t in tensors]
+    row_bytes = sum(t.shape[1] * t.element_size() for t in tensors) + 16
+    chunk = max(1, chunk_rows or CHUNK_BYTES // row_bytes)
+    steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
+    waiting = []  # (old ids, new local rows, rows of each tensor) of merged classes' members
+    for step in range(steps):
+        a, b = min(start + step * chunk, end), min(start + (step + 1) * chunk, end)
+        ids = torch.stack([torch.arange(a, b, device=device), all_new[a:b]], dim=1)
+        recv_ids, *recv = exchange_rows([ids, *(t[a - start:b - start] for t in tensors)],
+                                        _owner(all_new[a:b], num_classes_new, world), group)
+        target = recv_ids[:, 1] - new_start
+        alone = members[recv_ids[:, 1]] == 1
+        if bool(alone.all()):  # the common chunk: no masked copies
+            for out, rows in zip(new, recv):
+                out[target] = rows
+        else:
+            for out, rows in zip(new, recv):
+                out[target[alone]] = rows[alone]
+            waiting.append((recv_ids[~alone, 0], target[~alone], [rows[~alone] for rows in recv]))
+        del recv_ids, recv
+    if waiting:
+        order = torch.argsort(torch.cat([w[0] for w in waiting]))
+        target = torch.cat([w[1] for w in waiting])[order]
+        rows = [torch.cat([w[2][i] for w in waiting])[order] for i in range(len(tensors))]
+        del waiting
+        targets, merged_w, merged_states = fold_merged(rows[0], rows[1:], target)
+        for out, merged in zip(new, [merged_w, *merged_states]):
+            out[targets] = merged
+    n_new = new_end - new_start
+    return (new[0].reshape(n_new, *local_weight.shape[1:]),
+            [n.reshape(n_new, *s.shape[1:]) for n, s in zip(new[1:], states)])
+
+
+def _member_counts(old_to_new: torch.Tensor, num_classes_new: int) -> torch.Tensor:
+    """Old classes per new class; every new class must have one (old_to_new onto [0, C_new))."""
+    if old_to_new.numel() and (int(old_to_new.min()) < 0 or int(old_to_new.max()) >= num_classes_new):
+        raise ValueError(f"old_to_new has ids outside [0, {num_classes_new})")
+    counts = torch.bincount(old_to_new, minlength=num_classes_new)
+    if num_classes_new and int(counts.min()) == 0:
+        missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
+        raise ValueError(f"new rows {missing} received no member: old_to_new must map onto [0, C_new)")
+    return counts
+
+
+def _per_rank_rows(num_classes: int, world: int) -> int:
+    return max(b - a for a, b in shard_ranges(num_classes, world))
 
 
 def _owner(ids: torch.Tensor, num_classes: int, world: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_harness import run_distributed
+from reshard_reference import whole_shard_merge
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import DistContext
 from fftrain.config import FusionConfig
@@ -133,6 +134,12 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
     # reshard with an arbitrary many-to-one map
     old_to_new, C_new, w, states = reshard_problem()
     out["reshard"] = reshard_merge(_slice(w, r, W), [_slice(s, r, W) for s in states], old_to_new, C_new, group)
+    # streaming: one row, three rows and the default chunk per step, in both storage dtypes
+    for dtype in (torch.float32, torch.bfloat16):
+        ws, ss = w.to(dtype), [s.to(dtype) for s in states]
+        for chunk in (1, 3, None):
+            out[("stream", dtype, chunk)] = reshard_merge(_slice(ws, r, W), [_slice(s, r, W) for s in ss],
+                                                          old_to_new, C_new, group, chunk_rows=chunk)
     # the fusion itself
     res = run_fusion(_slice(problem["weight"], r, W), [_slice(problem["momentum"], r, W)],
                      class_dataset=problem["class_dataset"], label_map=None,
@@ -244,6 +251,29 @@ def test_reshard_matches_single_process_reference(runs, problems, world):
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), ref_w, atol=1e-6, rtol=1e-6)
     for j in range(2):
         torch.testing.assert_close(torch.cat([p[1][j] for p in parts]), ref_s[j], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streaming_reshard_is_bit_identical_to_the_whole_shard_merge(runs, problems, world, dtype):
+    old_to_new, C_new, w, states = problems[2]
+    ref_w, ref_s = whole_shard_merge(w.to(dtype), [s.to(dtype) for s in states], old_to_new, C_new)
+    for chunk in (1, 3, None):
+        parts = [r[("stream", dtype, chunk)] for r in runs[world]]
+        assert torch.equal(torch.cat([p[0] for p in parts]), ref_w), (world, chunk)
+        for j in range(2):
+            assert torch.equal(torch.cat([p[1][j] for p in parts]), ref_s[j]), (world, chunk, j)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_fusion_rows_are_bit_identical_to_the_whole_shard_merge(runs, problems, world):
+    problem = problems[0]
+    C_new = int(problem["expected"].max()) + 1
+    ref_w, (ref_m,) = whole_shard_merge(problem["weight"], [problem["momentum"]], problem["expected"], C_new)
+    results = [r["fusion"] for r in runs[world]]
+    assert torch.equal(results[0].new_label_map, problem["expected"])
+    assert torch.equal(torch.cat([res.new_local_weight for res in results]), ref_w)
+    assert torch.equal(torch.cat([res.new_states[0] for res in results]), ref_m)
 
 
 def test_reshard_rejects_a_map_that_is_not_onto():
