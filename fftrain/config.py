@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -165,14 +166,20 @@ FUSION_POLICIES = ("skip", "split", "keep")
 """Fusion's choices for a component chaining two classes of one dataset (fftrain.fusion.components)."""
 KNN_BACKENDS = ("auto", "faiss", "torch")
 """The proxy search's backends (fftrain.fusion.knn)."""
+NO_VALLEY_CHOICES = ("aware", "agnostic")
+"""What a run does when fusion.t1 'auto' finds no valley: no merge, and stay dataset-aware or go agnostic."""
 
 
 @dataclass
 class FusionConfig:
-    t1: float = 0.7
-    """Cosine above which two proxies of different datasets are one identity (> 1 never merges)."""
-    t2: float = 0.21
-    """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout)."""
+    t1: float | str = 0.7
+    """Cosine above which two proxies of different datasets are one identity (> 1 never merges); 'auto': the
+    valley of a two-mode fit of every proxy's top-1 cross-dataset cosine at fusion time, within
+    [t1_min, t1_max], with the fit's estimated merge precision and recall in the log and the report."""
+    t2: float | str = 0.21
+    """Fraction of total steps after which fusion runs (>= 1 never fuses: DAIL throughout); 'auto': when the
+    proxies are ready (alignment plateaued and the top-1 cross-dataset cosines show two modes with a
+    valley), checked every readiness_every steps between t2_floor and t2_ceiling (fusion/readiness.py)."""
     knn_k: int = 10
     """Neighbours searched per proxy."""
     max_component: int = 6
@@ -186,10 +193,55 @@ class FusionConfig:
     Tables 4-5 merge classes at r = 0, i.e. prior label noise inside one dataset)."""
     backend: str = "auto"
     """kNN backend: 'auto', 'faiss' or 'torch'."""
+    t1_min: float = 0.5
+    """t1 'auto': the lowest threshold the valley may give (a valley below is raised to this)."""
+    t1_max: float = 0.95
+    """t1 'auto': the highest threshold the valley may give (a valley above is lowered to this)."""
+    min_separation: float = 3.0
+    """t1 'auto': the least Ashman's D of the two fitted modes that counts as a valley (2: just bimodal);
+    below it, or with one mode, nothing merges (see no_valley)."""
+    no_valley: str = "aware"
+    """t1 'auto' without a valley: 'aware' (no merge, keep training dataset-aware) or 'agnostic' (no merge,
+    switch to the dataset-agnostic softmax over the unmerged classes)."""
+    mutual_nn: bool = False
+    """Candidate pairs only between reciprocal nearest neighbours (each is the other's top-1 among the
+    searched classes): cuts the look-alike chains a one-way kNN links into components."""
+
+    t2_floor: float = 0.1
+    """t2 'auto': the earliest fusion, a fraction of total steps."""
+    t2_ceiling: float = 0.5
+    """t2 'auto': the latest fusion, a fraction of total steps (fuses there, ready or not; >= 1: may never)."""
+    readiness_every: int = 1000
+    """t2 'auto': steps between readiness checks (each one a kNN of the proxies, nothing applied)."""
+    alignment_plateau: float = 0.01
+    """t2 'auto': the proxies' alignment (mean cosine of a sample to its class proxy, over the steps since
+    the last check) has plateaued when it rose less than this since the previous check."""
+
+    @property
+    def t1_auto(self) -> bool:
+        return self.t1 == "auto"
+
+    @property
+    def t2_auto(self) -> bool:
+        return self.t2 == "auto"
 
     def __post_init__(self):
-        _check(self.t1 > 0, "fusion.t1", f"must be > 0, got {self.t1}")
-        _check(self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
+        _check(self.t1_auto or not isinstance(self.t1, str), "fusion.t1",
+               f"must be a number or 'auto', got {self.t1!r}")
+        _check(self.t1_auto or self.t1 > 0, "fusion.t1", f"must be > 0, got {self.t1}")
+        _check(0 < self.t1_min < self.t1_max <= 1, "fusion.t1_min",
+               f"must satisfy 0 < fusion.t1_min < fusion.t1_max <= 1, got {self.t1_min} and {self.t1_max}")
+        _check(self.min_separation > 0, "fusion.min_separation", f"must be > 0, got {self.min_separation}")
+        _check(self.no_valley in NO_VALLEY_CHOICES, "fusion.no_valley",
+               f"must be {_either(NO_VALLEY_CHOICES)}, got {self.no_valley!r}")
+        _check(self.t2_auto or not isinstance(self.t2, str), "fusion.t2",
+               f"must be a number or 'auto', got {self.t2!r}")
+        _check(self.t2_auto or self.t2 >= 0, "fusion.t2", f"must be >= 0, got {self.t2}")
+        _check(0 <= self.t2_floor <= self.t2_ceiling, "fusion.t2_floor",
+               f"must satisfy 0 <= fusion.t2_floor <= fusion.t2_ceiling, got {self.t2_floor} and {self.t2_ceiling}")
+        _check(self.readiness_every >= 1, "fusion.readiness_every", f"must be >= 1, got {self.readiness_every}")
+        _check(self.alignment_plateau >= 0, "fusion.alignment_plateau",
+               f"must be >= 0, got {self.alignment_plateau}")
         _check(self.knn_k >= 1, "fusion.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(self.max_component >= 2, "fusion.max_component", f"must be >= 2, got {self.max_component}")
         _check(self.same_dataset_policy in FUSION_POLICIES, "fusion.same_dataset_policy",
@@ -307,6 +359,8 @@ class TrainConfig:
                "'fp16' is not supported: it needs loss scaling (a GradScaler), which the Partial-FC head's own "
                "optimizer step does not do; use 'bf16' (same speed on Ampere and later, no scaling needed)")
         _check(self.method in METHODS, "method", f"unknown method {self.method!r}; available: {list(METHODS)}")
+        _check(not (self.fusion.t2_auto and self.method == "naive"), "fusion.t2",
+               "'auto' watches the proxies for a merge; method 'naive' never merges, give it a number")
         _check(self.method != "interclass" or self.head.interclass_threshold > 0, "head.interclass_threshold",
                "method 'interclass' needs a threshold in (0, 1]")
 
@@ -326,8 +380,17 @@ class TrainConfig:
         none: T2 at or beyond the end, method 'dail', or a method agnostic from the start."""
         if self.method == "dail" or self.agnostic_from_start:
             return None
-        step = round(self.fusion.t2 * self.optim.total_steps)
+        t2 = self.fusion.t2_ceiling if self.fusion.t2_auto else self.fusion.t2
+        step = round(t2 * self.optim.total_steps)
         return step if step < self.optim.total_steps else None
+
+    @property
+    def t2_floor_step(self) -> int | None:
+        """fusion.t2 'auto': the earliest step of the phase boundary (`t2_step` is then the latest);
+        a fixed t2: `t2_step`."""
+        if self.t2_step is None or not self.fusion.t2_auto:
+            return self.t2_step
+        return min(round(self.fusion.t2_floor * self.optim.total_steps), self.t2_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +410,8 @@ def _coerce(value, annotation, key: str):
         (item_type,) = typing.get_args(annotation)
         _check(isinstance(value, list), key, f"expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_either(value, typing.get_args(annotation), key)
     if annotation is float:
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
             value = float(value)  # PyYAML reads "1e-3" (no dot) as a string
@@ -366,6 +431,18 @@ def _coerce(value, annotation, key: str):
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _coerce_either(value, annotations, key: str):
+    """A union field (e.g. `float | str` for a number or 'auto'): the value as the first type it fits;
+    the field's own check then says which strings it takes."""
+    errors = []
+    for annotation in annotations:
+        try:
+            return _coerce(value, annotation, key)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]  # the first type's complaint (e.g. "expected a finite number") says the most
 
 
 def _build(cls, values: dict, prefix: str = ""):

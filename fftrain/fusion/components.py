@@ -96,6 +96,38 @@ def candidate_pairs(sims: torch.Tensor, ids: torch.Tensor, offset: int, class_da
     return pairs.astype(np.int64), c.astype(np.float32)
 
 
+def top1_edges(sims: torch.Tensor, ids: torch.Tensor, offset: int, class_dataset, t1: float,
+               allow_same_dataset: bool = False) -> np.ndarray:
+    """This rank's directed edges query -> its nearest eligible neighbour (another class, of another
+    dataset unless allowed), where that cosine is > t1: [E, 2] int64 (query, neighbour)."""
+    s = sims.detach().float().cpu().numpy()
+    j = ids.detach().cpu().numpy().astype(np.int64)
+    table = np.asarray(class_dataset, dtype=np.int64)
+    q = np.broadcast_to(np.arange(offset, offset + s.shape[0], dtype=np.int64)[:, None], j.shape)
+    eligible = (j >= 0) & (j != q)
+    if not allow_same_dataset:
+        eligible &= table[np.where(j >= 0, j, 0)] != table[q]
+    rows = np.flatnonzero(eligible.any(axis=1)) if s.shape[0] else np.zeros(0, np.int64)
+    first = np.argmax(eligible[rows], axis=1)
+    keep = s[rows, first] > t1
+    return np.stack([q[rows, 0][keep], j[rows, first][keep]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def mutual_pairs(edges: np.ndarray, pairs: np.ndarray, cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of (pairs, cos) whose two classes are each other's top-1 (both directions in `edges`,
+    every rank's `top1_edges`)."""
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    directed = {(int(a), int(b)) for a, b in edges}
+    keep = np.array([(int(a), int(b)) in directed and (int(b), int(a)) in directed for a, b in pairs], dtype=bool)
+    return pairs[keep] if keep.size else pairs, cos[keep] if keep.size else cos
+
+
+def gather_edges(edges: np.ndarray, group: ProcessGroup | None) -> np.ndarray:
+    """Every rank's `top1_edges` on every rank (one per class at most)."""
+    parts = all_gather_object(np.asarray(edges, np.int64).reshape(-1, 2), group)
+    return np.concatenate(parts)
+
+
 def dedupe_pairs(pairs: np.ndarray, cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique (a, b) rows sorted by (a, b); a pair found twice keeps its larger cosine."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)

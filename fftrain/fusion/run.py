@@ -31,10 +31,15 @@ import torch.nn.functional as F
 from fftrain.config import FusionConfig
 from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import ProcessGroup, broadcast_object, gather_object, rank_of, world_size_of
-from fftrain.fusion.components import Component, FusionPlan, Rejected, build_plan, candidate_pairs, gather_pairs
+from fftrain.fusion.components import (Component, FusionPlan, Rejected, build_plan, candidate_pairs, gather_edges,
+                                       gather_pairs, mutual_pairs, top1_edges)
 from fftrain.fusion.knn import distributed_knn, resolve_backend
 from fftrain.fusion.report import SourceInfo, build_report, top1_other_dataset, write_report
 from fftrain.fusion.reshard import reshard_merge
+from fftrain.fusion.threshold import T1Decision, choose_t1
+
+FIT_SAMPLE = 200_000
+"""t1 'auto' fits at most about this many top-1 cosines (an even stride over every rank's classes)."""
 
 @dataclass
 class FusionResult:
@@ -56,6 +61,8 @@ class FusionResult:
     rejected: list[Rejected] = field(default_factory=list)
     report_paths: dict = field(default_factory=dict)
     """{'json': ..., 'png': ...} on rank 0 when a report was written, else empty."""
+    threshold: T1Decision | None = None
+    """The T1 used and why; `threshold.merges` False: t1 'auto' found no valley and nothing merged."""
 
     def summary_line(self) -> str:
         s = self.stats
@@ -63,7 +70,9 @@ class FusionResult:
         return (f"{s['num_classes_old']} -> {self.num_classes_new} classes: {s['num_components_merged']} components "
                 f"merged ({s['num_classes_merged']} classes, largest {s['largest_component']}), "
                 f"{s['num_rejected']} left unmerged, {s['num_candidate_pairs']} candidate pairs, {secs:.1f} s"
-                f" (kNN: {s.get('knn_backend', '?')} on {s.get('knn_device', '?')})")
+                f" (kNN: {s.get('knn_backend', '?')} on {s.get('knn_device', '?')})"
+                + (f"; {self.threshold.line()}" if self.threshold is not None and self.threshold.mode != "fixed"
+                   else ""))
 
 
 def _elapsed(started: float, device: torch.device) -> float:
@@ -91,6 +100,8 @@ class PlannedFusion:
     label_map: torch.Tensor
     """The inputs' tables, on the CPU."""
     timings: dict
+    threshold: T1Decision | None = None
+    """The T1 used and why (fixed, the valley of the auto fit, or no merge without a valley)."""
 
 
 def _tables(local_weight: torch.Tensor, class_dataset, label_map, group) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -121,8 +132,14 @@ def plan_fusion(local_weight: torch.Tensor, *, class_dataset, label_map, config:
     timings["knn_backend"], timings["knn_device"] = resolve_backend(config.backend, device), str(device)
 
     t = time.perf_counter()
-    pairs, cos = candidate_pairs(sims, ids, start, table.numpy(), config.t1, config.allow_same_dataset)
+    threshold = decide_t1(sims, ids, start, table, config, group)
+    timings["t1_s"] = _elapsed(t, device)
+    t = time.perf_counter()
+    pairs, cos = candidate_pairs(sims, ids, start, table.numpy(), threshold.t1, config.allow_same_dataset)
     pairs, cos = gather_pairs(pairs, cos, group)
+    if config.mutual_nn:
+        edges = top1_edges(sims, ids, start, table.numpy(), threshold.t1, config.allow_same_dataset)
+        pairs, cos = mutual_pairs(gather_edges(edges, group), pairs, cos)
     plan = build_plan(pairs, cos, class_dataset=table.numpy(), label_map=lm.numpy(),
                       max_component=config.max_component, same_dataset_policy=config.same_dataset_policy,
                       allow_same_dataset=config.allow_same_dataset)
@@ -130,7 +147,38 @@ def plan_fusion(local_weight: torch.Tensor, *, class_dataset, label_map, config:
     new_label_map = old_to_new[lm]
     timings["components_s"] = _elapsed(t, device)
     return PlannedFusion(plan=plan, old_to_new=old_to_new, new_label_map=new_label_map, sims=sims, ids=ids,
-                         start=start, class_dataset=table, label_map=lm, timings=timings)
+                         start=start, class_dataset=table, label_map=lm, timings=timings, threshold=threshold)
+
+
+def proxy_geometry(local_weight: torch.Tensor, *, class_dataset, config: FusionConfig,
+                   group: ProcessGroup | None = None) -> T1Decision:
+    """The two-mode verdict on the proxies' top-1 cross-dataset cosines (collective; the kNN of
+    `plan_fusion`, nothing else): what `fusion.t2: auto` watches. The same fit as `fusion.t1: auto`."""
+    table = torch.as_tensor(class_dataset, dtype=torch.int64).cpu()
+    start = shard_range(int(table.shape[0]), rank_of(group), world_size_of(group))[0]
+    proxies = F.normalize(local_weight.detach().float(), dim=1)
+    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend,
+                                groups=table.to(local_weight.device))
+    return decide_t1(sims, ids, start, table, dataclasses.replace(config, t1="auto"), group, quiet=True)
+
+
+def decide_t1(sims: torch.Tensor, ids: torch.Tensor, start: int, table: torch.Tensor, config: FusionConfig,
+              group: ProcessGroup | None, quiet: bool = False) -> T1Decision:
+    """The threshold of this fusion (collective when t1 is 'auto': a bounded sample of every rank's
+    top-1 cross-dataset cosines is fitted on rank 0, the decision broadcast; printed on rank 0)."""
+    if not config.t1_auto:
+        return choose_t1(None, config)
+    s = sims.detach().float().cpu().numpy()
+    q = np.arange(start, start + s.shape[0], dtype=np.int64)
+    top1, censored = top1_other_dataset(s, ids.detach().cpu().numpy(), q, table.numpy())
+    top1 = top1[~censored]
+    stride = max(1, -(-top1.size * world_size_of(group) // FIT_SAMPLE))  # the fit's cost stays bounded
+    parts = gather_object(top1[::stride], group)
+    decision = choose_t1(np.concatenate(parts), config) if parts is not None else None
+    decision = broadcast_object(decision, group)
+    if rank_of(group) == 0 and not quiet:
+        print(f"fusion: {decision.line()}", flush=True)
+    return decision
 
 
 def apply_fusion(planned: PlannedFusion, local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
@@ -168,7 +216,9 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
     want_report = broadcast_object(report_dir is not None and source_info is not None, group)
     if want_report:
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "t2"}
-        paths = _report(planned, source_info, group, report_dir, dict(settings, world_size=world_size_of(group)))
+        threshold = planned.threshold.to_dict()
+        settings.update(t1_config=config.t1, t1=threshold["t1"], threshold=threshold, world_size=world_size_of(group))
+        paths = _report(planned, source_info, group, report_dir, settings)
     planned.timings["report_s"] = time.perf_counter() - t
 
     stats = dict(plan.stats, **planned.timings)
@@ -176,7 +226,7 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
                         new_class_dataset=torch.from_numpy(plan.new_class_dataset),
                         new_label_map=planned.new_label_map, num_classes_new=plan.num_classes_new,
                         components=plan.components, stats=stats, old_to_new=planned.old_to_new,
-                        rejected=plan.rejected, report_paths=paths)
+                        rejected=plan.rejected, report_paths=paths, threshold=planned.threshold)
 
 
 def _report(planned: PlannedFusion, source_info, group, report_dir, settings):
@@ -200,5 +250,6 @@ def _report(planned: PlannedFusion, source_info, group, report_dir, settings):
         merged_nb.update(p[2])
     report = build_report(plan=plan, label_map=lm.numpy(), source_info=source_info, class_dataset=table.numpy(),
                           neighbours=merged_nb, top1=top1, censored=censored, settings=settings, stats=stats)
-    return write_report(report_dir, report, top1, t1=settings["t1"], dataset_of=table.numpy(),
+    marked = settings["t1"] if settings["t1"] is not None else 1.0  # no merge: the mark at the top
+    return write_report(report_dir, report, top1, t1=marked, dataset_of=table.numpy(),
                         names=list(source_info.names))

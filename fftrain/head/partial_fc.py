@@ -237,6 +237,8 @@ class PartialFCHead(nn.Module):
         self._generator: torch.Generator | None = None
         self.defer_checks = False
         self._deferred: torch.Tensor | None = None
+        self.track_alignment = False  # fusion.t2 'auto' reads the proxies' alignment (`read_alignment`)
+        self._alignment: torch.Tensor | None = None
 
     def _range_for(self, num_classes: int) -> tuple[int, int]:
         if num_classes < self.world_size:
@@ -318,6 +320,8 @@ class PartialFCHead(nn.Module):
         active.requires_grad_(torch.is_grad_enabled())
         target = self._target_columns(labels_all, index)
         cos = self._cosine(x_all, active)
+        if self.training and self.track_alignment:
+            self._note_alignment(cos, target)
         logits = self.margin(cos, target)
         if self.interclass_threshold > 0:
             logits = self._filter_interclass(logits, cos, target)
@@ -332,6 +336,23 @@ class PartialFCHead(nn.Module):
         loss = dist_softmax_cross_entropy(logits, target, self.group, weight_all)
         self._active, self._index = (active, index) if active.requires_grad else (None, None)
         return loss
+
+    def _note_alignment(self, cos: torch.Tensor, target: torch.Tensor) -> None:
+        """Add this rank's positive cosines (each sample's class is on one rank) to the running sum, on the
+        device: no host sync per step."""
+        with torch.no_grad():
+            local = target >= 0
+            positive = cos.detach().gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1).float()
+            step_sum = torch.stack([torch.where(local, positive, 0.0).sum(), local.sum().float()])
+            self._alignment = step_sum if self._alignment is None else self._alignment + step_sum
+
+    def read_alignment(self) -> float:
+        """Mean cosine of a sample to its class proxy over the training steps since the last read (collective;
+        NaN when none ran). Needs `track_alignment`."""
+        total = self._alignment if self._alignment is not None else torch.zeros(2, device=self.weight.device)
+        all_reduce_(total, self.group)
+        self._alignment = None
+        return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
 
     def _gather_labels(self, labels, dataset_ids, class_dataset):
         """Checked global labels [W*B] and, in dataset-aware mode, the dataset of each (else None)."""

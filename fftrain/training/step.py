@@ -135,6 +135,16 @@ def train_step(model, head, optimizer: torch.optim.Optimizer, batch: StepBatch, 
     return {"loss_cls": loss_cls.detach(), "loss_dom": loss_dom.detach(), "lr": settings.lr}
 
 
+def readiness_check(head, labels, fusion: FusionConfig, watch, step: int, *, group: ProcessGroup | None):
+    """fusion.t2 'auto' at a due step (collective): the alignment since the last check and the proxies'
+    top-1 geometry, judged by `watch` (a `fftrain.fusion.ReadinessWatch`). Returns its `ReadinessCheck`."""
+    from fftrain.fusion import proxy_geometry
+
+    alignment = head.read_alignment()
+    geometry = proxy_geometry(head.weight.data, class_dataset=labels.fused_dataset, config=fusion, group=group)
+    return watch.observe(step, alignment, geometry)
+
+
 def swap_in_fusion(head, labels, fusion: FusionConfig, *, group: ProcessGroup | None, source_info=None,
                    report_dir: str | None = None):
     """FaceFusion on the live head (collective): the head keeps this rank's rows of the fused classes

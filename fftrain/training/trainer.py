@@ -10,6 +10,7 @@ phases (config.py): 'naive' switches to 'agnostic' at the boundary without mergi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -26,8 +27,9 @@ from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, 
 from fftrain.errors import UserError
 from fftrain.training.faults import fault_point
 from fftrain.training.startup import StartPoint, start_point
-from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
-                                   swap_in_fusion, train_step)
+from fftrain.fusion.readiness import ReadinessWatch
+from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, readiness_check,
+                                   step_settings, swap_in_fusion, train_step)
 from fftrain.model.embedding import EmbeddingModel
 from fftrain.training.resume_rules import data_position
 from fftrain.training.run_log import MetricsWriter, Throughput, format_duration, get_logger
@@ -67,6 +69,11 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
         self.watch = NonFiniteWatch(ctx.device)
+        self.fusion_declined = False  # t1 'auto' found no valley at T2 and no_valley is 'aware'
+        self.readiness = None  # fusion.t2 'auto': when the proxies are ready (not saved: a resume watches anew)
+        if cfg.fusion.t2_auto and cfg.t2_step is not None and cfg.merges:
+            self.readiness = ReadinessWatch(floor_step=cfg.t2_floor_step, ceiling_step=cfg.t2_step,
+                                            every=cfg.fusion.readiness_every, plateau=cfg.fusion.alignment_plateau)
 
         start = start if start is not None else start_point(cfg, ctx)
         resume_path, resume_meta = start.resume_path, start.resume_meta
@@ -83,6 +90,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.head = build_head(cfg, num_fused, group=ctx.group, device=ctx.device, compute_dtype=self.dtype)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
+        self.head.track_alignment = self.readiness is not None
         self.labels = data.labels  # the run's label space; the loader reads the same object
         if resume_path:
             self._restore(resume_path, resume_meta)
@@ -99,18 +107,47 @@ class Trainer:
     def phase(self) -> str:
         return "agnostic" if self.state.fused else "dail"
 
-    @property
     def fusion_due(self) -> bool:
-        return not self.state.fused and self.cfg.t2_step is not None and self.state.step >= self.cfg.t2_step
+        """The phase boundary is now: the step T2 (fixed), or (t2 'auto', collective at due checks) the
+        readiness watch says the proxies are ready, or the ceiling is reached."""
+        if self.state.fused or self.fusion_declined or self.cfg.t2_step is None:
+            return False
+        if self.readiness is None:
+            return self.state.step >= self.cfg.t2_step
+        if not self.readiness.due(self.state.step):
+            return False
+        check = readiness_check(self.head, self.labels, self.cfg.fusion, self.readiness, self.state.step,
+                                group=self.ctx.group)
+        self.log.info(f"step {self.state.step}: fusion readiness: {'ready' if check.ready else 'waiting'}: "
+                      f"{check.reason}")
+        return check.ready
+
+    def _write_readiness(self) -> None:
+        """Rank 0: every readiness check of this process (t2 'auto'), beside the fusion report."""
+        if self.readiness is None or not self.ctx.is_main:
+            return
+        from recordio_tools.files import write_text_atomic
+
+        folder = os.path.join(self.cfg.output_dir, "fusion")
+        os.makedirs(folder, exist_ok=True)
+        body = {"floor_step": self.readiness.floor_step, "ceiling_step": self.readiness.ceiling_step,
+                "fused_at_step": self.state.step, "checks": [c.to_dict() for c in self.readiness.checks]}
+        write_text_atomic(os.path.join(folder, "readiness.json"), json.dumps(body, indent=1) + "\n")
 
     def on_phase_boundary(self) -> None:
         """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
         fault_point("fusion", self.state.step, self.ctx.rank)
+        self._write_readiness()
         if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
             self.state.fused = True
             self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
             return
         result = self._fuse()
+        if result.threshold is not None and not result.threshold.merges and self.cfg.fusion.no_valley == "aware":
+            self.fusion_declined = True  # not saved: a resume past T2 fits again and decides the same way
+            self.log.info(f"step {self.state.step}: fusion declined, training stays dataset-aware: "
+                          f"{result.threshold.reason}")
+            return
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
         self.save(reason="fusion")
@@ -170,7 +207,7 @@ class Trainer:
         batches = iter(self.loader)
         stop = min(total, cfg.stop_at_step or total)
         while self.state.step < stop:
-            if self.fusion_due:
+            if self.fusion_due():
                 self.check_deferred()
                 self.on_phase_boundary()
             fault_point("step", self.state.step + 1, self.ctx.rank)

@@ -146,6 +146,10 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
                      source_info=SourceInfo.from_counts(NAMES, COUNTS),
                      config=FusionConfig(t1=T1, knn_k=8, max_component=6), group=group, report_dir=report_dir)
     out["fusion"] = res
+    for name, config in (("auto", FusionConfig(t1="auto", knn_k=8)),
+                         ("mutual", FusionConfig(t1=T1, knn_k=8, mutual_nn=True))):
+        out[name] = run_fusion(_slice(problem["weight"], r, W), [], class_dataset=problem["class_dataset"],
+                               label_map=None, source_info=None, config=config, group=group)
     # the sharded head on the new classes: agnostic loss with the new labels
     head = PartialFCHead(res.num_classes_new, D, margin=ArcFace(), group=group)
     head.reset_classes(res.num_classes_new, res.new_local_weight, res.new_states[0])
@@ -430,3 +434,39 @@ def test_label_space_derives_the_fused_datasets_fusion_computes(problems):
     assert second.num_classes_new == first.num_classes_new - 1
     assert int(second.new_label_map[44]) == int(second.new_label_map[250])
     assert torch.equal(space.fused_dataset, second.new_class_dataset)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_auto_t1_finds_the_valley_and_merges_the_planted_duplicates(runs, problems, world):
+    fixed, auto = runs[world][0]["fusion"], runs[world][0]["auto"]
+    assert auto.threshold.mode == "valley" and 0.5 <= auto.threshold.t1 <= 0.95
+    assert auto.threshold.precision > 0.99 and auto.threshold.recall > 0.99
+    assert torch.equal(auto.new_label_map, fixed.new_label_map)
+    assert fixed.threshold.mode == "fixed" and fixed.threshold.t1 == T1
+    assert all(r["auto"].threshold == auto.threshold for r in runs[world])  # one decision on every rank
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_mutual_nn_merges_a_subset_of_the_planted_duplicates(runs, problems, world):
+    mutual, fixed = runs[world][0]["mutual"], runs[world][0]["fusion"]
+    merged = {tuple(c.members) for c in mutual.components}
+    planted_pairs = {g for g in PLANTED if len(g) == 2}
+    assert planted_pairs <= merged  # a pair of duplicates is each other's top-1
+    assert all(set(c) <= set(g) for c in merged for g in PLANTED if c[0] in g)
+    assert len(mutual.components) == len(fixed.components)
+    assert torch.equal(mutual.new_label_map, runs[1][0]["mutual"].new_label_map)
+
+
+def test_auto_t1_without_duplicates_merges_nothing_and_reports_why(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    C = sum(COUNTS)
+    weight = F.normalize(torch.randn(C, D, generator=g), dim=1)
+    class_dataset = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))
+    res = run_fusion(weight, [], class_dataset=class_dataset, label_map=None,
+                     source_info=SourceInfo.from_counts(NAMES, COUNTS), config=FusionConfig(t1="auto", knn_k=8),
+                     report_dir=str(tmp_path))
+    assert not res.threshold.merges and res.num_classes_new == C and not res.components
+    assert torch.equal(res.new_label_map, torch.arange(C))
+    report = json.loads(open(res.report_paths["json"]).read())
+    assert report["settings"]["t1"] is None and report["settings"]["t1_config"] == "auto"
+    assert report["settings"]["threshold"]["mode"] == "no_valley" and report["settings"]["threshold"]["reason"]

@@ -35,6 +35,34 @@ def test_trains_through_both_phases_and_verifies(synth, tmp_path, nproc):
     assert final["fused"] and final["world_size"] == nproc and final["num_classes_source"] == 180
 
 
+def test_t2_auto_fuses_between_floor_and_ceiling_and_records_why(synth, tmp_path):
+    proc = train(synth, tmp_path, nproc=2, **{"fusion.t2": "auto", "fusion.t2_floor": 0.2, "fusion.t2_ceiling": 0.6,
+                                             "fusion.readiness_every": 1})
+    readiness = json.loads((tmp_path / "fusion" / "readiness.json").read_text())
+    fused_at = readiness["fused_at_step"]
+    assert (readiness["floor_step"], readiness["ceiling_step"]) == (2, 6) and 2 <= fused_at <= 6
+    checks = readiness["checks"]
+    assert [c["step"] for c in checks] == list(range(2, fused_at + 1)) and checks[-1]["ready"]
+    assert not any(c["ready"] for c in checks[:-1]) and all(c["reason"] for c in checks)
+    assert all(0 < c["alignment"] <= 1 for c in checks)
+    steps = metrics(tmp_path)
+    assert [steps[s]["phase"] for s in (fused_at, fused_at + 1)] == ["dail", "agnostic"]
+    assert f"step {fused_at}: fusion readiness: ready: {checks[-1]['reason']}" in proc.stdout
+    assert f"fusion at step {fused_at}" in proc.stdout
+
+
+@pytest.mark.parametrize("no_valley, after", [("aware", "dail"), ("agnostic", "agnostic")])
+def test_t1_auto_without_a_valley_merges_nothing_as_configured(synth, tmp_path, no_valley, after):
+    proc = train(synth, tmp_path, **{"fusion.t1": "auto", "fusion.min_separation": 1000, "fusion.no_valley": no_valley})
+    steps = metrics(tmp_path)
+    assert [steps[s]["phase"] for s in (5, 6, 10)] == ["dail", after, after]
+    assert {r["classes"] for r in steps.values()} == {180}
+    assert "fusion: T1 auto: no merge: one mode" in proc.stdout
+    assert ("fusion declined, training stays dataset-aware" in proc.stdout) == (no_valley == "aware")
+    report = json.loads((tmp_path / "fusion" / "fusion_report.json").read_text())
+    assert report["settings"]["threshold"]["mode"] == "no_valley" and report["stats"]["num_components_merged"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method, phases", [("naive", ["dail", "agnostic"]), ("naive0", ["agnostic", "agnostic"]),
                                             ("interclass", ["agnostic", "agnostic"])])
@@ -150,6 +178,13 @@ def test_fftrain_cli_on_a_trained_checkpoint(synth, tmp_path, capsys):
     preview = tmp_path / "fuse" / "step-00000004-t1_0.200"
     assert (preview / "fusion_report.json").exists() and (preview / "fusion_top1_hist.png").exists()
     assert not (preview / "label_map.json").exists()
+    capsys.readouterr()
+    assert main(["fuse", "--checkpoint", checkpoint, "--t1", "auto", "--dry-run"]) == 0
+    readiness = [line for line in capsys.readouterr().out.splitlines() if line.startswith("readiness: ")]
+    auto = json.loads((tmp_path / "fuse" / "step-00000004-t1_auto" / "fusion_report.json").read_text())
+    threshold = auto["settings"]["threshold"]
+    assert len(readiness) == 1 and threshold["mode"] in ("valley", "no_valley") and threshold["reason"]
+    assert ("estimated merge precision" in readiness[0]) == (threshold["mode"] == "valley")
     assert main(["fuse", "--checkpoint", checkpoint, "--t1", "0.2"]) == 0
     label_map = json.loads((preview / "label_map.json").read_text())
     assert len(label_map["label_map"]) == 180 and max(label_map["label_map"]) + 1 == label_map["num_classes_fused"]
