@@ -25,3 +25,15 @@ def save(ctx, root, step):
     sharded = {"fc_weight": rows(ctx, full(step)), "fc_momentum": rows(ctx, -full(step))}
     return save_checkpoint(root, step, ctx=ctx, replicated=replicated, sharded=sharded, meta={"note": "t"},
                            rank_state={"torch_rng": torch.get_rng_state()}, keep_last=2)
+
+
+def stub_backbone_checkpoint(monkeypatch, model):
+    """Commands that read a backbone from `--checkpoint` get `model` (unit tests of the commands' own work; the
+    installed-package e2e test runs them on a real checkpoint)."""
+    import sys
+    import types
+
+    stub = types.ModuleType("fftrain.training.checkpoint")
+    stub.load_backbone_from_checkpoint = lambda directory: model
+    stub.CheckpointError = type("CheckpointError", (ValueError,), {})
+    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", stub)

@@ -2,8 +2,6 @@
 
 import argparse
 import os
-import sys
-import types
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ onnx = pytest.importorskip("onnx", reason="onnx not installed: pip install -e '.
 
 from fftrain.model.backbones import build_backbone  # noqa: E402
 from fftrain.evaluation.export import OnnxParityError, check_onnx, export_onnx  # noqa: E402
+from checkpoint_helpers import stub_backbone_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,7 @@ def test_parity_check_catches_a_different_model(exported):
 def test_export_command(tmp_path, monkeypatch, capsys):
     from fftrain.commands.export import add_export_parser
 
-    fake = types.ModuleType("fftrain.training.checkpoint")
-    fake.load_backbone_from_checkpoint = lambda directory: build_backbone("iresnet_tiny", embedding_size=16)
-    fake.CheckpointError = type("CheckpointError", (ValueError,), {})
-    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", fake)
+    stub_backbone_checkpoint(monkeypatch, build_backbone("iresnet_tiny", embedding_size=16))
     parser = argparse.ArgumentParser(prog="fftrain")
     add_export_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "model.onnx"
@@ -78,10 +74,7 @@ def test_torch_export_is_a_plain_state_dict_of_the_iresnet(tmp_path, monkeypatch
 
     torch.manual_seed(1)
     trained = build_backbone("iresnet18", embedding_size=32).eval()
-    fake = types.ModuleType("fftrain.training.checkpoint")
-    fake.load_backbone_from_checkpoint = lambda directory: trained
-    fake.CheckpointError = type("CheckpointError", (ValueError,), {})
-    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", fake)
+    stub_backbone_checkpoint(monkeypatch, trained)
     parser = argparse.ArgumentParser(prog="fftrain")
     add_export_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "backbone.pth"

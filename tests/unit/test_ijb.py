@@ -4,8 +4,6 @@ the features (alignment, flip sum), the command (JSON keys, saved arrays, ROC) a
 import argparse
 import json
 import os
-import sys
-import types
 from collections import defaultdict
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from fftrain.evaluation.ijb import (IjbError, evaluate_features, image_weights, pair_scores, read_ijb_meta,
                                     template_features)
 from fftrain.model.backbones import build_backbone
+from checkpoint_helpers import stub_backbone_checkpoint
 from ijb_helpers import write_ijb_set
 from recordio_tools.align import align_face
 
@@ -75,13 +74,6 @@ def test_tar_keys_and_unmeasurable_fars(ijb):
     assert scores.shape == (len(truth["pairs"]),)
 
 
-def _fake_checkpoint(monkeypatch, model):
-    fake = types.ModuleType("fftrain.training.checkpoint")
-    fake.load_backbone_from_checkpoint = lambda directory: model
-    fake.CheckpointError = type("CheckpointError", (ValueError,), {})
-    monkeypatch.setitem(sys.modules, "fftrain.training.checkpoint", fake)
-
-
 def _eval(argv):
     from fftrain.commands.eval import add_eval_parser
 
@@ -95,7 +87,7 @@ def test_eval_command_on_a_generated_set(ijb, tmp_path, monkeypatch, capsys):
     root, truth = ijb
     torch.manual_seed(0)
     model = build_backbone("iresnet_tiny", embedding_size=16).eval()
-    _fake_checkpoint(monkeypatch, model)
+    stub_backbone_checkpoint(monkeypatch, model)
     save, out = tmp_path / "save", tmp_path / "eval.json"
     assert _eval(["--checkpoint", str(tmp_path), "--ijb", root, "--ijb-target", "IJBC", "--ijb-save", str(save),
                   "--json-out", str(out), "--batch-size", "5"]) == 0
@@ -131,7 +123,7 @@ def test_eval_command_on_a_generated_set(ijb, tmp_path, monkeypatch, capsys):
 
 def test_an_existing_save_folder_is_not_overwritten(ijb, tmp_path, monkeypatch, capsys):
     root, _ = ijb
-    _fake_checkpoint(monkeypatch, build_backbone("iresnet_tiny", embedding_size=16))
+    stub_backbone_checkpoint(monkeypatch, build_backbone("iresnet_tiny", embedding_size=16))
     (tmp_path / "scores.npy").write_bytes(b"theirs")
     assert _eval(["--checkpoint", str(tmp_path), "--ijb", root, "--ijb-save", str(tmp_path)]) == 2
     assert (tmp_path / "scores.npy").read_bytes() == b"theirs"
@@ -158,7 +150,7 @@ def _broken_copy(root, tmp_path, name, edit):
 def test_bad_layout_is_one_line_naming_the_file(ijb, tmp_path, monkeypatch, capsys, name, edit, message):
     root, _ = ijb
     copy, path = _broken_copy(root, tmp_path, name, edit)
-    _fake_checkpoint(monkeypatch, build_backbone("iresnet_tiny", embedding_size=16))
+    stub_backbone_checkpoint(monkeypatch, build_backbone("iresnet_tiny", embedding_size=16))
     assert _eval(["--checkpoint", str(tmp_path), "--ijb", copy]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and path in err[0] and message in err[0], err
