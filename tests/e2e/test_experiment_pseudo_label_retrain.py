@@ -120,6 +120,7 @@ def test_quick_preset_end_to_end(tmp_path):
     rargs = ER.parse_args(["--quick", "--ids", str(args["ids"]), "--images-per-id", str(args["images_per_id"]),
                            "--heldout-ids", str(args["heldout_ids"]), "--heldout-images", str(args["heldout_images"]),
                            "--steps", str(args["steps"]), "--batch", str(args["batch"])])
+    rargs.k = args["k"]  # the dataset classifier's width: its gradient counts in the clipped norm, as in the trainer
     world = make_world(0, **world_kwargs(rargs))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the experiment's workers: the same reduction order

@@ -109,14 +109,15 @@ def test_one_mode_of_scores_is_refused_with_a_hint(world, tmp_path, capsys, case
 
 def test_bad_input_gets_one_line_and_exit_2(world, tmp_path, capsys):
     synth, checkpoint = world
-    empty = tmp_path / "empty"
+    empty, not_a_checkpoint = tmp_path / "empty", tmp_path / "not_a_checkpoint"
     empty.mkdir()
+    not_a_checkpoint.mkdir()
     cases = {
         "no images to label": ["--unlabeled", empty],
         "embeddings are 64-d but checkpoint": ["--unlabeled", synth / "unlabeled", "--embeddings",
                                                _embeddings_file(tmp_path, np.ones((5, 64)))],
-        "not a complete checkpoint": ["--unlabeled", synth / "unlabeled", "--checkpoint", tmp_path],
-        "exists and was not written by fftrain pseudo-label": ["--unlabeled", synth / "unlabeled",
+        "not a complete checkpoint": ["--unlabeled", synth / "unlabeled", "--checkpoint", not_a_checkpoint],
+        "exists, is not empty and is not an output": ["--unlabeled", synth / "unlabeled",
                                                               "--out", synth / "ms1m"],
     }
     for message, args in cases.items():
