@@ -135,6 +135,7 @@ def run_training(cfg: TrainConfig) -> int:
         return report(e, ctx, log)
     except BaseException as e:
         if log is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            wait_for_a_stop_signal(e)
             log_file = os.path.join(cfg.output_dir, "logs", f"rank{ctx.rank}.log")
             log.exception(f"unexpected error on rank {ctx.rank}")  # into the rank log, whatever torchrun shows
             print(f"fftrain: unexpected error on rank {ctx.rank} ({type(e).__name__}: {e}); its traceback is in "
@@ -145,6 +146,16 @@ def run_training(cfg: TrainConfig) -> int:
         if lock is not None:
             lock.release()
         destroy_distributed(ctx)
+
+
+def wait_for_a_stop_signal(error: BaseException, seconds: float = 3.0) -> None:
+    """On Ctrl-C the launcher signals every rank; a rank whose peer stopped first sees its collective break before
+    its own signal lands. Give that signal a moment (it raises KeyboardInterrupt here: the job was interrupted, not
+    crashed) before calling the broken collective a crash."""
+    import time
+
+    if any(words in str(error) for words in ("closed by peer", "Connection reset", "Broken pipe")):
+        time.sleep(seconds)
 
 
 def report(error: UserError, ctx: DistContext, log) -> int:
