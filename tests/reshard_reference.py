@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fftrain.fusion.reshard import _segment_sum  # the fold's deterministic sum: unchanged, only the row movement streams now
+
 _EPS = 1e-12
 
 
@@ -54,19 +56,3 @@ def merge_rows(weight_rows: torch.Tensor, state_rows: list[torch.Tensor], new_lo
         new_states.append(fold(s, _segment_sum(sf, slot, targets.numel()) / cnt))
     return new_w, new_states
 
-
-def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tensor:
-    """out[t] = sum of values[i] with slot[i] == t, added in row order. Unlike index_add_ (atomics on
-    CUDA, so the rounding depends on thread timing) this gives the same bits on every run and device:
-    round j adds the j-th member of every segment, and no index repeats within a round."""
-    out = values.new_zeros((n, *values.shape[1:]))
-    if slot.numel() == 0:
-        return out
-    order = torch.argsort(slot, stable=True)
-    sorted_slot = slot[order]
-    first = torch.searchsorted(sorted_slot, sorted_slot)  # where each row's segment begins
-    member = torch.arange(slot.numel(), device=slot.device) - first
-    for j in range(int(member.max()) + 1):
-        rows = order[member == j]
-        out[slot[rows]] += values[rows]
-    return out
