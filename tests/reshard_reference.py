@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fftrain.fusion.reshard import _segment_sum  # the fold's deterministic sum: unchanged, only the row movement streams now
+# the fold's deterministic sum did not change; only the row movement streams now
+from fftrain.fusion.reshard import _segment_sum
 
 _EPS = 1e-12
 
