@@ -9,10 +9,14 @@ Steps (each skipped when its output is already there, so an interrupted run resu
 1. `recordio_tools synth --overlap 0`: six datasets of distinct persons. The largest (deepglint) is the one
    dataset that is split; two others (ms1m, asian_celeb), persons never trained on, are the held-out set.
 2. `recordio_tools split-overlap` per ratio r (k subsets in a cycle, images dealt, r a fraction of N).
-3. `fftrain/train.py` under torchrun (2 gloo ranks) per (r, method), configs/demo_cpu.yaml with `method=`, the
-   GRL off (the paper's §4.5), fusion over all pairs; FaceFusion once per --t1 (the paper's 0.7 and the demo's
-   0.82 by default: the demo's proxies at T2 are not in the paper's regime, see RESULTS.md).
-4. Each final checkpoint embeds every held-out image (fftrain.audit.embed, flip-summed): TAR@FAR 1e-3 / 1e-4
+3. The geometry gate: FaceFusion with the product's `fusion.t1: auto` / `fusion.t2: auto` at the largest r. Its
+   readiness checks and its T1 decision (fusion/readiness.json, fusion/fusion_report.json) say whether the proxies
+   show a band between a duplicate mode and a non-duplicate mode. Without one, no method is compared (the gate's
+   geometry is the result); with one, step 4 runs.
+4. `fftrain/train.py` under torchrun (2 gloo ranks) per (r, method), configs/demo_cpu.yaml with `method=`, the
+   GRL off (the paper's §4.5), fusion over cross-dataset pairs (the shipped scope); FaceFusion once per --t1 (the
+   paper's 0.7 and the product's auto by default).
+5. Each final checkpoint embeds every held-out image (fftrain.audit.embed, flip-summed): TAR@FAR 1e-3 / 1e-4
    over all pairs and rank-1 identification (benchmarks.lib.metrics.all_pairs_metrics); the fusion report is
    scored against the split's overlaps.json (fftrain.evaluation.merge_quality_of_run).
 Output under --out: result.json and table.md, beside the data and the runs.
@@ -80,15 +84,33 @@ def make_data(args) -> tuple[str, dict[float, str]]:
     return heldout, splits
 
 
-def arms(args) -> list[tuple[str, str, float]]:
-    """(label, method, t1): FaceFusion once per --t1, labelled facefusion@T1 when there are several."""
+def arms(args) -> list[tuple[str, str, float | str]]:
+    """(label, method, t1): FaceFusion once per --t1 ('auto' or a number), labelled facefusion@T1 when there
+    are several."""
     out = []
     for method in args.methods:
         if method == "facefusion" and len(args.t1) > 1:
-            out += [(f"facefusion@{t1:g}", method, t1) for t1 in args.t1]
+            out += [(f"facefusion@{t1 if t1 == 'auto' else format(t1, 'g')}", method, t1) for t1 in args.t1]
         else:
             out.append((method, method, args.t1[0]))
     return out
+
+
+def geometry_gate(args, split: str, ratio: float) -> dict:
+    """FaceFusion with T2 and T1 'auto' at `ratio`: its readiness checks and T1 decision. open: a valley (a band
+    between the modes) was found and the run merged at it."""
+    run_dir = train(args, split, ratio, "facefusion@auto", "facefusion", "auto")
+    with open(os.path.join(run_dir, "fusion", "readiness.json"), encoding="utf-8") as f:
+        readiness = json.load(f)
+    report_path = os.path.join(run_dir, "fusion", "fusion_report.json")
+    decision = None
+    if os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            decision = json.load(f)["settings"]["threshold"]
+    last = readiness["checks"][-1] if readiness["checks"] else {}
+    return {"ratio": ratio, "run_dir": run_dir, "open": bool(decision and decision["mode"] == "valley"),
+            "fused_at_step": readiness["fused_at_step"], "last_check": last, "decision": decision,
+            "checks": readiness["checks"]}
 
 
 def train(args, split: str, ratio: float, label: str, method: str, t1: float) -> str:
@@ -98,9 +120,11 @@ def train(args, split: str, ratio: float, label: str, method: str, t1: float) ->
         return run_dir
     milestones = [round(args.steps * 0.75), round(args.steps * 0.9)]
     overrides = {
-        "output_dir": run_dir, "seed": args.seed, "method": method, "data.manifest": os.path.join(split, "manifest.json"),
-        "data.verification": "[]", "grl.weight": 0.0, "fusion.t1": t1, "fusion.t2": args.t2,
-        "fusion.allow_same_dataset": "true", "optim.total_steps": args.steps,
+        "output_dir": run_dir, "seed": args.seed, "method": method,
+        "data.manifest": os.path.join(split, "manifest.json"),
+        "data.verification": "[]", "grl.weight": 0.0, "fusion.t1": t1, "fusion.t2": "auto" if t1 == "auto" else args.t2,
+        "fusion.t2_ceiling": args.t2, "fusion.readiness_every": max(1, args.steps // 40),
+        "fusion.allow_same_dataset": "false", "optim.total_steps": args.steps,
         "optim.lr_milestones": f"[{milestones[0]},{milestones[1]}]", "optim.warmup_steps": max(1, args.steps // 20),
         "checkpoint.every": 0, "log.eval_every": 0, "log.tensorboard": "false",
         "head.interclass_threshold": args.interclass_threshold if method == "interclass" else 0.0,
@@ -152,10 +176,17 @@ def write_table(path: str, rows: list[dict], meta: dict) -> str:
     from recordio_tools.files import write_text_atomic
 
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, {meta['date']}, "
-             f"{meta['seconds'] / 60:.1f} min wall; held-out: {rows[0]['heldout_ids']} persons, "
-             f"{rows[0]['heldout_images']} images, {rows[0]['num_negative_pairs']} negative pairs; seed {meta['seed']}",
-             "", "| r | method | TAR@1e-3 | TAR@1e-4 | rank-1 | merge P | merge R | classes after | Table 4 (naive / DAIL / true) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{meta['seconds'] / 60:.1f} min wall; seed {meta['seed']}", ""]
+    lines += gate_lines(meta["gate"]) if meta["gate"] else ["Geometry gate: not run (--no-gate)."]
+    if not rows:
+        why = "--gate-only" if meta["gate"]["open"] else "no band between the modes"
+        text = "\n".join(lines + ["", f"No method compared: {why}."]) + "\n"
+        write_text_atomic(path, text)
+        return text
+    lines += ["", f"Held-out: {rows[0]['heldout_ids']} persons, {rows[0]['heldout_images']} images, "
+              f"{rows[0]['num_negative_pairs']} negative pairs.", "",
+              "| r | method | TAR@1e-3 | TAR@1e-4 | rank-1 | merge P | merge R | classes after | "
+              "Table 4 (naive / DAIL / true) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         merge = row["merge"]
         p = "-" if merge.get("precision") is None else f"{merge['precision']:.3f}"
@@ -171,6 +202,16 @@ def write_table(path: str, rows: list[dict], meta: dict) -> str:
     text = "\n".join(lines) + "\n"
     write_text_atomic(path, text)
     return text
+
+
+def gate_lines(gate: dict) -> list[str]:
+    decision = gate["decision"] or {}
+    verdict = "open" if gate["open"] else "closed"
+    lines = [f"Geometry gate (FaceFusion, T2 and T1 auto, r={gate['ratio']:g}): **{verdict}**; boundary at step "
+             f"{gate['fused_at_step']}; T1 decision: {decision.get('mode', 'none')} "
+             f"({decision.get('reason', '-')})", "", "| check step | alignment | ready | reason |", "|---|---|---|---|"]
+    lines += [f"| {c['step']} | {c['alignment']:.3f} | {c['ready']} | {c['reason']} |" for c in gate["checks"]]
+    return lines
 
 
 def differences(rows: list[dict]) -> dict:
@@ -205,12 +246,17 @@ def parse_args(argv=None):
     p.add_argument("--ratios", help="comma-separated r (default 0,0.6)")
     p.add_argument("--steps", type=int, help="training steps per run (default 400)")
     p.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default naive,dail,facefusion)")
-    p.add_argument("--t1", default="0.7,0.82", help="FaceFusion's merge threshold(s), one run each (default 0.7, the "
-                                                   "paper's, and 0.82, the CPU demo's)")
-    p.add_argument("--t2", type=float, default=0.5, help="fraction of steps before fusion (default 0.5, the demo's)")
+    p.add_argument("--t1", default="0.7,auto", help="FaceFusion's merge threshold(s), one run each: numbers or 'auto' "
+                                                   "(default 0.7, the paper's, and auto, the product's)")
+    p.add_argument("--t2", type=float, default=0.5, help="fraction of steps before fusion (default 0.5, the demo's); "
+                                                          "with T1 auto, T2 is auto with this as its ceiling")
+    p.add_argument("--gate-only", action="store_true", help="stop after the geometry gate")
+    p.add_argument("--no-gate", action="store_true",
+                   help="compare the methods without the gate (the tests' runs, too short for any geometry)")
     p.add_argument("--interclass-threshold", type=float, default=0.4, help="the 'interclass' method's threshold")
     p.add_argument("--proxy-norm", type=float, default=0.0,
-                   help="head.proxy_norm: 0 = the demo's plain SGD proxies (default); 1 = the feature-level experiment's")
+                   help="head.proxy_norm: 0 = the demo's plain SGD proxies (default); 1 = the feature-level "
+                        "experiment's")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set, the split and the training")
     p.add_argument("--nproc", type=int, default=2, help="gloo ranks per training run (default 2)")
     args = p.parse_args(argv)
@@ -219,7 +265,7 @@ def parse_args(argv=None):
             setattr(args, name, value)
     args.ratios = [float(r) for r in str(args.ratios).split(",")]
     args.methods = [m.strip() for m in str(args.methods).split(",")]
-    args.t1 = [float(t) for t in str(args.t1).split(",")]
+    args.t1 = [t.strip() if t.strip() == "auto" else float(t) for t in str(args.t1).split(",")]
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; available: {list(METHODS)}")
@@ -241,8 +287,13 @@ def main(argv=None) -> int:
     heldout, splits = make_data(args)
     with open(os.path.join(args.out, "synth", SPLIT_DATASET, "dataset.json"), encoding="utf-8") as f:
         split_ids = int(json.load(f)["num_classes"])
+    gate = None if args.no_gate else geometry_gate(args, splits[max(splits)], max(splits))
+    if gate is not None:
+        print(f"geometry gate at r={gate['ratio']:g}: {'open' if gate['open'] else 'closed'}: "
+              f"{(gate['decision'] or {}).get('reason') or gate['last_check'].get('reason')}", flush=True)
+    compare = gate is None or (gate["open"] and not args.gate_only)
     rows = []
-    for ratio, split in splits.items():
+    for ratio, split in (splits.items() if compare else ()):
         for label, method, t1 in arms(args):
             run_started = time.perf_counter()
             run_dir = train(args, split, ratio, label, method, t1)
@@ -254,10 +305,10 @@ def main(argv=None) -> int:
                   f"classes {row['classes']} ({row['seconds']:.0f} s)", flush=True)
     meta = {"command": " ".join(["python benchmarks/experiment_image_level.py"] + (argv or sys.argv[1:])),
             "machine": machine, "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - started,
-            "seed": args.seed, "split_ids": split_ids, "differences": differences(rows)}
+            "seed": args.seed, "split_ids": split_ids, "differences": differences(rows), "gate": gate}
     text = write_table(os.path.join(args.out, "table.md"), rows, meta)
     write_text_atomic(os.path.join(args.out, "result.json"),
-                      json.dumps({"meta": meta, "args": vars(args), "runs": rows}, indent=1) + "\n")
+                      json.dumps({"meta": meta, "args": vars(args), "gate": gate, "runs": rows}, indent=1) + "\n")
     print(text)
     return 0
 
