@@ -270,7 +270,9 @@ def top1_figure(hist: Top1Histogram, datasets: int | None = None):
         ax.plot(hist.curve_x, hist.low, color="#34495e", linewidth=1.4, label=f"fitted mode: {low}")
         ax.plot(hist.curve_x, hist.high, color="#27ae60", linewidth=1.4, label=f"fitted mode: {high}")
     if hist.valley is not None:
-        ax.axvline(hist.valley, color="#7f8c8d", linestyle=":", linewidth=1.5, label=f"valley {hist.valley:.3f}")
+        # above the T1 line: an auto T1 is usually the valley itself
+        ax.axvline(hist.valley, color="#2c3e50", linestyle=":", linewidth=1.8, zorder=4,
+                   label=f"valley {hist.valley:.3f}")
     if hist.t1 is not None:
         above = int((hist.values > hist.t1).sum())
         ax.axvline(hist.t1, color="#c0392b", linestyle="--", linewidth=1.5,
