@@ -8,6 +8,20 @@ import math
 
 import numpy as np
 
+WORLDS = {
+    # The earlier stress world: look-alike families (4 identities with latent cosine 0.5) in a 32-d identity space,
+    # 64-d embeddings, 10 images per identity. Its top-1 non-duplicate proxies sit near 0.6 and duplicates near 0.8
+    # at T2: the two modes touch.
+    "lookalike": dict(latent=32, family_size=4, family_sim=0.5, dim=64, images_per_id=10),
+    # Real data's geometry, set before any method ran: a 512-d embedding (the paper's; the top-1 cosine of
+    # ~1000 random unit vectors in 512-d is ~0.15, against ~0.40 in 64-d), a 128-d identity space without
+    # look-alike families, and 40 images per identity (20 per source class of a duplicated identity): CASIA-WebFace
+    # has 46.8 images per identity (494,414 / 10,575), MS1M-ArcFace 68 (5.8M / 85.7K). Target at T2: the paper's
+    # Figure 3, duplicates near 1.0 and top-1 non-duplicates near 0.35 (benchmarks/RESULTS.md, 'Fusion readiness').
+    "calibrated": dict(latent=128, family_size=1, family_sim=0.0, dim=512, images_per_id=20),
+}
+"""The experiments' worlds: flags a run does not set come from its world."""
+
 
 def make_world(seed: int, *, ids: int, images_per_id: int, heldout_ids: int, heldout_images: int, latent: int,
                nuisance: int, input_dim: int, family_size: int, family_sim: float, sigma: float, pixel_noise: float,

@@ -135,6 +135,63 @@ def train_step(model, head, optimizer: torch.optim.Optimizer, batch: StepBatch, 
     return {"loss_cls": loss_cls.detach(), "loss_dom": loss_dom.detach(), "lr": settings.lr}
 
 
+class PhaseBoundary:
+    """Where the dataset-aware phase ends and what happens there, for the trainer and the experiments:
+    the step T2 (fixed), or with fusion.t2 'auto' the first due check at which the proxies are ready (or
+    the ceiling); then fusion (or naive's plain switch), and with fusion.t1 'auto' and no valley either
+    staying dataset-aware (no_valley 'aware': declined for the rest of the run) or going agnostic unmerged.
+
+        boundary = PhaseBoundary(cfg)
+        head.track_alignment = boundary.watches_alignment
+        if not fused and boundary.due(head, labels, step, group=group):     # collective at readiness checks
+            fused, result = boundary.cross(head, labels, group=group)        # collective
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        from fftrain.fusion.readiness import ReadinessWatch
+
+        self.cfg = cfg
+        self.declined = False
+        """t1 'auto' found no valley and no_valley is 'aware' (not saved: a resume past T2 decides again)."""
+        self.readiness = None
+        """t2 'auto': the watch and its checks (not saved: a resume watches anew)."""
+        if cfg.fusion.t2_auto and cfg.t2_step is not None and cfg.merges:
+            self.readiness = ReadinessWatch(floor_step=cfg.t2_floor_step, ceiling_step=cfg.t2_step,
+                                            every=cfg.fusion.readiness_every, plateau=cfg.fusion.alignment_plateau)
+        self.last_check = None
+
+    @property
+    def watches_alignment(self) -> bool:
+        return self.readiness is not None
+
+    def due(self, head, labels, step: int, *, group: ProcessGroup | None) -> bool:
+        """Whether the boundary is at `step` (the caller asks only while dataset-aware). At a readiness
+        check (t2 'auto') this is collective and `last_check` holds the verdict for the log."""
+        self.last_check = None
+        if self.declined or self.cfg.t2_step is None:
+            return False
+        if self.readiness is None:
+            return step >= self.cfg.t2_step
+        if not self.readiness.due(step):
+            return False
+        self.last_check = readiness_check(head, labels, self.cfg.fusion, self.readiness, step, group=group)
+        return self.last_check.ready
+
+    def cross(self, head, labels, *, group: ProcessGroup | None, source_info=None,
+              report_dir: str | None = None):
+        """The boundary (collective): returns (agnostic from here, the `FusionResult` or None when the
+        method does not merge)."""
+        if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
+            return True, None
+        result = swap_in_fusion(head, labels, self.cfg.fusion, group=group, source_info=source_info,
+                                report_dir=report_dir)
+        declined = result.threshold is not None and not result.threshold.merges
+        if declined and self.cfg.fusion.no_valley == "aware":
+            self.declined = True
+            return False, result
+        return True, result
+
+
 def readiness_check(head, labels, fusion: FusionConfig, watch, step: int, *, group: ProcessGroup | None):
     """fusion.t2 'auto' at a due step (collective): the alignment since the last check and the proxies'
     top-1 geometry, judged by `watch` (a `fftrain.fusion.ReadinessWatch`). Returns its `ReadinessCheck`."""

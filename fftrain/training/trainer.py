@@ -27,9 +27,8 @@ from fftrain.distributed import DistContext, ReduceOp, all_reduce_, broadcast_, 
 from fftrain.errors import UserError
 from fftrain.training.faults import fault_point
 from fftrain.training.startup import StartPoint, start_point
-from fftrain.fusion.readiness import ReadinessWatch
-from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, readiness_check,
-                                   step_settings, swap_in_fusion, train_step)
+from fftrain.training.step import (NonFiniteWatch, PhaseBoundary, StepBatch, build_head, build_optimizer,
+                                   step_settings, train_step)
 from fftrain.model.embedding import EmbeddingModel
 from fftrain.training.resume_rules import data_position
 from fftrain.training.run_log import MetricsWriter, Throughput, format_duration, get_logger
@@ -69,11 +68,7 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed-size 112x112 inputs: pick the fastest kernels once
         self.watch = NonFiniteWatch(ctx.device)
-        self.fusion_declined = False  # t1 'auto' found no valley at T2 and no_valley is 'aware'
-        self.readiness = None  # fusion.t2 'auto': when the proxies are ready (not saved: a resume watches anew)
-        if cfg.fusion.t2_auto and cfg.t2_step is not None and cfg.merges:
-            self.readiness = ReadinessWatch(floor_step=cfg.t2_floor_step, ceiling_step=cfg.t2_step,
-                                            every=cfg.fusion.readiness_every, plateau=cfg.fusion.alignment_plateau)
+        self.boundary = PhaseBoundary(cfg)
 
         start = start if start is not None else start_point(cfg, ctx)
         resume_path, resume_meta = start.resume_path, start.resume_meta
@@ -90,7 +85,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.head = build_head(cfg, num_fused, group=ctx.group, device=ctx.device, compute_dtype=self.dtype)
         self.head.defer_checks = True  # no host sync per step; raised at log steps (check_deferred)
-        self.head.track_alignment = self.readiness is not None
+        self.head.track_alignment = self.boundary.watches_alignment
         self.labels = data.labels  # the run's label space; the loader reads the same object
         if resume_path:
             self._restore(resume_path, resume_meta)
@@ -108,57 +103,50 @@ class Trainer:
         return "agnostic" if self.state.fused else "dail"
 
     def fusion_due(self) -> bool:
-        """The phase boundary is now: the step T2 (fixed), or (t2 'auto', collective at due checks) the
-        readiness watch says the proxies are ready, or the ceiling is reached."""
-        if self.state.fused or self.fusion_declined or self.cfg.t2_step is None:
+        """The phase boundary is now (`PhaseBoundary.due`: collective at t2 'auto' readiness checks)."""
+        if self.state.fused:
             return False
-        if self.readiness is None:
-            return self.state.step >= self.cfg.t2_step
-        if not self.readiness.due(self.state.step):
-            return False
-        check = readiness_check(self.head, self.labels, self.cfg.fusion, self.readiness, self.state.step,
-                                group=self.ctx.group)
-        self.log.info(f"step {self.state.step}: fusion readiness: {'ready' if check.ready else 'waiting'}: "
-                      f"{check.reason}")
-        return check.ready
+        due = self.boundary.due(self.head, self.labels, self.state.step, group=self.ctx.group)
+        check = self.boundary.last_check
+        if check is not None:
+            self.log.info(f"step {self.state.step}: fusion readiness: {'ready' if check.ready else 'waiting'}: "
+                          f"{check.reason}")
+        return due
 
     def _write_readiness(self) -> None:
         """Rank 0: every readiness check of this process (t2 'auto'), beside the fusion report."""
-        if self.readiness is None or not self.ctx.is_main:
+        readiness = self.boundary.readiness
+        if readiness is None or not self.ctx.is_main:
             return
         from recordio_tools.files import write_text_atomic
 
         folder = os.path.join(self.cfg.output_dir, "fusion")
         os.makedirs(folder, exist_ok=True)
-        body = {"floor_step": self.readiness.floor_step, "ceiling_step": self.readiness.ceiling_step,
-                "fused_at_step": self.state.step, "checks": [c.to_dict() for c in self.readiness.checks]}
+        body = {"floor_step": readiness.floor_step, "ceiling_step": readiness.ceiling_step,
+                "fused_at_step": self.state.step, "checks": [c.to_dict() for c in readiness.checks]}
         write_text_atomic(os.path.join(folder, "readiness.json"), json.dumps(body, indent=1) + "\n")
 
     def on_phase_boundary(self) -> None:
-        """Step T2: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic."""
+        """The phase boundary: merge cross-dataset duplicates, rewrite label map and FC shards, go agnostic
+        (`PhaseBoundary.cross`)."""
+        from fftrain.fusion import SourceInfo
+
         fault_point("fusion", self.state.step, self.ctx.rank)
         self._write_readiness()
-        if not self.cfg.merges:  # the paper's naive concatenation: agnostic over every source class
+        source_info = SourceInfo.from_manifest(self.data.manifest) if self.cfg.merges else None
+        fused, result = self.boundary.cross(self.head, self.labels, group=self.ctx.group, source_info=source_info,
+                                            report_dir=os.path.join(self.cfg.output_dir, "fusion"))
+        if result is None:
             self.state.fused = True
             self.log.info(f"step {self.state.step}: method {self.cfg.method}, dataset-agnostic from here, no merge")
             return
-        result = self._fuse()
-        if result.threshold is not None and not result.threshold.merges and self.cfg.fusion.no_valley == "aware":
-            self.fusion_declined = True  # not saved: a resume past T2 fits again and decides the same way
+        if not fused:
             self.log.info(f"step {self.state.step}: fusion declined, training stays dataset-aware: "
                           f"{result.threshold.reason}")
             return
         self.state.fused = True
         self.log.info(f"fusion at step {self.state.step}: {result.summary_line()}")
         self.save(reason="fusion")
-
-    def _fuse(self):
-        """FaceFusion on the live head and the run's label space (collective; `swap_in_fusion`)."""
-        from fftrain.fusion import SourceInfo
-
-        return swap_in_fusion(self.head, self.labels, self.cfg.fusion, group=self.ctx.group,
-                              source_info=SourceInfo.from_manifest(self.data.manifest),
-                              report_dir=os.path.join(self.cfg.output_dir, "fusion"))
 
     # ---- one step ------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from conftest import REPO
 
 import experiment_replication as ER
 from benchmarks.lib.feature_training import method_config, train_run
-from benchmarks.lib.stats import paired
+from benchmarks.lib.stats import equivalent, paired
 from benchmarks.lib.worlds import make_split, make_world, world_kwargs
 from recordio_tools.overlap_split import planted_counts
 
@@ -59,23 +59,58 @@ def test_quick_preset_end_to_end(tmp_path):
     report = json.loads((tmp_path / "result.json").read_text())
     for png in ("tar_vs_r.png", "fig3_t2.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| r | method | TAR@1e-3 |" in (tmp_path / "table.md").read_text()
+    assert "| r | arm | TAR@1e-3 |" in (tmp_path / "table.md").read_text()
     args = report["args"]
     rows = {(row["ratio"], row["method"]): row for row in report["summary"]["table"]}
-    assert len(report["runs"]) == len(args["ratios"]) * len(args["methods"]) * args["seeds"]
+    assert len(report["runs"]) == len(args["ratios"]) * len(args["arms"]) * len(args["seeds"])
+    assert {r["seed"] for r in report["runs"]} == set(args["seeds"])
     for ratio in args["ratios"]:
         counts = planted_counts(args["ids"], args["k"], ratio)
         assert rows[ratio, "naive"]["classes"] == counts["classes_naive"]  # nothing merged
         assert rows[ratio, "dail"]["classes"] == counts["classes_dail"]  # one subset's softmax
         assert rows[ratio, "facefusion"]["classes"] <= counts["classes_naive"]
-        for method in args["methods"]:
-            assert 0.0 <= rows[ratio, method]["tar@0.001"] <= 1.0
-    diff = report["summary"]["diffs"]["tar@0.001"][f"facefusion-dail@r={args['ratios'][-1]}"]
-    assert diff["n"] == args["seeds"] and diff["lo"] <= diff["mean"] <= diff["hi"]
-    assert any(c["criterion"].startswith("naive falls with r") for c in report["criteria"])
-    (dyn,) = report["meta"]["dynamics"]  # the plain-SGD arm measured at T2 beside the renormalised runs
-    assert dyn["t2_quantiles"]["top1_non_duplicate"]["q50"] is not None and dyn["t2_quantiles"]["alignment"]["q50"] <= 1
-    assert all(t["merged_pairs_by_t1"] for t in report["t2"])
+        for arm in args["arms"]:
+            assert 0.0 <= rows[ratio, arm]["tar@0.001"] <= 1.0
+    diff = report["summary"]["diffs"]["tar@0.001"][f"facefusion_auto-dail@r={args['ratios'][-1]}"]
+    assert diff["n"] == len(args["seeds"]) and diff["lo"] <= diff["mean"] <= diff["hi"]
+    assert report["criteria"] and all(isinstance(c["met"], bool) for c in report["criteria"])
+    auto = [r for r in report["runs"] if r["method"] == "facefusion_auto"]
+    assert all(r["boundary"]["readiness"] for r in auto)  # the auto arm watched the proxies before its boundary
+
+
+def test_auto_arm_runs_the_product_boundary():
+    """facefusion_auto runs the trainer's PhaseBoundary: readiness checks from the floor, then the boundary with a
+    T1 decision, and the applied merge set set against the best fixed T1 of the same proxies."""
+    args = ER.parse_args(["--quick", "--ids", "64", "--images-per-id", "4", "--heldout-ids", "16", "--heldout-images",
+                          "4", "--steps", "40", "--batch", "32", "--readiness-every", "0.1"])
+    world = make_world(0, **world_kwargs(args))
+    split = make_split(world, args.k, 0.5, 0, False)
+    out = train_run(world, split, "facefusion_auto", 0, args)
+    boundary = out["boundary"]
+    steps = [c["step"] for c in boundary["readiness"]]
+    assert steps[0] == 4 and all(b - a == 4 for a, b in zip(steps, steps[1:])) and steps[-1] == boundary["step"] <= 20
+    assert boundary["threshold"]["mode"] in ("valley", "no_valley")
+    gap = boundary["vs_best_fixed_t1"]
+    assert 0.40 <= gap["best_t1"] <= 0.95 and 0.0 <= gap["one_minus_jaccard"] <= 1.0
+    assert out["classes_in_softmax"] == (np.bincount(split["class_dataset"]).max() if boundary["declined"]
+                                         else out["classes"])
+
+
+def test_equivalence_is_two_one_sided():
+    inside = equivalent([0.501, 0.499, 0.502, 0.500, 0.498], [0.5] * 5, 0.005)
+    assert inside["met"] and -0.005 < inside["lo90"] < inside["hi90"] < 0.005
+    wide = equivalent([0.51, 0.49, 0.52, 0.50, 0.48], [0.5] * 5, 0.005)  # mean 0, interval too wide: not shown
+    assert not wide["met"] and wide["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert not equivalent([0.5], [0.5], 0.005)["met"]  # one seed proves nothing
+
+
+def test_seed_and_ratio_lists():
+    args = ER.parse_args(["--seeds", "31,32,33", "--ratios", "0,0.5", "--fusion", "auto"])
+    assert args.seeds == [31, 32, 33] and args.ratios == [0.0, 0.5]
+    assert "facefusion" not in args.arms and "facefusion_auto" in args.arms
+    assert (args.world, args.dim, args.latent, args.images_per_id) == ("calibrated", 512, 128, 20)
+    stress = ER.parse_args(["--world", "lookalike", "--dim", "96"])
+    assert (stress.dim, stress.latent, stress.family_size) == (96, 32, 4)
 
 
 def test_grl_weight_and_start_per_method():
