@@ -185,10 +185,11 @@ class Trainer:
 
     def _fusion_plan(self) -> str:
         """When the phase boundary comes, for the start line."""
-        if self.readiness is None:
+        watch = self.boundary.readiness
+        if watch is None:
             return f"fusion at step {self.cfg.t2_step}"
-        return (f"fusion when the proxies are ready, checked every {self.readiness.every} steps from step "
-                f"{self.readiness.floor_step}, at step {self.readiness.ceiling_step} at the latest")
+        return (f"fusion when the proxies are ready, checked every {watch.every} steps from step "
+                f"{watch.floor_step}, at step {watch.ceiling_step} at the latest")
 
     def _train(self) -> dict:
         cfg = self.cfg
