@@ -20,9 +20,15 @@ DEMO_CONFIG: dict = {
              "batch_size": 64, "num_workers": 1, "verification": []},
     "head": {"margin": "arcface", "scale": 32.0, "m": 0.3, "sample_rate": 1.0},
     "grl": {"weight": 0.1, "start_step": 0, "hidden": 64},
-    # T1 0.82, not the paper's 0.7: this 128-d net trained for 500 steps separates identities less
-    # than a 512-d iresnet50 at T2; chosen with `fftrain fuse --dry-run` on a demo checkpoint.
-    "fusion": {"t1": 0.82, "t2": 0.5, "knn_k": 10, "max_component": 6},
+    # T1 and T2 'auto', their bounds fixed before the first auto run (never tuned on its result):
+    # T2 no earlier than step 200 (t2_floor 0.2: 4x the 50 warmup steps; by then every one of the 600
+    # classes has been sampled ~40 times, 200 steps x 2 ranks x 64 images / 600) and no later than 500
+    # (t2_ceiling 0.5: the fixed T2 the demo had, leaving half the steps and both lr drops to the agnostic
+    # phase); a readiness check every 50 steps (7 at most, each a kNN of 600 proxies: seconds against
+    # minutes of training). T1 within the defaults [0.5, 0.95]: below 0.5 two 128-d proxies are barely
+    # alike, above 0.95 only copies would merge.
+    "fusion": {"t1": "auto", "t2": "auto", "knn_k": 10, "max_component": 6, "t1_min": 0.5, "t1_max": 0.95,
+               "t2_floor": 0.2, "t2_ceiling": 0.5, "readiness_every": 50},
     "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "total_steps": 1000,
               "lr_milestones": [750, 900], "warmup_steps": 50},
     "checkpoint": {"every": 300, "keep_last": 2, "resume": "auto"},

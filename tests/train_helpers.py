@@ -19,8 +19,10 @@ TRAIN = str(REPO / "fftrain" / "train.py")
 
 
 def settings(synth, out_dir, **extra) -> list[str]:
-    """`--set` arguments of a 10-step run on `synth`; `extra` keys are dotted, or `__` for the dot."""
+    """`--set` arguments of a 10-step run on `synth`; `extra` keys are dotted, or `__` for the dot. T1 and T2
+    fixed (the demo's are 'auto'): a test of 'auto' says so."""
     values = {"output_dir": str(out_dir), "data.synth_dir": str(synth), "data.synth_preset": "tiny",
+              "fusion.t1": 0.82, "fusion.t2": 0.5,
               "data.batch_size": 16, "data.num_workers": 1, "optim.total_steps": 10, "optim.warmup_steps": 2,
               "optim.lr_milestones": "[8]", "log.every": 1, "checkpoint.every": 4, "log.tensorboard": "false"}
     values.update({key.replace("__", "."): value for key, value in extra.items()})

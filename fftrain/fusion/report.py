@@ -14,7 +14,7 @@ members come from the kNN lists: a pair neither of whose lists holds the other i
 (below both k-th neighbours).
 
 PNG (the paper's Figure 3): histogram of each proxy's top-1 cosine to a proxy of another
-dataset, T1 marked. With the default kNN (other datasets only) that value is exact; where the
+dataset with the two fitted modes (duplicates, distinct identities), the valley between them and T1. With the default kNN (other datasets only) that value is exact; where the
 k neighbours held no other dataset, the k-th cosine (an upper bound) is used and counted as
 "censored" in the JSON.
 
@@ -27,7 +27,7 @@ import io
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -183,35 +183,118 @@ def build_report(*, plan, label_map, source_info: SourceInfo, class_dataset, nei
     }
 
 
-def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, dataset_of=None, names=None,
-                   bins: int = 100) -> None:
-    """PNG histogram of the top-1 other-dataset cosines, T1 marked; one outline per dataset when
-    `dataset_of` ([N] dataset index of each value) and `names` are given (at most 8)."""
+FIT_SAMPLE = 200_000
+"""At most this many top-1 cosines (a fixed random subset) go into the figure's own fit with a fixed T1."""
+
+
+@dataclass(frozen=True)
+class Top1Histogram:
+    """What the fusion figure draws, computed apart from the drawing (`top1_histogram`)."""
+
+    values: np.ndarray
+    """The finite top-1 cosines."""
+    edges: np.ndarray
+    classes: int
+    """Every proxy, censored or NaN included."""
+    t1: float | None
+    """The threshold used (None: nothing merged)."""
+    t1_kind: str
+    """'fixed', 'auto' or 'no merge'."""
+    valley: float | None
+    curve_x: np.ndarray | None = None
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    """The fitted modes as expected proxies per bin at curve_x (None without a fit)."""
+    separated: bool = False
+    """The fit's verdict: two separate modes (Ashman's D and weights, `fftrain.calibration.modes`)."""
+
+
+def top1_histogram(top1, t1: float, *, threshold: dict | None = None, bins: int = 60) -> Top1Histogram:
+    """The histogram, the two fitted modes (the T1 decision's fit when it made one, else a fit of
+    these cosines), the valley and the T1 marked. `threshold`: `T1Decision.to_dict()`; None: a fixed `t1`."""
+    values = np.asarray(top1, dtype=np.float64).ravel()
+    classes = int(values.size)
+    values = values[np.isfinite(values)]
+    decision = threshold or {"mode": "fixed", "t1": t1, "merges": True}
+    kind = "auto" if decision.get("mode") == "valley" else "fixed"
+    kind = kind if decision.get("merges", True) else "no merge"
+    used = None if kind == "no merge" else float(t1)
+    modes = _modes(decision.get("modes"), values)
+    valley = decision.get("valley") if decision.get("modes") else (modes.valley if modes is not None else None)
+    marks = [m for m in (used, valley) if m is not None and np.isfinite(m)]
+    lo = min([float(values.min()) if values.size else 0.0] + [m - 0.05 for m in marks])
+    hi = max([1.0] + [m + 0.02 for m in marks])
+    edges = np.linspace(lo, hi, bins + 1)
+    hist = Top1Histogram(values, edges, classes, used, kind, valley)
+    if modes is None or not values.size:
+        return hist
+    x = np.linspace(lo, hi, 400)
+    per_bin = values.size * (edges[1] - edges[0])
+    w = modes.mixture.weight_high
+    return replace(hist, curve_x=x, low=per_bin * (1 - w) * modes.mixture.low.dist.pdf(x),
+                               high=per_bin * w * modes.mixture.high.dist.pdf(x), separated=modes.separated)
+
+
+def _modes(fitted: dict | None, values: np.ndarray):
+    """The two-Weibull fit: rebuilt from the decision's dict, or fitted here; None when it cannot be."""
+    try:
+        from fftrain.calibration.evt import FitError, Weibull, WeibullMixture
+        from fftrain.calibration.modes import fit_two_modes, from_mixture
+    except ImportError:  # scipy missing: the histogram alone
+        return None
+    if fitted:
+        m = fitted["mixture"]
+        mixture = WeibullMixture(Weibull(**m["low"]), Weibull(**m["high"]), m["weight_high"], m["log_likelihood"],
+                                 m["iterations"], m["converged"])
+        return from_mixture(mixture, fitted["otsu"], min_d=fitted["min_d"], min_weight=fitted["min_weight"])
+    if values.size > FIT_SAMPLE:
+        values = np.random.default_rng(0).choice(values, FIT_SAMPLE, replace=False)
+    try:
+        return fit_two_modes(np.clip(values, -1.0, 1.0))
+    except FitError:
+        return None
+
+
+def top1_figure(hist: Top1Histogram, datasets: int | None = None):
+    """One panel: the histogram, the fitted modes, the valley and T1 as labelled vertical lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    values = np.asarray(top1, dtype=np.float64)
-    keep = np.isfinite(values)
-    values = values[keep]
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    lo = min(float(values.min()) if values.size else 0.0, t1 - 0.05)
-    edges = np.linspace(lo, 1.0, bins + 1)
-    ax.hist(values, bins=edges, color="#8aa9cf", label=f"all proxies (N={values.size})")
-    if dataset_of is not None and names is not None and len(names) <= 8:
-        ds = np.asarray(dataset_of)[keep]
-        for d, name in enumerate(names):
-            if np.any(ds == d):
-                ax.hist(values[ds == d], bins=edges, histtype="step", linewidth=1.0, label=name)
-    above = int((values > t1).sum())
-    ax.axvline(t1, color="#c0392b", linestyle="--", linewidth=1.5, label=f"T1 = {t1:g} ({above} above)")
-    ax.set_xlabel("top-1 cosine to a proxy of another dataset")
-    ax.set_ylabel("proxies")
-    ax.set_yscale("log")
-    ax.set_title("FaceFusion: proxy similarity across datasets")
-    ax.legend(fontsize=7, loc="best")
+    ax.hist(hist.values, bins=hist.edges, color="#b8cde6", edgecolor="#8aa9cf", label=f"proxies (N={hist.values.size})")
+    low, high = (("distinct identities", "duplicates") if hist.separated else
+                 ("lower component", "higher component (one mode: not separate)"))
+    if hist.curve_x is not None:
+        ax.plot(hist.curve_x, hist.low, color="#34495e", linewidth=1.4, label=f"fitted mode: {low}")
+        ax.plot(hist.curve_x, hist.high, color="#27ae60", linewidth=1.4, label=f"fitted mode: {high}")
+    if hist.valley is not None:
+        # above the T1 line: an auto T1 is usually the valley itself
+        ax.axvline(hist.valley, color="#2c3e50", linestyle=":", linewidth=1.8, zorder=4,
+                   label=f"valley {hist.valley:.3f}")
+    if hist.t1 is not None:
+        above = int((hist.values > hist.t1).sum())
+        ax.axvline(hist.t1, color="#c0392b", linestyle="--", linewidth=1.5,
+                   label=f"T1 = {hist.t1:.3f} ({hist.t1_kind}): {above} above")
+    ax.set_xlim(hist.edges[0], hist.edges[-1])
+    ax.set_xlabel("top-1 cosine of a proxy to a proxy of another dataset")
+    ax.set_ylabel("proxies per bin")
+    of = "" if datasets is None else f" of {datasets} datasets"
+    used = "T1 auto: no valley, nothing merged" if hist.t1 is None else f"T1 = {hist.t1:.3f} ({hist.t1_kind})"
+    ax.set_title(f"Fusion: {hist.classes} classes{of}; {used}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, dataset_of=None, names=None,
+                   threshold: dict | None = None, bins: int = 60) -> None:
+    """PNG of `top1_figure`: the top-1 other-dataset cosines, their fitted modes, the valley and T1.
+    `threshold`: the fusion's `T1Decision.to_dict()` (None: `t1` fixed). `dataset_of` is accepted for
+    older callers; `names` gives the number of datasets in the title."""
+    hist = top1_histogram(top1, t1, threshold=threshold, bins=bins)
+    fig = top1_figure(hist, None if names is None else len(names))
 
     def write(f):
         fig.savefig(f, format="png")
@@ -221,13 +304,15 @@ def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, dataset_of=None, n
 
 def write_report(report_dir: str, report: dict, top1: np.ndarray, *, t1: float, dataset_of=None,
                  names=None) -> dict[str, str]:
-    """Write the JSON and the PNG atomically into `report_dir`; returns their paths."""
+    """Write the JSON and the PNG atomically into `report_dir`; returns their paths. The PNG draws the
+    T1 decision of the report's settings (`settings.threshold`) when it has one."""
     os.makedirs(report_dir, exist_ok=True)
     json_path = os.path.join(report_dir, REPORT_JSON)
     png_path = os.path.join(report_dir, REPORT_PNG)
     data = json.dumps(report, indent=1, allow_nan=False, default=_json_default).encode()
     _atomic_write(json_path, lambda f: f.write(data))
-    plot_top1_hist(png_path, top1, t1, dataset_of=dataset_of, names=names)
+    threshold = (report.get("settings") or {}).get("threshold")
+    plot_top1_hist(png_path, top1, t1, dataset_of=dataset_of, names=names, threshold=threshold)
     return {"json": json_path, "png": png_path}
 
 

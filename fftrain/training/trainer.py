@@ -183,13 +183,21 @@ class Trainer:
         finally:
             self.loader.close()
 
+    def _fusion_plan(self) -> str:
+        """When the phase boundary comes, for the start line."""
+        watch = self.boundary.readiness
+        if watch is None:
+            return f"fusion at step {self.cfg.t2_step}"
+        return (f"fusion when the proxies are ready, checked every {watch.every} steps from step "
+                f"{watch.floor_step}, at step {watch.ceiling_step} at the latest")
+
     def _train(self) -> dict:
         cfg = self.cfg
         total = cfg.optim.total_steps
         global_batch = cfg.data.batch_size * self.ctx.world_size
         self.log.info(f"training {total} steps from step {self.state.step}: {self.ctx.world_size} rank(s) x "
                       f"{cfg.data.batch_size} images, {self.head.num_classes} classes, phase {self.phase}, "
-                      f"fusion at step {cfg.t2_step}")
+                      f"{self._fusion_plan()}")
         throughput = Throughput(self.state.step, total)
         data_wait = 0.0
         batches = iter(self.loader)

@@ -20,7 +20,7 @@ def make_trainer(synth, out_dir, device="cpu", **overrides) -> Trainer:
     values = {"output_dir": str(out_dir), "data.manifest": str(synth / "manifest.json"), "data.batch_size": 8,
               "data.num_workers": 1, "data.reader": "torch", "optim.total_steps": 20, "optim.warmup_steps": 1,
               "optim.lr_milestones": "[15]", "log.every": 1000, "checkpoint.every": 0, "log.tensorboard": "false",
-              "device": device, "fusion.t2": 0.5, **overrides}
+              "device": device, "fusion.t2": 0.5, "fusion.t1": 0.82, **overrides}
     cfg = load_config(None, [f"{k}={v}" for k, v in values.items()], base=DEMO_CONFIG)
     ctx = single_process_context(torch.device("cuda", 0) if device == "cuda" else device)
     setup_logging(cfg.output_dir, ctx.rank)

@@ -16,7 +16,7 @@ from fftrain.training.trainer import Trainer
 def make_trainer(synth, out_dir, **overrides) -> Trainer:
     values = {"output_dir": str(out_dir), "data.manifest": str(synth / "manifest.json"), "data.batch_size": 16,
               "data.num_workers": 1, "data.reader": "torch", "optim.total_steps": 6, "optim.warmup_steps": 1,
-              "optim.lr_milestones": "[5]", "fusion.t2": 0.5, "log.every": 1, "checkpoint.every": 2,
+              "optim.lr_milestones": "[5]", "fusion.t2": 0.5, "fusion.t1": 0.82, "log.every": 1, "checkpoint.every": 2,
               "log.tensorboard": "false", "device": "cpu", **overrides}
     cfg = load_config(None, [f"{k}={v}" for k, v in values.items()], base=DEMO_CONFIG)
     ctx = single_process_context()

@@ -51,3 +51,54 @@ def test_missing_run_and_missing_overlaps_are_one_line(tmp_path, capsys):
     assert main(["demo-report", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/nonexistent/synth/overlaps.json: planted overlaps not found" in err[0]
+
+
+def _fusion_files(run, threshold: dict, no_valley="aware"):
+    """The fusion report's T1 decision and the readiness checks of a t2 'auto' run that fused at step 15."""
+    report = json.loads((run / "fusion" / "fusion_report.json").read_text())
+    report["settings"] = {"threshold": threshold, "no_valley": no_valley}
+    (run / "fusion" / "fusion_report.json").write_text(json.dumps(report))
+    checks = [{"step": 10, "alignment": 0.4, "ready": False, "reason": "alignment 0.400: not yet plateaued; "
+                                                                        "two modes with a valley"},
+              {"step": 15, "alignment": 0.405, "ready": True, "reason": "alignment 0.405 (+0.005 since step 10): "
+                                                                        "plateaued (gain < 0.01); two modes with a valley"}]
+    (run / "fusion" / "readiness.json").write_text(json.dumps({"floor_step": 10, "ceiling_step": 18,
+                                                               "fused_at_step": 15, "checks": checks}))
+
+
+def test_auto_t2_and_t1_are_reported_with_their_reasons(tmp_path, capsys):
+    run = _run(tmp_path)
+    _fusion_files(run, {"mode": "valley", "t1": 0.6123, "merges": True, "reason": "valley 0.612; Ashman's D 4.20",
+                        "precision": 0.95, "recall": 0.9})
+    assert main(["demo-report", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == ("T2 auto: step 15 (checked from step 10 to the ceiling 18, 2 checks): alignment 0.405 (+0.005 "
+                      "since step 10): plateaued (gain < 0.01); two modes with a valley")
+    assert out[4] == ("T1 auto: 0.612 (valley 0.612; Ashman's D 4.20); the fit's own estimate: merge precision "
+                      "0.950, recall 0.900")
+    assert out[5].startswith("verification ")
+
+
+def test_auto_t1_that_declined_says_so_and_why(tmp_path, capsys):
+    run = _run(tmp_path)
+    reason = "one mode: fitted components at 0.389 (34.5%) and 0.398 (65.5%), Ashman's D 0.11"
+    _fusion_files(run, {"mode": "no_valley", "t1": None, "merges": False, "reason": reason}, no_valley="agnostic")
+    assert main(["demo-report", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[4] == ("T1 auto: declined to merge (training went dataset-agnostic over the unmerged classes), "
+                      f"no valley: {reason}")
+    assert main(["demo-report", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["t1"]["merges"] is False
+
+
+def test_a_fixed_t1_is_one_line_and_an_unreadable_readiness_file_is_one_error(tmp_path, capsys):
+    run = _run(tmp_path)
+    _fusion_files(run, {"mode": "fixed", "t1": 0.82, "merges": True, "reason": "configured"})
+    (run / "fusion" / "readiness.json").unlink()
+    assert main(["demo-report", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == "T1 0.82 (fixed)" and out[4].startswith("verification ")
+    (run / "fusion" / "readiness.json").write_text("{not json")
+    assert main(["demo-report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "readiness.json: cannot read" in err[0]
