@@ -338,6 +338,8 @@ def parse_args(argv=None):
     p.add_argument("--fusion", choices=("fixed", "auto", "both"), default="both",
                    help="which FaceFusion arms run: fixed T1/T2, auto, or both (default)")
     p.add_argument("--mutual-nn", action="store_true", help="fusion.mutual_nn for the FaceFusion arms")
+    p.add_argument("--no-valley", choices=("aware", "agnostic"),
+                   help="auto arms: fusion.no_valley (default: the shipped one, aware)")
     p.add_argument("--readiness-every", type=float, default=0.025,
                    help="auto arm: steps between readiness checks, a fraction of the run (default 0.025)")
     p.add_argument("--share-images", action="store_true",

@@ -59,6 +59,8 @@ def method_config(arm: str, args, seed: int = 0, steps: int | None = None):
     if arm.startswith("facefusion_auto"):
         every = max(1, round(steps * getattr(args, "readiness_every", 0.025)))
         fusion.update(t1="auto", t2="auto", readiness_every=every)
+        if getattr(args, "no_valley", None):
+            fusion["no_valley"] = args.no_valley
     return config_from_dict({
         "method": method, "seed": seed,
         "model": {"embedding_size": args.dim},
