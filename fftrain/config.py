@@ -166,6 +166,9 @@ FUSION_POLICIES = ("skip", "split", "keep")
 """Fusion's choices for a component chaining two classes of one dataset (fftrain.fusion.components)."""
 KNN_BACKENDS = ("auto", "faiss", "torch")
 """The proxy search's backends (fftrain.fusion.knn)."""
+KNN_PRECISIONS = ("auto", "fp32", "bf16")
+"""The proxy search's score precision: exact fp32, or bf16 scores (tensor cores) with every returned
+neighbour re-scored in fp32; 'auto': bf16 with the torch backend on CUDA, fp32 elsewhere."""
 NO_VALLEY_CHOICES = ("aware", "agnostic")
 """What a run does when fusion.t1 'auto' finds no valley: no merge, and stay dataset-aware or go agnostic."""
 
@@ -193,6 +196,10 @@ class FusionConfig:
     Tables 4-5 merge classes at r = 0, i.e. prior label noise inside one dataset)."""
     backend: str = "auto"
     """kNN backend: 'auto', 'faiss' or 'torch'."""
+    knn_precision: str = "auto"
+    """kNN scores: 'fp32' (exact), 'bf16' (the torch backend's matmul in bf16, a wider candidate list,
+    every returned similarity re-scored in fp32, so merges match fp32's), 'auto' (bf16 on CUDA with the
+    torch backend, fp32 otherwise; faiss searches in fp32)."""
     t1_min: float = 0.5
     """t1 'auto': the lowest threshold the valley may give (a valley below is raised to this)."""
     t1_max: float = 0.95
@@ -248,6 +255,8 @@ class FusionConfig:
                f"must be {_either(FUSION_POLICIES)}, got {self.same_dataset_policy!r}")
         _check(self.backend in KNN_BACKENDS, "fusion.backend",
                f"must be {_either(KNN_BACKENDS)}, got {self.backend!r}")
+        _check(self.knn_precision in KNN_PRECISIONS, "fusion.knn_precision",
+               f"must be {_either(KNN_PRECISIONS)}, got {self.knn_precision!r}")
 
 
 @dataclass

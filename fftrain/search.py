@@ -37,6 +37,7 @@ from fftrain.config import KNN_BACKENDS as BACKENDS
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
 BLOCK_MEMORY_FRACTION = 0.25       # of the free memory, for one score block and its top-k temporaries
 _BYTES_PER_SCORE = 12              # the fp32 score, the mask/where copy, topk's workspace
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def unit_rows(x, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -141,25 +142,56 @@ def _empty(n_q: int, k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return like.new_full((n_q, k), float("-inf")), torch.full((n_q, k), -1, dtype=torch.int64, device=like.device)
 
 
-def _search_torch(queries, q_groups, keys, key_offset, k_groups, k, max_block_elems, self_keys):
-    """Top-min(k, n_keys) of queries against keys: (sims, global ids), masked entries -> -1."""
+def resolve_precision(precision: str, kind: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of the torch backend's score matmul (None: exact fp32). 'auto' is bf16 on CUDA with the
+    torch backend (tensor cores), fp32 elsewhere (a CPU's bf16 matmul is no faster); faiss is fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown kNN precision {precision!r}; available: {list(PRECISIONS)}")
+    if kind != "torch" or precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def candidates_for(k: int, n_keys: int) -> int:
+    """Candidates a reduced-precision search keeps per query before the fp32 re-score: room for the
+    top k to reorder within the low-precision error."""
+    return min(n_keys, 2 * k + 8)
+
+
+def _search_torch(queries, q_groups, keys, key_offset, k_groups, k, max_block_elems, self_keys, low=None):
+    """Top-min(k, n_keys) of queries against keys: (sims, global ids), masked entries -> -1. low: a dtype
+    for the score matmul (bf16); its best candidates are then re-scored exactly in fp32."""
     n_q, n_k = queries.shape[0], keys.shape[0]
     kk = min(k, n_k)
     out_s, out_i = _empty(n_q, kk, queries)
     if n_q == 0 or kk == 0:
         return out_s, out_i
+    wide = candidates_for(kk, n_k) if low is not None else kk
     chunk = max(1, max_block_elems // max(1, n_k))
+    if low is not None:  # the re-score gathers [chunk, wide, D] key rows: bounded like a score block
+        chunk = max(1, min(chunk, max_block_elems // (wide * keys.shape[1])))
+    low_keys = keys.to(low) if low is not None else None
     for a in range(0, n_q, chunk):
         b = min(n_q, a + chunk)
-        block = queries[a:b] @ keys.T
+        block = queries[a:b] @ keys.T if low is None else (queries[a:b].to(low) @ low_keys.T).float()
         if k_groups is not None:
             block.masked_fill_(q_groups[a:b, None] == k_groups[None, :], float("-inf"))
         elif self_keys:  # query a + i is key a + i: drop the self-match
             block.diagonal(offset=a).fill_(float("-inf"))
-        s, j = torch.topk(block, kk, dim=1)
+        s, j = torch.topk(block, wide, dim=1)
+        if low is not None:
+            s, j = _rescore(queries[a:b], keys, s, j, kk)
         out_s[a:b] = s
         out_i[a:b] = torch.where(torch.isneginf(s), torch.full_like(j, -1), j + key_offset)
     return out_s, out_i
+
+
+def _rescore(queries, keys, low_s, j, k):
+    """The exact fp32 inner products of the candidates `j` (masked ones stay -inf), best k of them."""
+    exact = torch.einsum("qd,qcd->qc", queries, keys[j])
+    exact = torch.where(torch.isneginf(low_s), torch.full_like(exact, float("-inf")), exact)
+    s, pick = torch.topk(exact, k, dim=1)
+    return s, j.gather(1, pick)
 
 
 def _faiss_index(faiss, dim: int, device: torch.device, res):
@@ -219,19 +251,21 @@ def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_group
 BlockSearch = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _search_block(kind, faiss, res, max_block_elems, queries, keys, k, *, key_offset=0, self_keys=False,
+def _search_block(kind, faiss, res, max_block_elems, low, queries, keys, k, *, key_offset=0, self_keys=False,
                   query_groups=None, key_groups=None):
     if kind == "torch":
         block = max_block_elems or block_elems_for(free_memory_bytes(queries.device), keys.shape[0])
-        return _search_torch(queries, query_groups, keys, key_offset, key_groups, k, block, self_keys)
+        return _search_torch(queries, query_groups, keys, key_offset, key_groups, k, block, self_keys, low)
     return _search_faiss_block(faiss, res, queries, query_groups, keys, key_offset, key_groups, k, self_keys)
 
 
 @contextlib.contextmanager
-def block_searcher(backend: str, device: torch.device, max_block_elems: int | None = None) -> Iterator[BlockSearch]:
-    """The search of one block of keys with `backend` (resolved for `device`), its faiss resources made
-    once for all the blocks searched inside the `with`."""
+def block_searcher(backend: str, device: torch.device, max_block_elems: int | None = None,
+                   precision: str = "fp32") -> Iterator[BlockSearch]:
+    """The search of one block of keys with `backend` (resolved for `device`) at `precision`
+    (`resolve_precision`), its faiss resources made once for all the blocks searched inside the `with`."""
     kind = resolve_backend(backend, device)
+    low = resolve_precision(precision, kind, device)
     faiss = res = None
     if kind.startswith("faiss"):
         faiss = _faiss_module()
@@ -240,7 +274,7 @@ def block_searcher(backend: str, device: torch.device, max_block_elems: int | No
             res = faiss.StandardGpuResources()
     threads = _faiss_threads(faiss, torch.get_num_threads()) if faiss is not None else contextlib.nullcontext()
     with threads:
-        yield functools.partial(_search_block, kind, faiss, res, max_block_elems)
+        yield functools.partial(_search_block, kind, faiss, res, max_block_elems, low)
 
 
 def as_rows(x, name: str) -> torch.Tensor:
@@ -252,8 +286,10 @@ def as_rows(x, name: str) -> torch.Tensor:
 
 
 def top_k(queries, keys, k: int, *, backend: str = "auto", self_keys: bool = False, query_groups=None,
-          key_groups=None, max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k inner-product neighbours of each query row among the key rows, in one process.
+          key_groups=None, max_block_elems: int | None = None,
+          precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k inner-product neighbours of each query row among the key rows, in one process
+    (`precision` 'bf16': bf16 scores, the candidates re-scored in fp32; see `resolve_precision`).
 
     queries [Q, D], keys [C, D] (torch or numpy; unit rows for cosine), k >= 1. Returns (sims [Q, k]
     float32, ids [Q, k] int64 key rows), best first, on the queries' device; see the module for the rest.
@@ -272,6 +308,6 @@ def top_k(queries, keys, k: int, *, backend: str = "auto", self_keys: bool = Fal
     if query_groups is not None:
         groups = {"query_groups": torch.as_tensor(query_groups, dtype=torch.int64).to(q.device),
                   "key_groups": torch.as_tensor(key_groups, dtype=torch.int64).to(q.device)}
-    with block_searcher(backend, q.device, max_block_elems) as search:
+    with block_searcher(backend, q.device, max_block_elems, precision) as search:
         s, i = search(q, keys, k, self_keys=self_keys, **groups)
     return merge_topk(*_empty(q.shape[0], k, q), s, i, k)

@@ -40,7 +40,7 @@ def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device 
 
 def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | None, *,
                     backend: str = "auto", groups: torch.Tensor | None = None,
-                    max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_block_elems: int | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k inner-product neighbours of this rank's rows among all ranks' rows.
 
     local_proxies: [n_local, D] float32, this rank's rows (L2-normalised for cosine), in the
@@ -48,6 +48,7 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | N
     k: neighbours per row (>= 1).
     group: the process group (None: one process). Every rank of it must call.
     groups: optional global [C] int64 table; a query gets no neighbour of its own group.
+    precision: 'fp32', 'bf16' or 'auto' (`fftrain.search.resolve_precision`: bf16 scores re-scored in fp32).
     Returns (sims [n_local, k] float32, ids [n_local, k] int64 global row ids), best first, on
     the rows' device; missing neighbours are id -1, similarity -inf.
     """
@@ -73,7 +74,7 @@ def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | N
 
     best_s = x.new_full((n_local, k), float("-inf"))
     best_i = torch.full((n_local, k), -1, dtype=torch.int64, device=device)
-    with block_searcher(backend, device, max_block_elems) as search:
+    with block_searcher(backend, device, max_block_elems, precision) as search:
         for src in range(world):
             if sizes[src] == 0:
                 continue

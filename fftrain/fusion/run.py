@@ -126,7 +126,7 @@ def plan_fusion(local_weight: torch.Tensor, *, class_dataset, label_map, config:
     timings = {}
     t = time.perf_counter()
     proxies = F.normalize(local_weight.detach().float(), dim=1)
-    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend,
+    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend, precision=config.knn_precision,
                                 groups=None if config.allow_same_dataset else table.to(device))
     timings["knn_s"] = _elapsed(t, device)
     timings["knn_backend"], timings["knn_device"] = resolve_backend(config.backend, device), str(device)
@@ -157,7 +157,7 @@ def proxy_geometry(local_weight: torch.Tensor, *, class_dataset, config: FusionC
     table = torch.as_tensor(class_dataset, dtype=torch.int64).cpu()
     start = shard_range(int(table.shape[0]), rank_of(group), world_size_of(group))[0]
     proxies = F.normalize(local_weight.detach().float(), dim=1)
-    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend,
+    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend, precision=config.knn_precision,
                                 groups=table.to(local_weight.device))
     return decide_t1(sims, ids, start, table, dataclasses.replace(config, t1="auto"), group, quiet=True)
 

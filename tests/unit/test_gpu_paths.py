@@ -83,3 +83,24 @@ def test_fusion_torch_knn_on_cuda_merges_what_the_cpu_merges():
     assert results[1].stats["knn_backend"] == "torch" and results[1].stats["knn_device"] == "cuda:0"
     assert torch.equal(results[0].new_label_map.cpu(), results[1].new_label_map.cpu())
     assert results[0].num_classes_new == 3000 - 10
+
+
+def test_fusion_knn_on_cuda_defaults_to_bf16_and_merges_what_the_cpu_merges():
+    """fusion.knn_precision 'auto' on CUDA with the torch backend: bf16 scores on tensor cores, re-scored in fp32;
+    the merge set equals the CPU's exact fp32 one."""
+    from fftrain.config import FusionConfig
+    from fftrain.fusion import plan_fusion
+    from fftrain.search import resolve_precision
+
+    gen = torch.Generator().manual_seed(4)
+    base = F.normalize(torch.randn(2000, 512, generator=gen), dim=1)
+    scale = 0.9 + 0.2 * torch.rand(400, 1, generator=gen)  # twin cosines ~0.67-0.74: on both sides of T1
+    twins = F.normalize(base[:400] + scale * torch.randn(400, 512, generator=gen) / 512 ** 0.5, dim=1)
+    weight = torch.cat([base, twins])
+    table = torch.cat([torch.zeros(2000), torch.ones(400)]).long()
+    config = FusionConfig(t1=0.7, backend="torch")
+    assert resolve_precision(config.knn_precision, "torch", CUDA) is torch.bfloat16
+    on_gpu = plan_fusion(weight.to(CUDA), class_dataset=table, label_map=None, config=config)
+    on_cpu = plan_fusion(weight, class_dataset=table, label_map=None, config=config)
+    assert 50 < 2400 - on_cpu.plan.num_classes_new < 350
+    assert torch.equal(on_gpu.old_to_new.cpu(), on_cpu.old_to_new)

@@ -156,3 +156,56 @@ def test_pseudo_label_cluster_margins_search_the_centres_with_faiss_flat():
     own = np.einsum("nd,nd->n", x[keep], centres[labels[keep]])
     margins = cluster_margins(emb, labels)
     assert np.array_equal(margins[keep], own - other) and np.isnan(margins[~keep]).all()
+
+
+def test_bf16_scores_are_rescored_to_the_fp32_neighbours():
+    """bf16 candidates re-scored in fp32: the same neighbours and the fp32 similarities, where bf16 scores alone
+    are off by more than the re-score's rounding (so the re-score is what makes them equal)."""
+    x = unit_rows(_rows(1500, d=128, seed=3))
+    exact_s, exact_i = top_k(x, x, 10, backend="torch", self_keys=True)
+    fast_s, fast_i = top_k(x, x, 10, backend="torch", self_keys=True, precision="bf16", max_block_elems=1 << 16)
+    assert torch.equal(fast_i, exact_i)
+    torch.testing.assert_close(fast_s, exact_s, rtol=0, atol=1e-6)
+    raw = (x.bfloat16() @ x.bfloat16().T).float().gather(1, exact_i)
+    assert (raw - exact_s).abs().max() > 1e-4
+
+
+def test_bf16_fusion_merges_what_fp32_merges_near_t1():
+    """Planted cross-dataset pairs at cosines straddling T1 within bf16's error: the same merge set and the same
+    fused rows under both precisions."""
+    import dataclasses
+
+    from fftrain.config import FusionConfig
+    from fftrain.fusion import plan_fusion
+
+    rng = np.random.default_rng(5)
+    base = unit_rows(rng.standard_normal((600, 256)).astype(np.float32))
+    noise = unit_rows(rng.standard_normal((600, 256)).astype(np.float32))
+    cos = torch.from_numpy(rng.uniform(0.695, 0.705, 600).astype(np.float32))[:, None]
+    twin = cos * base + torch.sqrt(1 - cos ** 2) * (noise - (noise * base).sum(1, keepdim=True) * base)
+    weight = torch.cat([base, unit_rows(twin)])
+    table = torch.cat([torch.zeros(600), torch.ones(600)]).long()
+    config = FusionConfig(t1=0.7, backend="torch", knn_precision="fp32")
+    exact = plan_fusion(weight, class_dataset=table, label_map=None, config=config)
+    fast = plan_fusion(weight, class_dataset=table, label_map=None,
+                       config=dataclasses.replace(config, knn_precision="bf16"))
+    assert 100 < 1200 - exact.plan.num_classes_new < 500  # pairs on both sides of T1
+    assert torch.equal(fast.old_to_new, exact.old_to_new)
+    twin_rows = unit_rows(twin)
+    raw = ((base.bfloat16().float()) * twin_rows.bfloat16().float()).sum(1)  # what bf16 scores alone would say
+    assert ((raw > 0.7) != ((base * twin_rows).sum(1) > 0.7)).sum() > 0
+
+
+def test_precision_resolves_per_backend_and_device():
+    from fftrain.config import ConfigError, FusionConfig
+    from fftrain.search import resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", "torch", cpu) is None
+    assert resolve_precision("auto", "torch", cuda) is torch.bfloat16
+    assert resolve_precision("auto", "faiss-gpu", cuda) is None and resolve_precision("bf16", "faiss-cpu", cpu) is None
+    assert resolve_precision("bf16", "torch", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown kNN precision"):
+        resolve_precision("fp16", "torch", cpu)
+    with pytest.raises(ConfigError, match="fusion.knn_precision"):
+        FusionConfig(knn_precision="fp16")
