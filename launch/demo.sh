@@ -2,7 +2,7 @@
 # The embedded demo, end to end on CPU: set up ./.venv if needed, generate the synthetic
 # six-dataset set if missing, train (dataset-aware phase, fusion at T2, agnostic phase) and
 # report verification accuracy; then `fftrain demo-report` prints the classes after fusion, the merge
-# precision and recall against the planted overlaps, and the accuracy. About fifteen minutes on 2 cores.
+# precision and recall against the planted overlaps, and the accuracy. About 8 minutes on 2 cores shared with other work (2026-12-05).
 #
 #   bash launch/demo.sh                          # defaults below
 #   NPROC=1 bash launch/demo.sh --set optim.total_steps=200 --set optim.lr_milestones=[150,180]
