@@ -265,14 +265,16 @@ def at_boundary(head, split, space, cfg) -> dict:
     from fftrain.fusion import plan_fusion
 
     geometry = proxy_geometry(head.weight, split, space.label_map.numpy())
-    merges, f1 = {}, {}
+    merges, f1, predicted = {}, {}, {}
     for t1 in T1_GRID:
         planned = plan_fusion(head.weight.data, class_dataset=space.fused_dataset, label_map=None,
                               config=dataclasses.replace(cfg.fusion, t1=t1))
         old_to_new = planned.old_to_new.numpy()
         groups = [g for g in _groups_of(old_to_new) if len(g) > 1]
-        merges[str(t1)], f1[str(t1)] = groups, f1_of(merge_quality(groups, split["truth"]))
-    best = max(f1, key=lambda t: (f1[t], -abs(float(t) - 0.7)))
+        quality = merge_quality(groups, split["truth"])
+        merges[str(t1)], f1[str(t1)], predicted[str(t1)] = groups, f1_of(quality), quality.predicted_pairs
+    # ties (e.g. no true pair at r = 0: F1 0 everywhere): the fewest merged pairs, then the T1 nearest the paper's
+    best = max(f1, key=lambda t: (f1[t], -predicted[t], -abs(float(t) - 0.7)))
     return {"duplicate": geometry["duplicate"].tolist(), "top1_non_duplicate": geometry["top1_non_duplicate"].tolist(),
             "proxy_norm_median": geometry["proxy_norm_median"],
             "merges_by_t1": {str(t): merges[str(t)] for t in T1_SWEEP}, "f1_by_t1": f1, "best_t1": best,
