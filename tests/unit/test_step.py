@@ -12,8 +12,8 @@ from fftrain.data.label_space import LabelSpace
 from fftrain.fusion import apply_fusion, plan_fusion, run_fusion
 from fftrain.model.embedding import EmbeddingModel
 from fftrain.model.grl import DatasetClassifier
-from fftrain.training.step import (NonFiniteWatch, StepBatch, build_head, build_optimizer, step_settings,
-                                   swap_in_fusion, train_step)
+from fftrain.training.step import (NonFiniteWatch, PhaseBoundary, StepBatch, build_head, build_optimizer,
+                                   step_settings, swap_in_fusion, train_step)
 
 DIM, DATASETS, CLASSES, BATCH = 8, 2, 6, 12
 
@@ -146,3 +146,59 @@ def test_allow_same_dataset_is_read_from_the_config():
     every = plan_fusion(weight, class_dataset=same_dataset, label_map=None,
                         config=FusionConfig(t1=0.9, allow_same_dataset=True))
     assert cross.plan.num_classes_new == CLASSES and every.plan.num_classes_new == CLASSES - 1
+
+
+def _boundary_cfg(method="facefusion", **fusion):
+    return dataclasses.replace(_cfg(), method=method, fusion=FusionConfig(backend="torch", **{"t2": 0.5, **fusion}))
+
+
+def test_the_phase_boundary_at_a_fixed_t2_merges_there():
+    cfg = _boundary_cfg(t1=0.9)
+    head, _, _ = _planted_head(cfg)
+    space = LabelSpace([0, 1, 0, 1, 0, 1])
+    boundary = PhaseBoundary(cfg)
+    assert not boundary.watches_alignment
+    assert [boundary.due(head, space, step, group=None) for step in (0, 4, 5)] == [False, False, True]
+    fused, result = boundary.cross(head, space, group=None)
+    assert fused and result.num_classes_new == head.num_classes == CLASSES - 1 and boundary.last_check is None
+
+
+def test_naive_switches_without_merging_and_dail_never_reaches_a_boundary():
+    head, weight, _ = _planted_head(_cfg())
+    space = LabelSpace([0, 1, 0, 1, 0, 1])
+    assert PhaseBoundary(_boundary_cfg("naive")).cross(head, space, group=None) == (True, None)
+    assert torch.equal(head.weight, weight) and space.num_fused_classes == CLASSES
+    dail = PhaseBoundary(_boundary_cfg("dail"))
+    assert not any(dail.due(head, space, step, group=None) for step in range(10))
+
+
+@pytest.mark.parametrize("no_valley,agnostic", [("aware", False), ("agnostic", True)])
+def test_without_a_valley_nothing_merges_and_no_valley_says_where_training_goes(no_valley, agnostic):
+    """Six proxies are too few for the two-mode fit: t1 'auto' refuses; 'aware' declines for the rest of the
+    run (no later boundary), 'agnostic' crosses unmerged."""
+    cfg = _boundary_cfg(t1="auto", no_valley=no_valley)
+    head, weight, _ = _planted_head(cfg)
+    space = LabelSpace([0, 1, 0, 1, 0, 1])
+    boundary = PhaseBoundary(cfg)
+    fused, result = boundary.cross(head, space, group=None)
+    assert fused is agnostic and boundary.declined is not agnostic and not result.threshold.merges
+    assert head.num_classes == space.num_fused_classes == CLASSES and torch.equal(head.weight, weight)
+    assert boundary.due(head, space, 9, group=None) is agnostic  # declined: never due again
+
+
+def test_an_auto_t2_checks_readiness_only_at_its_steps():
+    """fusion.t2 'auto' with floor 0.2, ceiling 0.6, a check every 2 steps (of 10): checks at 2, 4 and the
+    ceiling 6, each one's verdict in last_check; the ceiling is due whatever the geometry."""
+    cfg = _boundary_cfg(t1="auto", t2="auto", t2_floor=0.2, t2_ceiling=0.6, readiness_every=2)
+    head, _, _ = _planted_head(cfg)
+    head.track_alignment = True
+    space = LabelSpace([0, 1, 0, 1, 0, 1])
+    boundary = PhaseBoundary(cfg)
+    assert boundary.watches_alignment
+    seen = {}
+    for step in range(7):
+        due = boundary.due(head, space, step, group=None)
+        seen[step] = (due, boundary.last_check and boundary.last_check.step)
+    assert seen == {0: (False, None), 1: (False, None), 2: (False, 2), 3: (False, None), 4: (False, 4),
+                    5: (False, None), 6: (True, 6)}
+    assert "ceiling step 6 reached" in boundary.last_check.reason
