@@ -246,8 +246,9 @@ def boundary_rows(runs: list[dict]) -> list[dict]:
             auto = f"no valley: {decision['reason'][:60]}"
         best = f"{float(t['best_t1']):.2f} ({t['f1_by_t1'][t['best_t1']]:.3f})" if "best_t1" in t else "-"
         gap = b.get("vs_best_fixed_t1", {}).get("one_minus_jaccard")
+        passes = b.get("passes", t.get("passes"))  # the peer's geometry: at the fixed T2, no boundary of its own
         rows.append({"ratio": r["ratio"], "arm": r["method"], "seed": r["seed"],
-                     "passes": "-" if "passes" not in b else f"{b['passes']:.2f}",
+                     "passes": "-" if passes is None else f"{passes:.2f}",
                      "duplicate_q": quantiles(t["duplicate"]), "top1_q": quantiles(t["top1_non_duplicate"]),
                      "auto_t1": auto, "best": best, "gap": "-" if gap is None else f"{gap:.4f}",
                      "duplicate": t["duplicate"], "top1_non_duplicate": t["top1_non_duplicate"], "decision": decision})

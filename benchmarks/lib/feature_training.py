@@ -142,7 +142,7 @@ def train_run(world: dict, split: dict, arm: str, seed: int, args, dynamics_only
     peer_t2 = round(args.t2 * steps) if arm == "peer" else None
     for step in range(steps):
         if step == peer_t2:  # where the fixed arm fuses: would the peer's proxies be ready?
-            out["t2"] = geometry_only(head, split, space, cfg)
+            out["t2"] = {**geometry_only(head, split, space, cfg), "passes": step * args.batch / len(images)}
         if not fused and boundary.due(head, space, step, group=None):
             _raise_if_diverged(watch, arm, seed)
             out["boundary"] = {"step": step, "passes": step * args.batch / len(images)}
