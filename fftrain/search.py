@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from fftrain.config import KNN_BACKENDS as BACKENDS
+from fftrain.config import KNN_PRECISIONS as PRECISIONS
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 25  # torch backend: 32M scores (128 MiB fp32) per block
 BLOCK_MEMORY_FRACTION = 0.25       # of the free memory, for one score block and its top-k temporaries
 _BYTES_PER_SCORE = 12              # the fp32 score, the mask/where copy, topk's workspace
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def unit_rows(x, dtype: torch.dtype = torch.float32) -> torch.Tensor:

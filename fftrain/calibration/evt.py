@@ -118,6 +118,12 @@ class WeibullMixture:
         return {"low": self.low.to_dict(), "high": self.high.to_dict(), "weight_high": self.weight_high,
                 "log_likelihood": self.log_likelihood, "iterations": self.iterations, "converged": self.converged}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "WeibullMixture":
+        """The inverse of `to_dict`."""
+        return cls(Weibull(**d["low"]), Weibull(**d["high"]), d["weight_high"], d["log_likelihood"],
+                   d["iterations"], d["converged"])
+
 
 def mixture_shift(values: np.ndarray) -> float:
     """Just below the smallest value: 1% of the range below it."""

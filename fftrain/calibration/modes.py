@@ -63,6 +63,12 @@ class TwoModes:
                 "valley": self.valley, "mean_low": low, "mean_high": high, "separated": self.separated,
                 "min_d": self.min_d, "min_weight": self.min_weight}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TwoModes":
+        """The fit `to_dict` wrote (its derived fields recomputed from the mixture)."""
+        return from_mixture(WeibullMixture.from_dict(d["mixture"]), d["otsu"], min_d=d["min_d"],
+                            min_weight=d["min_weight"])
+
 
 def ashman_d(mixture: WeibullMixture) -> float:
     low, high = mixture.low.dist, mixture.high.dist

@@ -14,9 +14,9 @@ members come from the kNN lists: a pair neither of whose lists holds the other i
 (below both k-th neighbours).
 
 PNG (the paper's Figure 3): histogram of each proxy's top-1 cosine to a proxy of another
-dataset with the two fitted modes (duplicates, distinct identities), the valley between them and T1. With the default kNN (other datasets only) that value is exact; where the
-k neighbours held no other dataset, the k-th cosine (an upper bound) is used and counted as
-"censored" in the JSON.
+dataset with the two fitted modes (duplicates, distinct identities), the valley between them and
+T1. With the default kNN (other datasets only) that value is exact; where the k neighbours held no
+other dataset, the k-th cosine (an upper bound) is used and counted as "censored" in the JSON.
 
 Both files are written to a temporary name in the same folder and renamed into place.
 """
@@ -30,6 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from fftrain.fusion.threshold import FIT_SAMPLE
 
 REPORT_JSON = "fusion_report.json"
 REPORT_PNG = "fusion_top1_hist.png"
@@ -183,10 +185,6 @@ def build_report(*, plan, label_map, source_info: SourceInfo, class_dataset, nei
     }
 
 
-FIT_SAMPLE = 200_000
-"""At most this many top-1 cosines (a fixed random subset) go into the figure's own fit with a fixed T1."""
-
-
 @dataclass(frozen=True)
 class Top1Histogram:
     """What the fusion figure draws, computed apart from the drawing (`top1_histogram`)."""
@@ -238,15 +236,12 @@ def top1_histogram(top1, t1: float, *, threshold: dict | None = None, bins: int 
 def _modes(fitted: dict | None, values: np.ndarray):
     """The two-Weibull fit: rebuilt from the decision's dict, or fitted here; None when it cannot be."""
     try:
-        from fftrain.calibration.evt import FitError, Weibull, WeibullMixture
-        from fftrain.calibration.modes import fit_two_modes, from_mixture
+        from fftrain.calibration.evt import FitError
+        from fftrain.calibration.modes import TwoModes, fit_two_modes
     except ImportError:  # scipy missing: the histogram alone
         return None
     if fitted:
-        m = fitted["mixture"]
-        mixture = WeibullMixture(Weibull(**m["low"]), Weibull(**m["high"]), m["weight_high"], m["log_likelihood"],
-                                 m["iterations"], m["converged"])
-        return from_mixture(mixture, fitted["otsu"], min_d=fitted["min_d"], min_weight=fitted["min_weight"])
+        return TwoModes.from_dict(fitted)
     if values.size > FIT_SAMPLE:
         values = np.random.default_rng(0).choice(values, FIT_SAMPLE, replace=False)
     try:
@@ -288,11 +283,11 @@ def top1_figure(hist: Top1Histogram, datasets: int | None = None):
     return fig
 
 
-def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, dataset_of=None, names=None,
-                   threshold: dict | None = None, bins: int = 60) -> None:
+def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, names=None, threshold: dict | None = None,
+                   bins: int = 60) -> None:
     """PNG of `top1_figure`: the top-1 other-dataset cosines, their fitted modes, the valley and T1.
-    `threshold`: the fusion's `T1Decision.to_dict()` (None: `t1` fixed). `dataset_of` is accepted for
-    older callers; `names` gives the number of datasets in the title."""
+    `threshold`: the fusion's `T1Decision.to_dict()` (None: `t1` fixed); `names` gives the number of
+    datasets in the title."""
     hist = top1_histogram(top1, t1, threshold=threshold, bins=bins)
     fig = top1_figure(hist, None if names is None else len(names))
 
@@ -302,8 +297,7 @@ def plot_top1_hist(path: str, top1: np.ndarray, t1: float, *, dataset_of=None, n
     _atomic_write(path, write)
 
 
-def write_report(report_dir: str, report: dict, top1: np.ndarray, *, t1: float, dataset_of=None,
-                 names=None) -> dict[str, str]:
+def write_report(report_dir: str, report: dict, top1: np.ndarray, *, t1: float, names=None) -> dict[str, str]:
     """Write the JSON and the PNG atomically into `report_dir`; returns their paths. The PNG draws the
     T1 decision of the report's settings (`settings.threshold`) when it has one."""
     os.makedirs(report_dir, exist_ok=True)
@@ -312,7 +306,7 @@ def write_report(report_dir: str, report: dict, top1: np.ndarray, *, t1: float, 
     data = json.dumps(report, indent=1, allow_nan=False, default=_json_default).encode()
     _atomic_write(json_path, lambda f: f.write(data))
     threshold = (report.get("settings") or {}).get("threshold")
-    plot_top1_hist(png_path, top1, t1, dataset_of=dataset_of, names=names, threshold=threshold)
+    plot_top1_hist(png_path, top1, t1, names=names, threshold=threshold)
     return {"json": json_path, "png": png_path}
 
 

@@ -36,10 +36,8 @@ from fftrain.fusion.components import (Component, FusionPlan, Rejected, build_pl
 from fftrain.fusion.knn import distributed_knn, resolve_backend
 from fftrain.fusion.report import SourceInfo, build_report, top1_other_dataset, write_report
 from fftrain.fusion.reshard import reshard_merge
-from fftrain.fusion.threshold import T1Decision, choose_t1
+from fftrain.fusion.threshold import FIT_SAMPLE, T1Decision, choose_t1
 
-FIT_SAMPLE = 200_000
-"""t1 'auto' fits at most about this many top-1 cosines (an even stride over every rank's classes)."""
 
 @dataclass
 class FusionResult:
@@ -251,5 +249,4 @@ def _report(planned: PlannedFusion, source_info, group, report_dir, settings):
     report = build_report(plan=plan, label_map=lm.numpy(), source_info=source_info, class_dataset=table.numpy(),
                           neighbours=merged_nb, top1=top1, censored=censored, settings=settings, stats=stats)
     marked = settings["t1"] if settings["t1"] is not None else 1.0  # no merge: the mark at the top
-    return write_report(report_dir, report, top1, t1=marked, dataset_of=table.numpy(),
-                        names=list(source_info.names))
+    return write_report(report_dir, report, top1, t1=marked, names=list(source_info.names))

@@ -20,6 +20,8 @@ from fftrain.config import FusionConfig
 
 MIN_SCORES = 20
 """Fewer finite top-1 cosines than this: no fit is attempted (no valley)."""
+FIT_SAMPLE = 200_000
+"""At most this many top-1 cosines go into a two-mode fit (its cost stays bounded at any class count)."""
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ def _train_under_nccl_rule(ctx, synth_dir, out_dir):
     overrides = {"output_dir": out_dir, "data.synth_dir": synth_dir, "data.synth_preset": "tiny",
                  "data.batch_size": 8, "data.num_workers": 1, "data.reader": "torch",
                  "data.verification": f"[{synth_dir}/verification.bin]", "optim.total_steps": 4,
-                 "optim.warmup_steps": 1, "optim.lr_milestones": "[3]", "fusion.t2": 0.5, "fusion.t1": 0.82, "fusion.backend": "torch",
+                 "optim.warmup_steps": 1, "optim.lr_milestones": "[3]", "fusion.t2": 0.5, "fusion.t1": 0.82,
+                 "fusion.backend": "torch",
                  "log.every": 1, "log.eval_every": 3, "checkpoint.every": 2, "log.tensorboard": "false",
                  "head.sample_rate": 0.5}
     cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=DEMO_CONFIG)
