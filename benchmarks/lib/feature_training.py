@@ -21,7 +21,6 @@ init N(0, 0.01^2)) whatever --proxy-norm says; peer: insightface arcface_torch's
 every source class in one softmax from step 0, as an arcface_torch user mixes datasets today."""
 METHODS = tuple(ARMS)
 
-T1_SWEEP = (0.5, 0.6, 0.7, 0.8)
 T1_GRID = tuple(round(0.40 + 0.01 * i, 2) for i in range(56))
 """The fixed T1 values of the hindsight sweep at fusion time (0.40-0.95, step 0.01)."""
 
@@ -198,10 +197,7 @@ class PeerUnavailable(RuntimeError):
 
 def applied_groups(space) -> list[list[int]]:
     """Source classes merged into one fused class by the label space's map (groups of two or more)."""
-    groups: dict[int, list[int]] = {}
-    for source_class, fused in enumerate(space.label_map.tolist()):
-        groups.setdefault(fused, []).append(source_class)
-    return [g for g in groups.values() if len(g) > 1]
+    return [g for g in _groups_of(space.label_map.numpy()) if len(g) > 1]
 
 
 def merge_quality(groups, truth):
@@ -277,7 +273,7 @@ def at_boundary(head, split, space, cfg) -> dict:
     best = max(f1, key=lambda t: (f1[t], -predicted[t], -abs(float(t) - 0.7)))
     return {"duplicate": geometry["duplicate"].tolist(), "top1_non_duplicate": geometry["top1_non_duplicate"].tolist(),
             "proxy_norm_median": geometry["proxy_norm_median"],
-            "merges_by_t1": {str(t): merges[str(t)] for t in T1_SWEEP}, "f1_by_t1": f1, "best_t1": best,
+            "f1_by_t1": f1, "best_t1": best,
             "merges_at_best": merges[best]}
 
 

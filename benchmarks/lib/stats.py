@@ -20,13 +20,6 @@ def paired(a, b) -> dict:
 
 
 
-def excludes_zero(d) -> bool | None:
-    if d["lo"] is None:
-        return None
-    return d["lo"] > 0 or d["hi"] < 0
-
-
-
 def mean_or_none(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
