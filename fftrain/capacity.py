@@ -4,9 +4,9 @@ The `fftrain plan` command (fftrain/commands/plan.py) prints it.
 
 Two phases peak separately: a training step (backbone parameters, gradients, momentum and
 activations; the FC shard; the sampled rows and logits; the gathered batch; DALI buffers) and the
-fusion step at T2 (between steps: activations are free, the FC shard stays, an fp32 normalised
-copy of it lives through the fusion, the kNN adds a remote shard and faiss's copies, the streaming
-reshard the new shard and a few bounded chunks).
+fusion step at T2 (between steps: activations are free, the FC shard stays; the kNN walks the
+shards in bounded chunks, so it adds a few 16 MiB blocks and the running top-k; the streaming reshard
+adds the new shard and a few bounded chunks).
 
 Where the numbers come from:
 - backbone activations: measured, not guessed. The backbone runs forward on fake tensors (torch's FakeTensorMode: no
@@ -201,36 +201,39 @@ def dali_parts(inp: PlanInput) -> dict[str, int]:
 
 
 def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
-    """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend):
-    the kNN phase holds an fp32 normalised copy of the weight shard (freed before the reshard), one
-    remote shard in fp32, the per-dataset copies of the queries and keys, and faiss's own copy of
-    the keys it indexes, plus the running top-k; the streaming reshard adds the new shard, a few
-    chunk buffers, and the merged classes' members (in storage dtype, folded in fp32)."""
+    """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend): the
+    kNN (fftrain/fusion/knn.py) holds one fp32 normalised query block and one fp32 normalised key chunk
+    (each at most its CHUNK_BYTES), the per-dataset copies of them faiss searches and indexes, faiss's
+    score block and BLAS's buffer, and the running top-k (the one part that grows with the shard); the
+    streaming reshard adds the new shard, a few chunk buffers, and the merged classes' members (in
+    storage dtype, folded in fp32). The two phases do not overlap."""
+    from fftrain.fusion.knn import CHUNK_BYTES as KNN_CHUNK_BYTES
+    from fftrain.fusion.knn import chunk_rows
     from fftrain.fusion.reshard import CHUNK_BYTES
 
     n_local = local_classes(inp, classes)
     d, store = inp.embedding, _BYTES[inp.fc_storage]
     copies = 2 if inp.momentum else 1
     shard = n_local * d * store * copies
-    rows32 = n_local * d * 4                             # one shard's rows in fp32 (the normalised proxies)
+    block = min(n_local, chunk_rows(d, KNN_CHUNK_BYTES)) * d * 4   # one fp32 query block or key chunk
     g = max(1, inp.datasets)
-    knn = (2 * rows32                                    # the remote shard in hand, and one more fp32
-                                                         # shard-sized block the CPU peaks show (not traced)
-           + rows32 * (g - 1) // g                       # the queries of the other datasets
-           + 2 * rows32 // g                             # one dataset's keys and faiss's copy of them
-           + 6 * n_local * inp.knn_k * 12                # running top-k, the merge's cat/sort/gather
+    knn = (2 * block                                     # the normalised query block and key chunk
+           + block * (g - 1) // g                        # the block's queries of the other datasets
+           + 2 * block // g                              # one dataset's keys and faiss's copy of them
+           + 2 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), one spare
            + _faiss_workspace(inp.device))
     merged = int(inp.merged_fraction * n_local)
     reshard = (shard                                     # the new shard (a little smaller: merges)
                + 3 * min(CHUNK_BYTES, shard)             # send, receive and masked copies of a chunk
                + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
-    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(rows32 + knn, reshard)}
+    return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
 
 
 def _faiss_workspace(device: str) -> int:
     """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU; faiss-cpu
-    scores blocks through BLAS, whose sgemm keeps a 32 MiB buffer per thread (one thread per rank here)."""
-    return int(1.5 * GIB) if device == "cuda" else 32 * 2**20
+    scores [4096 queries x 1024 keys] fp32 blocks (16 MiB) through BLAS, whose sgemm keeps a 32 MiB buffer
+    per thread (one thread per rank here)."""
+    return int(1.5 * GIB) if device == "cuda" else (16 + 32) * 2**20
 
 
 def plan(inp: PlanInput, classes: int | None = None) -> Plan:

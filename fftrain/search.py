@@ -158,9 +158,10 @@ def candidates_for(k: int, n_keys: int) -> int:
     return min(n_keys, 2 * k + 8)
 
 
-def _search_torch(queries, q_groups, keys, key_offset, k_groups, k, max_block_elems, self_keys, low=None):
-    """Top-min(k, n_keys) of queries against keys: (sims, global ids), masked entries -> -1. low: a dtype
-    for the score matmul (bf16); its best candidates are then re-scored exactly in fp32."""
+def _search_torch(queries, q_groups, keys, key_offset, k_groups, k, max_block_elems, self_offset, low=None):
+    """Top-min(k, n_keys) of queries against keys: (sims, global ids), masked entries -> -1. self_offset:
+    the global id of query row 0 when the queries are among the keys (its own key is masked), else None.
+    low: a dtype for the score matmul (bf16); its best candidates are then re-scored exactly in fp32."""
     n_q, n_k = queries.shape[0], keys.shape[0]
     kk = min(k, n_k)
     out_s, out_i = _empty(n_q, kk, queries)
@@ -176,8 +177,8 @@ def _search_torch(queries, q_groups, keys, key_offset, k_groups, k, max_block_el
         block = queries[a:b] @ keys.T if low is None else (queries[a:b].to(low) @ low_keys.T).float()
         if k_groups is not None:
             block.masked_fill_(q_groups[a:b, None] == k_groups[None, :], float("-inf"))
-        elif self_keys:  # query a + i is key a + i: drop the self-match
-            block.diagonal(offset=a).fill_(float("-inf"))
+        elif self_offset is not None:  # query a + i is key self_offset - key_offset + a + i: drop the self-match
+            block.diagonal(offset=self_offset - key_offset + a).fill_(float("-inf"))
         s, j = torch.topk(block, wide, dim=1)
         if low is not None:
             s, j = _rescore(queries[a:b], keys, s, j, kk)
@@ -221,8 +222,9 @@ def _search_faiss(faiss, res, queries, keys, k):
     return d, i
 
 
-def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_groups, k, self_keys):
-    """faiss search of the queries against one block of keys, self/same-group excluded; global ids."""
+def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_groups, k, self_offset):
+    """faiss search of the queries against one block of keys, self (query row i is global id
+    self_offset + i, when not None) and same-group excluded; global ids."""
     n_q = queries.shape[0]
     kk = min(k, keys.shape[0])
     best_s, best_i = _empty(n_q, kk, queries)
@@ -231,9 +233,9 @@ def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_group
     if k_groups is None:
         # self keys: one extra neighbour, then drop the query itself by id (the self-match is
         # not always first: exact duplicates tie with it)
-        s, j = _search_faiss(faiss, res, queries, keys, k + 1 if self_keys else k)
+        s, j = _search_faiss(faiss, res, queries, keys, k if self_offset is None else k + 1)
         gid = torch.where(j < 0, j, j + key_offset)
-        own = torch.arange(n_q, device=queries.device) + key_offset if self_keys else None
+        own = None if self_offset is None else torch.arange(n_q, device=queries.device) + self_offset
         return best_hits(s, gid, kk, own)
     # one sub-index per group present in the block, searched by the queries of the other groups
     for g in torch.unique(k_groups).tolist():
@@ -247,16 +249,22 @@ def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_group
     return best_s, best_i
 
 
-#: search(queries, keys, k, *, key_offset, self_keys, query_groups, key_groups) -> (sims, global ids)
+#: search(queries, keys, k, *, key_offset, self_keys, query_offset, query_groups, key_groups) -> (sims, global ids)
 BlockSearch = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def _search_block(kind, faiss, res, max_block_elems, low, queries, keys, k, *, key_offset=0, self_keys=False,
-                  query_groups=None, key_groups=None):
+                  query_offset=None, query_groups=None, key_groups=None):
+    """self_keys: the keys are the queries (global ids from key_offset). query_offset: the queries are the
+    rows of global ids [query_offset, query_offset + Q) and a key of the same id is their own (one block
+    of queries against one block of keys of the same rows; None: no query is among the keys)."""
+    self_offset = key_offset if self_keys else query_offset
+    if self_offset is not None and not (key_offset - queries.shape[0] < self_offset < key_offset + keys.shape[0]):
+        self_offset = None  # the blocks do not overlap: no query meets its own row here
     if kind == "torch":
         block = max_block_elems or block_elems_for(free_memory_bytes(queries.device), keys.shape[0])
-        return _search_torch(queries, query_groups, keys, key_offset, key_groups, k, block, self_keys, low)
-    return _search_faiss_block(faiss, res, queries, query_groups, keys, key_offset, key_groups, k, self_keys)
+        return _search_torch(queries, query_groups, keys, key_offset, key_groups, k, block, self_offset, low)
+    return _search_faiss_block(faiss, res, queries, query_groups, keys, key_offset, key_groups, k, self_offset)
 
 
 @contextlib.contextmanager

@@ -1,32 +1,44 @@
 """Distributed exact k-nearest-neighbour search over class proxies sharded across ranks.
 
-    sims, ids = distributed_knn(proxies, k=10, group=ctx.group)             # all ranks, collectively
-    sims, ids = distributed_knn(proxies, 10, None, groups=class_dataset)    # one process, cross-dataset only
+    sims, ids = distributed_knn(head.weight, k=10, group=ctx.group, normalize=True)   # cosine, all ranks
+    sims, ids = distributed_knn(unit, 10, None, groups=class_dataset)                 # one process, cross-dataset
 
 Each rank holds a contiguous block of the rows (rank r: rows [offset_r, offset_r + n_r), the
-rank-order concatenation, which is the fused class id under `class_sharding.shard_range`). The
-ranks first exchange their row counts (shards may differ in size), then every rank broadcasts
-its shard in turn; each rank searches its own rows against the shard in hand and folds the hits
-into a running top-k. A rank therefore holds its own shard plus one remote shard at a time, never
-all C rows. Inner product is the score: pass L2-normalised rows and it is the cosine.
+rank-order concatenation, which is the fused class id under `class_sharding.shard_range`), in any
+float dtype (the FC weight in its storage dtype: no whole-shard copy is made). The ranks first
+exchange their row counts (shards may differ in size); then every rank broadcasts its shard in turn,
+in chunks of at most `CHUNK_BYTES` of fp32 rows (every rank derives the same chunk schedule from the
+counts). Each rank searches its own rows, one block of queries of the same bounded size at a time,
+against the chunk in hand and folds the hits into a running top-k. Memory above the shard: one key
+chunk (as received and in fp32), one fp32 query block, the backend's copies of them, and the running
+top-k ([n_local, k]) -- the only part that grows with the shard. Inner product is the score; with
+`normalize` each chunk and each query block is L2-normalised in fp32 first (F.normalize, row by row,
+so the rows are those of the whole normalised shard) and the score is the cosine.
 
 Self-matches are excluded by id. With `groups` (a global [C] int64 table, e.g. the dataset of
 each class), a query only gets neighbours from other groups; the search is still exact (faiss
-searches one sub-index per group of the shard in hand; torch masks the score block).
+searches one sub-index per group of the chunk in hand; torch masks the score block).
 
-The search of each shard, the backends ('auto', 'faiss', 'torch'), the fallback policy and the
+The search of each block, the backends ('auto', 'faiss', 'torch'), the fallback policy and the
 order of ties are `fftrain.search`'s: with one process this is `fftrain.search.top_k(x, x, k,
-self_keys=True, ...)`. Where fewer than k neighbours exist, the tail is id -1 with similarity -inf.
+self_keys=True, ...)` on the (normalised) rows, the same neighbours, and the same similarities up
+to the last bits of a GEMM whose rounding depends on its block shapes (bit for bit when the shard
+fits one chunk). Where fewer than k neighbours exist, the tail is id -1 with similarity -inf.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
-from fftrain.search import as_rows, block_searcher, merge_topk, resolve_backend
+from fftrain.search import block_searcher, merge_topk, resolve_backend
 
-__all__ = ["distributed_knn", "gather_sizes", "resolve_backend"]  # resolve_backend: fftrain.search's, for run_fusion
+__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "CHUNK_BYTES", "resolve_backend"]  # resolve_backend: for run_fusion
+
+CHUNK_BYTES = 16 * 2**20
+"""fp32 bytes of one key chunk and of one query block (8192 rows at D = 512): fixed, not shard-sized."""
 
 
 def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device | None = None) -> list[int]:
@@ -38,58 +50,98 @@ def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device 
     return [int(p.item()) for p in parts]
 
 
-def distributed_knn(local_proxies: torch.Tensor, k: int, group: ProcessGroup | None, *,
-                    backend: str = "auto", groups: torch.Tensor | None = None,
-                    max_block_elems: int | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None, *,
+                    normalize: bool = False, backend: str = "auto", groups: torch.Tensor | None = None,
+                    max_block_elems: int | None = None, precision: str = "fp32",
+                    chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k inner-product neighbours of this rank's rows among all ranks' rows.
 
-    local_proxies: [n_local, D] float32, this rank's rows (L2-normalised for cosine), in the
-      rank-order concatenation of all shards; shards may differ in size (also 0 rows).
+    local_rows: [n_local, D] float rows of this rank (any float dtype, e.g. the FC weight shard in its
+      storage dtype), in the rank-order concatenation of all shards; shards may differ in size (also 0 rows).
     k: neighbours per row (>= 1).
     group: the process group (None: one process). Every rank of it must call.
+    normalize: L2-normalise the rows (fp32, one bounded block at a time): the score is the cosine.
     groups: optional global [C] int64 table; a query gets no neighbour of its own group.
     precision: 'fp32', 'bf16' or 'auto' (`fftrain.search.resolve_precision`: bf16 scores re-scored in fp32).
+    chunk_bytes: the fp32 bytes of one key chunk and of one query block, at least one row each (None:
+      the module's `CHUNK_BYTES`, read at the call).
     Returns (sims [n_local, k] float32, ids [n_local, k] int64 global row ids), best first, on
     the rows' device; missing neighbours are id -1, similarity -inf.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    x = as_rows(local_proxies, "local_proxies")
-    device = x.device
+    x = _raw_rows(local_rows)
+    device, dim = x.device, x.shape[1]
     world, rank = world_size_of(group), rank_of(group)
     cdev = comm_device(group, device)
     sizes = gather_sizes(x.shape[0], group, cdev)
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)
-    total = offsets[-1]
-    n_local = x.shape[0]
     if groups is not None:
         groups = torch.as_tensor(groups, dtype=torch.int64).to(device)
-        if groups.shape != (total,):
-            raise ValueError(f"groups must have shape [{total}] (all rows of all ranks), got {tuple(groups.shape)}")
-        q_groups = groups[offsets[rank]:offsets[rank + 1]]
-    else:
-        q_groups = None
-
-    best_s = x.new_full((n_local, k), float("-inf"))
-    best_i = torch.full((n_local, k), -1, dtype=torch.int64, device=device)
+        if groups.shape != (offsets[-1],):
+            raise ValueError(f"groups must have shape [{offsets[-1]}] (all rows of all ranks), got {tuple(groups.shape)}")
+    rows = chunk_rows(dim, CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    queries = QueryBlocks(x, rows, normalize, offsets[rank], groups)
+    best_s = torch.full((x.shape[0], k), float("-inf"), dtype=torch.float32, device=device)
+    best_i = torch.full((x.shape[0], k), -1, dtype=torch.int64, device=device)
     with block_searcher(backend, device, max_block_elems, precision) as search:
         for src in range(world):
-            if sizes[src] == 0:
-                continue
-            if src == rank:
-                keys = x
-            else:
-                keys = x.new_empty((sizes[src], x.shape[1]))
-            if world > 1:
-                buf = keys if keys.device == cdev else keys.to(cdev)
-                broadcast_(buf, src, group)
-                keys = buf.to(device)
-            k_groups = groups[offsets[src]:offsets[src + 1]] if groups is not None else None
-            s, i = search(x, keys, k, key_offset=offsets[src], self_keys=src == rank, query_groups=q_groups,
-                          key_groups=k_groups)
-            if n_local:
-                best_s, best_i = merge_topk(best_s, best_i, s, i, k)
-            del keys
+            for a in range(0, sizes[src], rows):
+                b = min(sizes[src], a + rows)
+                keys = _unit(_key_chunk(x, a, b, src, rank, group, cdev), normalize)
+                start = offsets[src] + a
+                k_groups = groups[start:offsets[src] + b] if groups is not None else None
+                for qa, qb, q, q_groups in queries:
+                    s, i = search(q, keys, k, key_offset=start, query_offset=offsets[rank] + qa,
+                                  query_groups=q_groups, key_groups=k_groups)
+                    best_s[qa:qb], best_i[qa:qb] = merge_topk(best_s[qa:qb], best_i[qa:qb], s, i, k)
+                del keys
     return best_s, best_i
+
+
+def chunk_rows(dim: int, chunk_bytes: int) -> int:
+    """Rows of one key chunk and of one query block: `chunk_bytes` of fp32 rows, at least one."""
+    return max(1, int(chunk_bytes) // (4 * max(1, dim)))
+
+
+def _raw_rows(x) -> torch.Tensor:
+    """x as a detached [n, D] float tensor in its own dtype (a numpy array is shared, not copied, when it can be)."""
+    rows = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if rows.dim() != 2:
+        raise ValueError(f"local_rows must be [n, D], got shape {tuple(rows.shape)}")
+    if not rows.is_floating_point():
+        raise ValueError(f"local_rows must be a float tensor, got {rows.dtype}")
+    return rows
+
+
+def _unit(rows: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The rows in contiguous fp32, L2-normalised when `normalize` (what the search reads)."""
+    rows = rows.float()
+    return (F.normalize(rows, dim=1) if normalize else rows).contiguous()
+
+
+def _key_chunk(x, a, b, src, rank, group, cdev) -> torch.Tensor:
+    """Rows [a, b) of rank src's shard, in its storage dtype, broadcast from src (collective)."""
+    if world_size_of(group) == 1:
+        return x[a:b]
+    buf = x[a:b].to(cdev).contiguous() if src == rank else torch.empty((b - a, x.shape[1]), dtype=x.dtype, device=cdev)
+    broadcast_(buf, src, group)
+    return buf.to(x.device)
+
+
+class QueryBlocks:
+    """This rank's rows in blocks of `rows` rows: (start, end, the block in fp32 (normalised), its groups).
+    The block is made again per key chunk unless the shard is one block (kept then)."""
+
+    def __init__(self, x, rows, normalize, offset, groups):
+        self.x, self.rows, self.normalize = x, rows, normalize
+        self.groups = groups[offset:offset + x.shape[0]] if groups is not None else None
+        self.whole = _unit(x, normalize) if x.shape[0] <= rows else None
+
+    def __iter__(self):
+        for a in range(0, self.x.shape[0], self.rows):
+            b = min(self.x.shape[0], a + self.rows)
+            q = self.whole if self.whole is not None else _unit(self.x[a:b], self.normalize)
+            yield a, b, q, self.groups[a:b] if self.groups is not None else None

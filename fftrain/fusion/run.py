@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fftrain.config import FusionConfig
 from fftrain.distributed.class_sharding import shard_range
@@ -123,8 +122,8 @@ def plan_fusion(local_weight: torch.Tensor, *, class_dataset, label_map, config:
     table, lm, start = _tables(local_weight, class_dataset, label_map, group)
     timings = {}
     t = time.perf_counter()
-    proxies = F.normalize(local_weight.detach().float(), dim=1)
-    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend, precision=config.knn_precision,
+    sims, ids = distributed_knn(local_weight, config.knn_k, group, normalize=True, backend=config.backend,
+                                precision=config.knn_precision,
                                 groups=None if config.allow_same_dataset else table.to(device))
     timings["knn_s"] = _elapsed(t, device)
     timings["knn_backend"], timings["knn_device"] = resolve_backend(config.backend, device), str(device)
@@ -154,9 +153,8 @@ def proxy_geometry(local_weight: torch.Tensor, *, class_dataset, config: FusionC
     `plan_fusion`, nothing else): what `fusion.t2: auto` watches. The same fit as `fusion.t1: auto`."""
     table = torch.as_tensor(class_dataset, dtype=torch.int64).cpu()
     start = shard_range(int(table.shape[0]), rank_of(group), world_size_of(group))[0]
-    proxies = F.normalize(local_weight.detach().float(), dim=1)
-    sims, ids = distributed_knn(proxies, config.knn_k, group, backend=config.backend, precision=config.knn_precision,
-                                groups=table.to(local_weight.device))
+    sims, ids = distributed_knn(local_weight, config.knn_k, group, normalize=True, backend=config.backend,
+                                precision=config.knn_precision, groups=table.to(local_weight.device))
     return decide_t1(sims, ids, start, table, dataclasses.replace(config, t1="auto"), group, quiet=True)
 
 
@@ -195,7 +193,8 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
     """Fuse the classes whose proxies match across datasets; every rank of `group` must call.
 
     local_weight: [n_local, D] this rank's rows of shard_range(C_old, rank, W) (unnormalised is
-      fine: the search normalises a copy). optimizer_states: tensors with the same leading size.
+      fine: the search normalises one bounded block at a time). optimizer_states: tensors with the
+      same leading size.
     class_dataset: [C_old] int64 dataset of each fused class. label_map: [C_src] int64 source ->
       fused (None: identity). Both identical on every rank.
     source_info: names the source classes for the report (None: no report).

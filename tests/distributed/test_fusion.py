@@ -21,10 +21,12 @@ from fftrain.distributed.class_sharding import shard_range
 from fftrain.distributed import DistContext
 from fftrain.config import FusionConfig
 from fftrain.fusion import SourceInfo, build_plan, distributed_knn, reshard_merge, run_fusion
+from fftrain.fusion import knn as knn_module
 from fftrain.data.label_space import min_source_class
 from fftrain.fusion.components import candidate_pairs, dedupe_pairs
 from fftrain.head.margins import ArcFace
 from fftrain.head.partial_fc import PartialFCHead
+from fftrain.search import top_k
 
 COUNTS = (100, 101, 100)  # C = 301: uneven shards on 2 and 4 ranks
 NAMES = ("alpha", "beta", "gamma")
@@ -33,6 +35,9 @@ T1 = 0.7
 # planted identities (source classes); offsets 0, 100, 201
 PLANTED = [(5, 107), (30, 203), (150, 261), (99, 200), (12, 112, 213), (70, 103, 300)]
 KNN_SIZES = {1: [23], 2: [17, 9], 4: [7, 0, 11, 5]}  # rows per rank, empty shard included
+RAW_D = 16
+TINY_CHUNK = 3 * 4 * RAW_D  # bytes: 3 fp32 rows per key chunk and per query block, many chunks per shard
+STORAGES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def planted_problem(seed=0):
@@ -71,6 +76,13 @@ def knn_problem(seed=1):
     x = F.normalize(torch.randn(23, 8, generator=g), dim=1)
     groups = torch.randint(0, 3, (23,), generator=g)
     return x, groups
+
+
+def raw_knn_problem(seed=3):
+    """Unnormalised rows of random norms (an FC weight), and a group table."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(23, RAW_D, generator=g) * (0.5 + 1.5 * torch.rand(23, 1, generator=g))
+    return w, torch.randint(0, 3, (23,), generator=g)
 
 
 def reshard_problem(seed=2):
@@ -118,7 +130,38 @@ def _slice(t, rank, world):
     return t[a:b]
 
 
-def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
+def _blockwise_knn(out, raw, W, r, group):
+    """The kNN on raw rows in their storage dtype, normalised block by block: default and tiny chunks."""
+    w, groups = raw
+    sizes = KNN_SIZES[W]
+    off = sum(sizes[:r])
+    for storage, dtype in STORAGES.items():
+        local = w[off:off + sizes[r]].to(dtype)
+        for backend in ("faiss", "torch"):
+            for use_groups in (False, True):
+                for chunk in (None, TINY_CHUNK):
+                    out[("blockwise", storage, backend, use_groups, chunk)] = distributed_knn(
+                        local, 5, group, normalize=True, backend=backend, groups=groups if use_groups else None,
+                        chunk_bytes=chunk)
+
+
+def _chunked_fusion(out, problem, W, r, group):
+    """run_fusion with 7-row kNN chunks and query blocks (the module's bound, set for the call), both storages."""
+    saved = knn_module.CHUNK_BYTES
+    knn_module.CHUNK_BYTES = 7 * 4 * D
+    try:
+        for storage, dtype in STORAGES.items():
+            for name, config in (("fixed", FusionConfig(t1=T1, knn_k=8, max_component=6)),
+                                 ("auto", FusionConfig(t1="auto", knn_k=8))):
+                out[("chunked fusion", storage, name)] = run_fusion(
+                    _slice(problem["weight"].to(dtype), r, W), [_slice(problem["momentum"].to(dtype), r, W)],
+                    class_dataset=problem["class_dataset"], label_map=None, source_info=None, config=config,
+                    group=group)
+    finally:
+        knn_module.CHUNK_BYTES = saved
+
+
+def _checks(ctx: DistContext, problem, knn, raw, report_dir):
     """Everything one world size runs; returns plain tensors and data for the parent."""
     W, r, group = ctx.world_size, ctx.rank, ctx.group
     out = {}
@@ -131,6 +174,8 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
         for use_groups in (False, True):
             out[("knn", backend, use_groups)] = distributed_knn(
                 local, 5, group, backend=backend, groups=groups if use_groups else None, max_block_elems=16)
+    _blockwise_knn(out, raw, W, r, group)
+    _chunked_fusion(out, problem, W, r, group)
     # reshard with an arbitrary many-to-one map
     old_to_new, C_new, w, states = reshard_problem()
     out["reshard"] = reshard_merge(_slice(w, r, W), [_slice(s, r, W) for s in states], old_to_new, C_new, group)
@@ -162,18 +207,18 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
 
 @pytest.fixture(scope="module")
 def problems():
-    return planted_problem(), knn_problem(), reshard_problem()
+    return planted_problem(), knn_problem(), reshard_problem(), raw_knn_problem()
 
 
 @pytest.fixture(scope="module")
 def runs(problems, tmp_path_factory):
     """Per world size: the list of per-rank results of `_checks`."""
-    problem, knn, _ = problems
+    problem, knn, _, raw = problems
     report_dir = str(tmp_path_factory.mktemp("fusion_report"))
     ctx1 = DistContext(0, 0, 1, torch.device("cpu"), None)
-    out = {1: [_checks(ctx1, problem, knn, None, None)]}
+    out = {1: [_checks(ctx1, problem, knn, raw, None)]}
     for W in (2, 4):
-        out[W] = run_distributed(_checks, W, args=(problem, knn, None, report_dir if W == 2 else None))
+        out[W] = run_distributed(_checks, W, args=(problem, knn, raw, report_dir if W == 2 else None))
     out["report_dir"] = report_dir
     return out
 
@@ -194,6 +239,45 @@ def test_knn_backends_match_brute_force(runs, problems, world, use_groups):
         torch.testing.assert_close(s, ref_s, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("storage", list(STORAGES))
+@pytest.mark.parametrize("use_groups", [False, True])
+def test_blockwise_knn_of_raw_rows_is_top_k_over_the_whole_normalised_matrix(runs, problems, world, storage,
+                                                                             use_groups):
+    """The old way (one fp32 normalised copy of all rows, `top_k` over itself) against raw shards in their
+    storage dtype walked in 3-row chunks and query blocks on uneven shards (W = 4: a rank with no rows)."""
+    w, groups = problems[3]
+    unit = F.normalize(w.to(STORAGES[storage]).float(), dim=1)
+    g = groups if use_groups else None
+    for backend in ("faiss", "torch"):
+        ref_s, ref_i = top_k(unit, unit, 5, backend=backend, self_keys=True, query_groups=g, key_groups=g)
+        for chunk in (None, TINY_CHUNK):
+            s, i = _cat(runs[world], ("blockwise", storage, backend, use_groups, chunk))
+            assert torch.equal(i, ref_i), (backend, chunk)
+            if world == 1 and chunk is None:  # one chunk and one query block: top_k's very search, bit for bit
+                assert torch.equal(s, ref_s), backend
+            else:  # a GEMM's rounding follows its block shapes: the same cosines to a few ulp
+                torch.testing.assert_close(s, ref_s, rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("storage", list(STORAGES))
+def test_fusion_with_tiny_knn_chunks_is_bit_identical_to_one_process(runs, problems, world, storage):
+    """Label map, merged rows and momentum bit for bit against one process with the default chunk (one chunk)."""
+    problem, dtype = problems[0], STORAGES[storage]
+    for name, config in (("fixed", FusionConfig(t1=T1, knn_k=8, max_component=6)),
+                         ("auto", FusionConfig(t1="auto", knn_k=8))):
+        ref = run_fusion(problem["weight"].to(dtype), [problem["momentum"].to(dtype)],
+                         class_dataset=problem["class_dataset"], label_map=None, source_info=None, config=config)
+        results = [r[("chunked fusion", storage, name)] for r in runs[world]]
+        assert torch.equal(ref.new_label_map, problem["expected"]), name
+        for res in results:
+            assert torch.equal(res.new_label_map, ref.new_label_map) and res.components == ref.components
+            assert res.threshold.t1 == ref.threshold.t1, name
+        assert torch.equal(torch.cat([res.new_local_weight for res in results]), ref.new_local_weight)
+        assert torch.equal(torch.cat([res.new_states[0] for res in results]), ref.new_states[0])
+
+
 def test_knn_pads_when_fewer_than_k_and_checks_inputs():
     x, groups = knn_problem()
     x = x[:4]
@@ -205,6 +289,8 @@ def test_knn_pads_when_fewer_than_k_and_checks_inputs():
         distributed_knn(x, 2, None, backend="annoy")
     with pytest.raises(ValueError, match=r"groups must have shape \[4\]"):
         distributed_knn(x, 2, None, groups=groups)
+    with pytest.raises(ValueError, match="must be a float tensor"):
+        distributed_knn(torch.ones(4, 2, dtype=torch.int64), 2, None)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])

@@ -46,7 +46,7 @@ def test_max_classes_is_the_boundary_of_fits():
     assert plan(inp, best).fits and not plan(inp, int(best * 1.001) + 8).fits
     half = max_classes(PlanInput(classes=1, gpus=8, gpu_memory_gib=80, backbone="iresnet_tiny", batch=128,
                                  fc_storage="bf16"))
-    assert half > best  # less: the kNN works on fp32 copies whatever the storage
+    assert half > best  # bf16 storage halves the shard the fusion step and the training step hold
 
 
 def test_plan_cli_prints_every_part_and_the_verdict(capsys):
