@@ -19,7 +19,7 @@ faiss-gpu if installed, else torch; CPU: faiss if importable, else torch). All b
 neighbours up to ties and float rounding. faiss is imported inside the functions that use it.
 
 `fftrain.fusion.knn.distributed_knn` runs the same per-block search over class proxies sharded across
-ranks, one remote shard at a time.
+ranks, one bounded chunk of a shard against one bounded block of queries at a time.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
 from fftrain.search import block_searcher, merge_topk, resolve_backend
 
-__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "CHUNK_BYTES", "resolve_backend"]  # resolve_backend: for run_fusion
+# resolve_backend: fftrain.search's, for run_fusion
+__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "CHUNK_BYTES", "resolve_backend"]
 
 CHUNK_BYTES = 16 * 2**20
 """fp32 bytes of one key chunk and of one query block (8192 rows at D = 512): fixed, not shard-sized."""
@@ -81,7 +82,8 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
     if groups is not None:
         groups = torch.as_tensor(groups, dtype=torch.int64).to(device)
         if groups.shape != (offsets[-1],):
-            raise ValueError(f"groups must have shape [{offsets[-1]}] (all rows of all ranks), got {tuple(groups.shape)}")
+            raise ValueError(f"groups must have shape [{offsets[-1]}] (all rows of all ranks), "
+                             f"got {tuple(groups.shape)}")
     rows = chunk_rows(dim, CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     queries = QueryBlocks(x, rows, normalize, offsets[rank], groups)
     best_s = torch.full((x.shape[0], k), float("-inf"), dtype=torch.float32, device=device)
