@@ -220,7 +220,8 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     knn = (2 * block                                     # the normalised query block and key chunk
            + block * (g - 1) // g                        # the block's queries of the other datasets
            + 2 * block // g                              # one dataset's keys and faiss's copy of them
-           + 2 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), one spare
+           + 6 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64) and the [n_local, k]
+                                                         # temporaries the peaks grow by (~700 B/row at k=10)
            + _faiss_workspace(inp.device))
     merged = int(inp.merged_fraction * n_local)
     reshard = (shard                                     # the new shard (a little smaller: merges)
