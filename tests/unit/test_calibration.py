@@ -68,10 +68,10 @@ def test_lower_threshold_from_the_genuine_tail():
 @pytest.mark.parametrize("family", ["norm", "gumbel_r"])
 def test_a_body_tail_ignores_genuine_matches_at_the_top_that_move_the_empirical_quantile(family):
     rng = np.random.default_rng(4)
-    impostor = getattr(stats, family).rvs(loc=0.1, scale=0.05, size=200000, random_state=rng)
+    impostor = np.tanh(getattr(stats, family).rvs(loc=0.1, scale=0.05, size=200000, random_state=rng))
     matches = rng.normal(0.9, 0.03, 400)  # 0.2 %: the empirical 1e-4 quantile lands on them
     contaminated = np.concatenate([impostor, matches])
-    truth = getattr(stats, family).isf(1e-4, loc=0.1, scale=0.05)
+    truth = np.tanh(getattr(stats, family).isf(1e-4, loc=0.1, scale=0.05))
     assert threshold_at_far(contaminated, 1e-4)[0] > truth + 0.2
     tail = fit_body_tail(contaminated, family=family, body=(0.05, 0.98))
     assert tail.isf(1e-4) == pytest.approx(truth, abs=0.01) and tail.sf(truth) == pytest.approx(1e-4, rel=0.3)
@@ -81,6 +81,13 @@ def test_a_body_tail_ignores_genuine_matches_at_the_top_that_move_the_empirical_
     assert choice.paper_far == pytest.approx(tail.sf(0.2))
     floor = upper_threshold("inter", AUTO, contaminated, far=1e-4, paper=0.99, statistic="s", tail=tail)
     assert floor.value == 0.99 and floor.how.startswith("auto: the paper's value")
+
+
+def test_a_body_tail_stays_a_cosine_where_a_family_on_the_cosine_would_pass_1():
+    cosines = np.random.default_rng(5).uniform(0.3, 0.9, 5000)  # wide: a normal on the cosine puts 1e-6 above 1
+    assert stats.norm.isf(1e-6, *stats.norm.fit(cosines)) > 1
+    tail = fit_body_tail(np.append(cosines, 1.0), family="gumbel_r", body=(0.05, 0.8))
+    assert 0.9 < tail.isf(1e-6) < 1 and tail.sf(1.0) < 1e-6
 
 
 def test_a_body_tail_needs_a_body_that_spreads():
