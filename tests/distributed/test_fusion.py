@@ -140,12 +140,19 @@ def _checks(ctx: DistContext, problem, knn, reshard, report_dir):
         for chunk in (1, 3, None):
             out[("stream", dtype, chunk)] = reshard_merge(_slice(ws, r, W), [_slice(s, r, W) for s in ss],
                                                           old_to_new, C_new, group, chunk_rows=chunk)
+            own = [_slice(t, r, W).clone() for t in (ws, *ss)]  # in place overwrites them
+            out[("in place", dtype, chunk)] = reshard_merge(own[0], own[1:], old_to_new, C_new, group,
+                                                            chunk_rows=chunk, in_place=True) + (own,)
     # the fusion itself
     res = run_fusion(_slice(problem["weight"], r, W), [_slice(problem["momentum"], r, W)],
                      class_dataset=problem["class_dataset"], label_map=None,
                      source_info=SourceInfo.from_counts(NAMES, COUNTS),
                      config=FusionConfig(t1=T1, knn_k=8, max_component=6), group=group, report_dir=report_dir)
     out["fusion"] = res
+    own = [_slice(problem[k], r, W).clone() for k in ("weight", "momentum")]
+    out["fusion in place"] = run_fusion(own[0], own[1:], class_dataset=problem["class_dataset"], label_map=None,
+                                        source_info=None, config=FusionConfig(t1=T1, knn_k=8, max_component=6),
+                                        group=group, in_place=True), own
     for name, config in (("auto", FusionConfig(t1="auto", knn_k=8)),
                          ("mutual", FusionConfig(t1=T1, knn_k=8, mutual_nn=True))):
         out[name] = run_fusion(_slice(problem["weight"], r, W), [], class_dataset=problem["class_dataset"],
@@ -263,6 +270,30 @@ def test_streaming_reshard_is_bit_identical_to_the_whole_shard_merge(runs, probl
         assert torch.equal(torch.cat([p[0] for p in parts]), ref_w), (world, chunk)
         for j in range(2):
             assert torch.equal(torch.cat([p[1][j] for p in parts]), ref_s[j]), (world, chunk, j)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_the_reshard_in_place_gives_the_same_bits_in_the_inputs_storage(runs, problems, world, dtype):
+    old_to_new, C_new, w, states = problems[2]  # a many-to-one map in any order, not only fusion's compaction
+    ref_w, ref_s = whole_shard_merge(w.to(dtype), [s.to(dtype) for s in states], old_to_new, C_new)
+    for chunk in (1, 3, None):
+        parts = [r[("in place", dtype, chunk)] for r in runs[world]]
+        assert torch.equal(torch.cat([p[0] for p in parts]), ref_w), (world, chunk)
+        for j in range(2):
+            assert torch.equal(torch.cat([p[1][j] for p in parts]), ref_s[j]), (world, chunk, j)
+        for new_w, new_s, own in parts:  # views of the inputs: nothing new was allocated for the shard
+            assert new_w.data_ptr() == own[0].data_ptr()
+            assert [t.data_ptr() for t in new_s] == [t.data_ptr() for t in own[1:]]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_fusion_in_place_equals_fusion_into_a_new_shard(runs, world):
+    for r in runs[world]:
+        copied, (in_place, own) = r["fusion"], r["fusion in place"]
+        assert torch.equal(in_place.new_local_weight, copied.new_local_weight)
+        assert torch.equal(in_place.new_states[0], copied.new_states[0])
+        assert in_place.new_local_weight.data_ptr() == own[0].data_ptr()
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
