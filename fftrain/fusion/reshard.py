@@ -129,10 +129,10 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
     if in_place and (n_new > local_weight.shape[0] or not all(t.is_contiguous() for t in (local_weight, *states))):
         raise ValueError(f"in_place needs contiguous inputs of at least {n_new} rows")
     tensors = [t.detach().reshape(t.shape[0], -1) for t in (local_weight, *states)]
-    new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
     row_bytes = sum(t.shape[1] * t.element_size() for t in tensors) + 16
     chunk = max(1, chunk_rows or CHUNK_BYTES // row_bytes)
     steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
+    new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
     waiting = []  # (old ids, new local rows, rows of each tensor) of merged classes' members
     early = _Early(chunk) if in_place else None
     for step in range(steps):
@@ -171,13 +171,17 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
 
 class _Early:
     """In place, new row t lives where old row t did, which this rank sends at step t // chunk: a row
-    that arrives before then waits here. Rows move to lower ids (new ids follow the smallest member),
-    so what waits is about the rows the ranks before this one merged away, not the shard."""
+    that arrives before then waits here. Only slots past the current step's chunk can wait, so fewer
+    rows than the new shard ever do; in fusion's maps (new ids in the order of the smallest member) a
+    lone row moves down by the classes merged away below it, which rarely puts it ahead of its slot."""
 
     def __init__(self, chunk: int):
         self.chunk = chunk
         self.targets: list[torch.Tensor] = []
         self.rows: list[list[torch.Tensor]] = []
+        self.peak = 0
+        """the most rows that waited at once: fewer than the new shard (at step s only slots past s's
+        chunk can wait), and none where each row keeps its place, as in fusion's maps"""
 
     def write(self, new: list[torch.Tensor], target: torch.Tensor, rows: list[torch.Tensor], step: int) -> None:
         free = target // self.chunk <= step
@@ -187,6 +191,7 @@ class _Early:
             self.targets.append(target[~free])
             self.rows.append([r[~free] for r in rows])
         self.flush(new, step)
+        self.peak = max(self.peak, sum(int(t.numel()) for t in self.targets))
 
     def flush(self, new: list[torch.Tensor], step: int) -> None:
         """Write the waiting rows whose slots were sent by `step`."""

@@ -307,6 +307,40 @@ def test_fusion_rows_are_bit_identical_to_the_whole_shard_merge(runs, problems, 
     assert torch.equal(torch.cat([res.new_states[0] for res in results]), ref_m)
 
 
+def _waiting_peak(old_to_new, chunk):
+    """One rank: the most lone rows that arrive (at old row // chunk) before their slot is sent (new row // chunk)."""
+    members = torch.bincount(old_to_new)
+    spans = [(old // chunk, int(new) // chunk) for old, new in enumerate(old_to_new.tolist()) if members[new] == 1]
+    return max([sum(a <= step < f for a, f in spans) for step in range(len(old_to_new))] + [0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_in_place_reshard_holds_only_the_rows_that_arrive_before_their_slot_is_free(monkeypatch, seed):
+    from fftrain.fusion import reshard
+
+    seen = []
+
+    class Recorded(reshard._Early):
+        def __init__(self, chunk):
+            super().__init__(chunk)
+            seen.append(self)
+
+    monkeypatch.setattr(reshard, "_Early", Recorded)
+    g = torch.Generator().manual_seed(seed)
+    c_old, c_new = 60, 45
+    any_order = torch.cat([torch.arange(c_new), torch.randint(0, c_new, (c_old - c_new,), generator=g)])
+    any_order = any_order[torch.randperm(c_old, generator=g)]  # rows may arrive before their slot is free
+    fusion_like = torch.cat([torch.arange(c_new), torch.arange(c_old - c_new)])  # the last classes merged into the first
+    for old_to_new, waiting in ((any_order, None), (fusion_like, 0)):
+        w = torch.randn(c_old, 4, generator=g)
+        ref, _ = reshard_merge(w, [], old_to_new, c_new, None, chunk_rows=2)
+        got, _ = reshard_merge(w.clone(), [], old_to_new, c_new, None, chunk_rows=2, in_place=True)
+        assert torch.equal(got, ref)
+        assert seen[-1].peak == _waiting_peak(old_to_new, 2) < c_new
+        assert waiting is None or seen[-1].peak == waiting
+    assert _waiting_peak(any_order, 2) > 0  # the first map does make rows wait
+
+
 def test_reshard_rejects_a_map_that_is_not_onto():
     w = torch.randn(4, 3)
     with pytest.raises(ValueError, match="received no member"):
