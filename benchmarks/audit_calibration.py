@@ -66,7 +66,7 @@ def _embed(checkpoint: str, synth: str, work: str, flip: bool):
 def _score(report: dict, extra: dict, manifest, records, train, truth: dict | None) -> dict:
     leak, entry = extra["leaks"][0], report["leakage"][0]
     inter = extra["inter"]
-    out = {"thresholds": {k: {f: v[f] for f in ("value", "how", "far", "paper_far", "rate")}
+    out = {"thresholds": {k: {f: v.get(f) for f in ("value", "how", "far", "paper_far", "rate", "sample_far")}
                           for k, v in report["thresholds"].items()},
            "warnings": report["warnings"],
            "flagged": {"outlier_images": int(extra["intra"].outliers.size), "images": int(len(records)),
@@ -113,6 +113,49 @@ def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str], flip: boo
     return result
 
 
+KINDS = ("mislabeled_images", "duplicates_within_dataset", "leaked_images", "leaked_classes")
+CALIBRATED, FIXED = "calibrated (auto)", ("fixed (paper)", "fixed (demo's T1)")
+LEAK_SHARE, MARGIN = 0.05, 0.05
+
+
+def _f1(pr: dict) -> float:
+    p, r = pr["precision"] or 0.0, pr["recall"] or 0.0
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def criteria(results: list[dict]) -> list[dict]:
+    """C1 on each set with nothing planted: the calibrated leak threshold flags at most 5 % of the
+    verification pairs. C2 on each planted set, per checkpoint and kind: the calibrated precision and
+    recall each at least the better fixed setting's (higher F1 of the kind) minus 0.05."""
+    out = []
+    for r in results:
+        ckpt = os.path.basename(r["checkpoint"])
+        if not r["planted"]:
+            share = r[CALIBRATED]["flagged"]["leaked_pair_share"]
+            out.append({"criterion": "C1", "checkpoint": ckpt, "leaked_pair_share": share, "met": share <= LEAK_SHARE})
+            continue
+        for kind in KINDS:
+            ref_name = max(FIXED, key=lambda n: _f1(r[n]["detection"][kind]))
+            ref, got = r[ref_name]["detection"][kind], r[CALIBRATED]["detection"][kind]
+            met = all((got[m] or 0.0) >= (ref[m] or 0.0) - MARGIN for m in ("precision", "recall"))
+            out.append({"criterion": "C2", "checkpoint": ckpt, "kind": kind, "reference": ref_name,
+                        "reference_pr": [ref["precision"], ref["recall"]],
+                        "calibrated_pr": [got["precision"], got["recall"]], "met": met})
+    return out
+
+
+def criteria_lines(items: list[dict]) -> list[str]:
+    lines = []
+    for c in items:
+        verdict = "met" if c["met"] else "NOT met"
+        if c["criterion"] == "C1":
+            lines.append(f"C1 {c['checkpoint']}: {100 * c['leaked_pair_share']:.1f} % of pairs leaked: {verdict}")
+        else:
+            ref, got = (" / ".join(_fmt(v) for v in c[k]) for k in ("reference_pr", "calibrated_pr"))
+            lines.append(f"C2 {c['checkpoint']} {c['kind']}: P / R {got} against {ref} ({c['reference']}): {verdict}")
+    return lines
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -146,7 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     if args.table_from:
-        print(table(json.load(open(args.table_from, encoding="utf-8"))["results"]))
+        results = json.load(open(args.table_from, encoding="utf-8"))["results"]
+        print(table(results))
+        print("\n".join(criteria_lines(criteria(results))))
         return 0
     if not args.synth or not args.checkpoint:
         p.error("--synth and --checkpoint are needed (or --table-from)")
@@ -154,13 +199,16 @@ def main(argv=None) -> int:
     results = [run_checkpoint(c, args.synth, extra, not args.no_flip) for c in args.checkpoint]
     from bench_common import machine_info
 
+    verdicts = criteria(results)
     print(table(results))
+    print("\n".join(criteria_lines(verdicts)))
     if args.json_out:
         from recordio_tools.files import json_safe, write_json_atomic
 
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
         write_json_atomic(args.json_out, json_safe({"machine": machine_info(), "command": sys.argv,
-                                                    "results": results, "table": table(results)}), indent=1)
+                                                    "results": results, "table": table(results),
+                                                    "criteria": verdicts}), indent=1)
     return 0
 
 

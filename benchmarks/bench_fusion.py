@@ -11,6 +11,9 @@ cross-dataset duplicates so the component and reshard phases have work):
   every core of the host (the lower bound a fusion kNN is held to);
 - fusion: `fftrain.fusion.run_fusion` (no report) on W gloo ranks on this host, each rank with
   (cores / W) threads; the phase times are the max over ranks.
+- roofline: this machine's fp32 GEMM rate (torch.mm of [8192, D] x [D, 8192], all cores); kNN/roofline =
+  (the kNN's multiply-adds, every proxy against the other datasets' proxies, at that rate) / kNN seconds:
+  1.0 is a kNN that does nothing but its score GEMMs at the BLAS's best rate.
 The baseline and the measured configurations alternate, `--repeats` rounds per size (raw, then each
 fusion configuration, then raw again, ...), so a change of the machine's load hits both alike; ratio =
 the median over rounds of (fusion total / the raw run of the same round), with its range over rounds.
@@ -68,6 +71,32 @@ def raw_faiss(x: np.ndarray, k: int, threads: int) -> float:
     index.add(xn)
     index.search(xn, k + 1)
     return time.perf_counter() - t
+
+
+GEMM_ROWS = 8192
+
+
+def gemm_roofline(dim: int, threads: int, repeats: int = 3) -> float:
+    """FLOP/s of this machine's fp32 GEMM (torch.mm, the BLAS faiss also calls), best of `repeats`
+    products of [8192, dim] x [dim, 8192]: the rate a kNN's score blocks cannot beat."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(GEMM_ROWS, dim, generator=g), torch.randn(GEMM_ROWS, dim, generator=g)
+    a @ b.T  # warm-up: page in, pick the kernel
+    best = min(_timed(lambda: a @ b.T) for _ in range(repeats))
+    return 2.0 * GEMM_ROWS * GEMM_ROWS * dim / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def knn_flops(class_dataset: np.ndarray, dim: int) -> float:
+    """The multiply-adds (x2) the fusion kNN must do: every proxy against every proxy of another dataset."""
+    counts = np.bincount(class_dataset).astype(np.float64)
+    return 2.0 * dim * float((counts * (counts.sum() - counts)).sum())
 
 
 def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
@@ -138,8 +167,9 @@ def measure_size(n: int, a, tmp: str) -> list[dict]:
         import faiss  # noqa: F401  (its import is not the first round's cost)
     configs = [(backend, world) for backend in a.backends for world in a.worlds]
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
-    raws = []
+    raws, gemms = [], []
     for _ in range(a.repeats):
+        gemms.append(gemm_roofline(a.dim, a.threads) if a.device == "cpu" else float("nan"))
         raws.append(raw_faiss(x, a.k, a.threads) if with_raw else float("nan"))
         for backend, world in configs:
             runs[backend, world].append(run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device))
@@ -147,11 +177,15 @@ def measure_size(n: int, a, tmp: str) -> list[dict]:
     rows = []
     for (backend, world), results in runs.items():
         ratios = [r["total_s"] / raw for r, raw in zip(results, raws)]
+        roofline = [knn_flops(cd, a.dim) / gemm / r["knn_s"] for r, gemm in zip(results, gemms)]
         row = dict(n=n, dim=a.dim, world=world, backend=backend, device=a.device, threads=a.threads,
                    repeats=a.repeats, raw_faiss_s=statistics.median(raws), raw_faiss_runs_s=raws,
                    ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
                    total_runs_s=[r["total_s"] for r in results],
-                   merged=results[0]["merged"], num_classes_new=results[0]["num_classes_new"])
+                   merged=results[0]["merged"], num_classes_new=results[0]["num_classes_new"],
+                   gemm_gflops=statistics.median(gemms) / 1e9, knn_gflop=knn_flops(cd, a.dim) / 1e9,
+                   knn_roofline=statistics.median(roofline), knn_roofline_min=min(roofline),
+                   knn_roofline_max=max(roofline))
         row.update({key: statistics.median(r[key] for r in results) for key in _TIMES})
         rows.append(row)
     return rows
@@ -181,7 +215,7 @@ def main(argv=None) -> int:
     out_path = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"fusion_{host}_{date}.json")
     rows = []
     header = (f"{'N':>8} {'W':>2} {'backend':>7} {'knn s':>8} {'comp s':>8} {'reshard s':>9} {'total s':>8} "
-              f"{'raw faiss s':>11} {'ratio':>6} {'range':>11} {'merged':>7}")
+              f"{'raw faiss s':>11} {'ratio':>6} {'range':>11} {'merged':>7} {'kNN/roofline':>12} {'range':>11}")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in a.sizes:
@@ -189,7 +223,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{n:>8} {row['world']:>2} {row['backend']:>7} {row['knn_s']:>8.2f} {row['components_s']:>8.3f} "
                       f"{row['reshard_s']:>9.3f} {row['total_s']:>8.2f} {row['raw_faiss_s']:>11.2f} "
-                      f"{row['ratio']:>6.2f} {row['ratio_min']:>5.2f}-{row['ratio_max']:<5.2f} {row['merged']:>7}",
+                      f"{row['ratio']:>6.2f} {row['ratio_min']:>5.2f}-{row['ratio_max']:<5.2f} {row['merged']:>7} "
+                      f"{row['knn_roofline']:>12.2f} {row['knn_roofline_min']:>5.2f}-{row['knn_roofline_max']:<5.2f}",
                       flush=True)
     meta = dict(host=host, date=date, command=" ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
                 cpu_count=os.cpu_count(), torch=torch.__version__)

@@ -11,7 +11,8 @@ config head.fc_storage), 1% of the classes planted as cross-dataset duplicates (
 bench_fusion.py). Then each rank returns its freed memory to the OS, resets its resident-set
 high-water mark (/proc/self/clear_refs, 5) and runs
 - mode 'fusion': `fftrain.fusion.run_fusion` end to end (faiss kNN, components, reshard, no report);
-- mode 'reshard': `reshard_merge` alone, with the merge map of the planted duplicates.
+- mode 'reshard': `reshard_merge` alone, with the merge map of the planted duplicates;
+both in place (over the old shard, as the trainer fuses) where the measured code has `in_place`.
 Peak above the shard = VmHWM - the resident set just before (the shard, the tables, the libraries,
 faiss imported);
 reported as a multiple of the rank's shard bytes (weight + momentum) and in bytes per local class,
@@ -112,11 +113,14 @@ def _rank_main(rank: int, world: int, init_file: str, a: dict, result_dir: str) 
             from fftrain.config import FusionConfig
 
             settings = {"config": FusionConfig(**settings)}
+        if "in_place" in inspect.signature(run_fusion).parameters:  # the trainer's way, where the code has it
+            settings["in_place"] = True
         res = run_fusion(weight, [momentum], class_dataset=cd, label_map=None, source_info=None,
                          group=dist.group.WORLD, report_dir=None, **settings)
         merged = res.num_classes_new
     else:
-        new_w, _ = reshard_merge(weight, [momentum], old_to_new, c_new, dist.group.WORLD)
+        in_place = {"in_place": True} if "in_place" in inspect.signature(reshard_merge).parameters else {}
+        new_w, _ = reshard_merge(weight, [momentum], old_to_new, c_new, dist.group.WORLD, **in_place)
         merged = c_new
     peak = _status_kib("VmHWM") * 1024 - base
     with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:

@@ -10,11 +10,16 @@
   centre of another identity (its own class and the classes the inter test joins to it left out).
   FAR is then the rate at which an image of nobody in the training set is called leaked; 'auto' is
   the cosine at FAR `--far`, never below the paper's 0.7.
+- Both impostor samples hold genuine matches (overlaps across datasets, duplicates, mislabeled
+  images), often more than 1 in 10^4; so the rate is read from a family fitted to the sample's body
+  (`fftrain.calibration.tails`: a normal for centre pairs, a Gumbel for the nearest-centre maximum),
+  not from its empirical quantile, which would land on the matches. The sample's own rate is recorded
+  beside it (`sample_far`).
 - intra (an image is not its class's person): the cosines of images to their own class centre. Label
-  noise forms a lower mode; when a two-Weibull mixture finds two separate modes the genuine scores
-  are those above its valley, else all of them. 'auto' is the cosine below which a fraction
-  `--intra-frr` of the genuine scores lies. Its FAR: the fraction of the leak impostors (another
-  person's image against a centre) that it would still accept as the class's own.
+  noise forms a lower mode; where a two-Weibull mixture has one below the genuine mode (a minority with
+  a density dip between them), 'auto' is the valley between them; else the cosine below which a
+  fraction `--intra-frr` of the own-centre cosines lies. Its FAR: the fraction of the leak impostors
+  (another person's image against a centre) that it would still accept as the class's own.
 
 Sample sizes, as found, are recorded: a FAR below 1 / sample size cannot be resolved and is said so.
 """
@@ -26,11 +31,18 @@ import torch
 
 from fftrain.calibration.evt import FitError
 from fftrain.calibration.modes import fit_two_modes
-from fftrain.calibration.thresholds import AUTO, far_at, lower_threshold, upper_threshold
+from fftrain.calibration.tails import fit_body_tail
+from fftrain.calibration.thresholds import AUTO, Threshold, far_at, frr_at, lower_threshold, upper_threshold
 
 PAPER_INTRA, PAPER_INTER, PAPER_LEAK = 0.3, 0.7, 0.7
 CHUNK = 2048
 SCORES_PER_CHUNK = 1 << 24  # 64 MiB of float32 scores per block of the probe search
+# Genuine matches among the impostors: duplicate class pairs are well under 1% of all pairs; the images
+# whose nearest other class is their own person (an overlap across datasets, a mislabel) can be 10-20%
+# of a multi-dataset union, and the nearest-centre cosine is a maximum over classes (Gumbel domain).
+INTER_TAIL = {"family": "norm", "body": (0.50, 0.99)}
+LEAK_TAIL = {"family": "gumbel_r", "body": (0.05, 0.80)}
+MIN_NOISE_WEIGHT = 0.005
 
 
 def centre_pair_impostors(centres: np.ndarray, classes: np.ndarray, *, max_pairs: int, seed: int) -> np.ndarray:
@@ -81,16 +93,48 @@ def nearest_other_identity(embeddings, labels: np.ndarray, centres: np.ndarray, 
     return out
 
 
-def intra_genuine(cos_centre: np.ndarray) -> tuple[np.ndarray, str]:
-    """The genuine own-centre cosines: above the valley of a two-mode fit that finds two modes, else all."""
+def noise_mode(modes) -> bool:
+    """A lower mode the images below the valley belong to: it carries weight, it is the minority, and the
+    mixture's density dips between the two modes (an EM split of one skewed mode has no dip)."""
+    mix = modes.mixture
+    weight_low = 1 - mix.weight_high
+    if not MIN_NOISE_WEIGHT <= weight_low < 0.5:
+        return False
+    at = np.array([float(mix.low.dist.median()), modes.valley, float(mix.high.dist.median())])
+    density = weight_low * mix.low.dist.pdf(at) + mix.weight_high * mix.high.dist.pdf(at)
+    return at[0] < at[1] < at[2] and density[1] < min(density[0], density[2])
+
+
+def intra_threshold(requested, cos_centre: np.ndarray, *, frr: float) -> Threshold:
+    """The intra (own-centre) threshold. 'auto': where the own-centre cosines have a noise mode below the
+    genuine one (`noise_mode`, whatever Ashman's D), the valley of the two-mode fit - an image below it is
+    more likely of the lower mode - with the genuine component's FRR there under the fit; else the
+    cosine below which a fraction `frr` of all own-centre cosines lies."""
     defined = cos_centre[~np.isnan(cos_centre)].astype(np.float64)
+    statistic = "image vs its own class centre"
+    if requested != AUTO:
+        return lower_threshold("intra", requested, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic)
     try:
         modes = fit_two_modes(defined)
     except FitError as e:
-        return defined, f"no two-mode fit: {e}"
-    if not modes.separated:
-        return defined, f"all own-centre cosines; {modes.explain()}"
-    return defined[defined > modes.valley], f"the upper mode; {modes.explain()}"
+        return lower_threshold("intra", AUTO, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic,
+                               how=f"no two-mode fit: {e}")
+    if not noise_mode(modes):
+        return lower_threshold("intra", AUTO, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic,
+                               how=f"no noise mode; {modes.explain()}")
+    genuine = modes.mixture.high.dist
+    return Threshold("intra", modes.valley, f"auto: the valley between the noise and genuine modes; {modes.explain()}",
+                     statistic, int(defined.size), float(genuine.cdf(modes.valley)), PAPER_INTRA,
+                     float(genuine.cdf(PAPER_INTRA)), None, rate="frr", sample_far=frr_at(defined, modes.valley),
+                     model=modes.to_dict())
+
+
+def _tail(scores: np.ndarray, *, family: str, body: tuple[float, float]):
+    """The impostor tail fitted to the sample's body; None (the empirical quantile) when it cannot be fitted."""
+    try:
+        return fit_body_tail(scores, family=family, body=body)
+    except FitError:
+        return None
 
 
 def calibrate(args, train, centres: np.ndarray, cos_centre: np.ndarray, inter_pairs_at) -> tuple[dict, dict]:
@@ -100,16 +144,16 @@ def calibrate(args, train, centres: np.ndarray, cos_centre: np.ndarray, inter_pa
     classes = np.flatnonzero(has_images)
     pair_scores = centre_pair_impostors(centres, classes, max_pairs=args.calibration_pairs, seed=args.seed)
     inter = upper_threshold("inter", args.inter_threshold, pair_scores, far=args.far, paper=PAPER_INTER,
-                            statistic="cosine of two different classes' centres")
+                            statistic="cosine of two different classes' centres",
+                            tail=_tail(pair_scores, **INTER_TAIL))
     groups = identity_groups(len(has_images), inter_pairs_at(inter.value))
     nearest = nearest_other_identity(train.embeddings, train.labels, centres, has_images, groups,
                                      probes=args.calibration_probes, seed=args.seed)
     leak = upper_threshold("leak", args.leak_threshold, nearest, far=args.far, paper=PAPER_LEAK,
-                           statistic="training image vs its nearest other identity's centre")
-    genuine, how = intra_genuine(cos_centre)
-    intra = lower_threshold("intra", args.intra_threshold, genuine, frr=args.intra_frr, paper=PAPER_INTRA,
-                            statistic="image vs its own class centre", how=how if args.intra_threshold == AUTO else "")
+                           statistic="training image vs its nearest other identity's centre",
+                           tail=_tail(nearest, **LEAK_TAIL))
+    intra = intra_threshold(args.intra_threshold, cos_centre, frr=args.intra_frr)
     samples = {"inter_impostor_pairs": int(pair_scores.size), "leak_impostor_images": int(nearest.size),
-               "intra_genuine_images": int(genuine.size),
+               "intra_images": int(intra.samples),
                "intra_accepts_other_identity": far_at(nearest, intra.value)}
     return {"intra": intra, "inter": inter, "leak": leak}, samples

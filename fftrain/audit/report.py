@@ -53,6 +53,8 @@ def threshold_lines(thresholds: dict) -> list[str]:
         line = f"  {name:<5} {t['value']:.3f}  {t['how']}; {rate} {_rate(t['far'])}"
         if t["paper"] is not None and t["paper"] != t["value"]:
             line += f"  (paper {t['paper']}: {rate} {_rate(t['paper_far'])})"
+        if t.get("sample_far") is not None:
+            line += f"  [{_rate(t['sample_far'])} of the sample {'above' if t['rate'] == 'far' else 'below'}]"
         out.append(line)
     return out
 

@@ -113,6 +113,10 @@ class Threshold:
     """False: the sample is too small to resolve the target rate (the extreme sample was taken)"""
     rate: str = "far"
     """'far' (impostor false-accept rate) or 'frr' (genuine fraction below)"""
+    sample_far: float | None = None
+    """with a fitted tail: the sample's own rate above `value` (an upper bound: it holds genuine matches)"""
+    model: dict | None = None
+    """the fit the rates were read from (`tails.BodyTail.to_dict`, or the two-mode fit), None: the sample"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +132,13 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
-def upper_threshold(name: str, requested, impostor, *, far: float, paper: float | None, statistic: str) -> Threshold:
-    """'auto': the cosine at impostor FAR `far`, never below `paper`; a number: that number."""
+def upper_threshold(name: str, requested, impostor, *, far: float, paper: float | None, statistic: str,
+                    tail=None) -> Threshold:
+    """'auto': the cosine at impostor FAR `far`, never below `paper`; a number: that number.
+    tail: a `tails.BodyTail` fitted to `impostor`'s body: the rates are read from it, not the sample."""
     s = _sorted(impostor, f"{name} threshold")
+    if tail is not None:
+        return _upper_from_tail(name, requested, s, tail, far=far, paper=paper, statistic=statistic)
     paper_far = far_at(s, paper) if paper is not None else None
     if requested != AUTO:
         return Threshold(name, float(requested), "given", statistic, s.size, far_at(s, float(requested)), paper,
@@ -141,6 +149,16 @@ def upper_threshold(name: str, requested, impostor, *, far: float, paper: float 
     if paper is not None and value < paper:
         value, how = paper, f"auto: the paper's value (FAR {_rate(paper_far)} is already at or below {far:g})"
     return Threshold(name, float(value), how, statistic, s.size, far_at(s, value), paper, paper_far, far, resolved)
+
+
+def _upper_from_tail(name, requested, s, tail, *, far, paper, statistic) -> Threshold:
+    paper_far = tail.sf(paper) if paper is not None else None
+    value, how = (float(requested), "given") if requested != AUTO else (tail.isf(far), f"auto: impostor FAR {far:g} "
+                                                                         f"under {tail.describe()}")
+    if requested == AUTO and paper is not None and value < paper:
+        value, how = paper, f"auto: the paper's value (FAR {_rate(paper_far)} under {tail.describe()})"
+    return Threshold(name, float(value), how, statistic, s.size, tail.sf(value), paper, paper_far,
+                     far if requested == AUTO else None, sample_far=far_at(s, value), model=tail.to_dict())
 
 
 def lower_threshold(name: str, requested, genuine, *, frr: float, paper: float | None, statistic: str,

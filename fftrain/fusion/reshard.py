@@ -22,6 +22,9 @@ then folded together:
 The members are folded in ascending old id whatever the world size and chunk size, so the sums are
 taken in the same order on one rank and on N. Memory above the inputs: the new shard, one chunk's
 send and receive buffers (at most W chunks arrive per step), and the merged classes' members.
+`in_place=True` (the trainer's fusion) writes the new shard over the old one instead: no new shard,
+only the rows that arrive before their slot's old row has been sent wait (the classes the ranks
+before merged away, a few % of a shard), with the same bits as the copying path.
 """
 
 from __future__ import annotations
@@ -97,14 +100,17 @@ def _segment_sum(values: torch.Tensor, slot: torch.Tensor, n: int) -> torch.Tens
 
 
 def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to_new: torch.Tensor,
-                  num_classes_new: int, group: ProcessGroup | None, *, chunk_rows: int | None = None
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                  num_classes_new: int, group: ProcessGroup | None, *, chunk_rows: int | None = None,
+                  in_place: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """This rank's new weight shard [n_new_local, ...] and state shards for C_new classes.
 
     local_weight: rows [start, end) of shard_range(len(old_to_new), rank, W); states: tensors
     with the same leading size (any trailing shape). old_to_new: int64 [C_old] onto [0, C_new),
     identical on every rank. chunk_rows: local rows sent per step (None: `CHUNK_BYTES` worth).
-    Every rank of `group` must call. The inputs are not modified.
+    Every rank of `group` must call. in_place False: the inputs are not modified. in_place True
+    (contiguous inputs): the new rows are written over the first n_new_local rows of each input
+    (n_new_local <= n_local: C_new <= C_old) and those views are returned, so no new shard is
+    allocated; the inputs' other rows are left undefined.
     """
     world, rank = world_size_of(group), rank_of(group)
     num_old = int(old_to_new.shape[0])
@@ -119,27 +125,38 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
     all_new = torch.as_tensor(old_to_new, dtype=torch.int64).to(device)
     members = _member_counts(all_new, num_classes_new)
     new_start, new_end = shard_range(num_classes_new, rank, world)
+    n_new = new_end - new_start
+    if in_place and (n_new > local_weight.shape[0] or not all(t.is_contiguous() for t in (local_weight, *states))):
+        raise ValueError(f"in_place needs contiguous inputs of at least {n_new} rows")
     tensors = [t.detach().reshape(t.shape[0], -1) for t in (local_weight, *states)]
-    new = [t.new_empty((new_end - new_start, t.shape[1])) for t in tensors]
     row_bytes = sum(t.shape[1] * t.element_size() for t in tensors) + 16
     chunk = max(1, chunk_rows or CHUNK_BYTES // row_bytes)
     steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
+    new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
     waiting = []  # (old ids, new local rows, rows of each tensor) of merged classes' members
+    early = _Early(chunk) if in_place else None
     for step in range(steps):
         a, b = min(start + step * chunk, end), min(start + (step + 1) * chunk, end)
         ids = torch.stack([torch.arange(a, b, device=device), all_new[a:b]], dim=1)
         recv_ids, *recv = exchange_rows([ids, *(t[a - start:b - start] for t in tensors)],
                                         _owner(all_new[a:b], num_classes_new, world), group)
+        if in_place and world == 1:  # exchange_rows handed back views of the rows about to be overwritten
+            recv = [rows.clone() for rows in recv]
         target = recv_ids[:, 1] - new_start
         alone = members[recv_ids[:, 1]] == 1
-        if bool(alone.all()):  # the common chunk: no masked copies
+        if early is not None:
+            early.write(new, target[alone], [rows[alone] for rows in recv], step)
+        elif bool(alone.all()):  # the common chunk: no masked copies
             for out, rows in zip(new, recv):
                 out[target] = rows
         else:
             for out, rows in zip(new, recv):
                 out[target[alone]] = rows[alone]
+        if not bool(alone.all()):
             waiting.append((recv_ids[~alone, 0], target[~alone], [rows[~alone] for rows in recv]))
         del recv_ids, recv
+    if early is not None:
+        early.flush(new, steps)
     if waiting:
         order = torch.argsort(torch.cat([w[0] for w in waiting]))
         target = torch.cat([w[1] for w in waiting])[order]
@@ -148,9 +165,45 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
         targets, merged_w, merged_states = fold_merged(rows[0], rows[1:], target)
         for out, merged in zip(new, [merged_w, *merged_states]):
             out[targets] = merged
-    n_new = new_end - new_start
     return (new[0].reshape(n_new, *local_weight.shape[1:]),
             [n.reshape(n_new, *s.shape[1:]) for n, s in zip(new[1:], states)])
+
+
+class _Early:
+    """In place, new row t lives where old row t did, which this rank sends at step t // chunk: a row
+    that arrives before then waits here. Only slots past the current step's chunk can wait, so fewer
+    rows than the new shard ever do; in fusion's maps (new ids in the order of the smallest member) a
+    lone row moves down by the classes merged away below it, which rarely puts it ahead of its slot."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+        self.targets: list[torch.Tensor] = []
+        self.rows: list[list[torch.Tensor]] = []
+        self.peak = 0
+        """the most rows that waited at once: fewer than the new shard (at step s only slots past s's
+        chunk can wait), and none where each row keeps its place, as in fusion's maps"""
+
+    def write(self, new: list[torch.Tensor], target: torch.Tensor, rows: list[torch.Tensor], step: int) -> None:
+        free = target // self.chunk <= step
+        for out, r in zip(new, rows):
+            out[target[free]] = r[free]
+        if not bool(free.all()):
+            self.targets.append(target[~free])
+            self.rows.append([r[~free] for r in rows])
+        self.flush(new, step)
+        self.peak = max(self.peak, sum(int(t.numel()) for t in self.targets))
+
+    def flush(self, new: list[torch.Tensor], step: int) -> None:
+        """Write the waiting rows whose slots were sent by `step`."""
+        keep_t, keep_r = [], []
+        for target, rows in zip(self.targets, self.rows):
+            free = target // self.chunk <= step
+            for out, r in zip(new, rows):
+                out[target[free]] = r[free]
+            if not bool(free.all()):
+                keep_t.append(target[~free])
+                keep_r.append([r[~free] for r in rows])
+        self.targets, self.rows = keep_t, keep_r
 
 
 def _member_counts(old_to_new: torch.Tensor, num_classes_new: int) -> torch.Tensor:

@@ -178,18 +178,21 @@ def decide_t1(sims: torch.Tensor, ids: torch.Tensor, start: int, table: torch.Te
 
 
 def apply_fusion(planned: PlannedFusion, local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
-                 group: ProcessGroup | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Step 5 (collective): this rank's rows of the fused classes, weight and states merged by the plan."""
+                 group: ProcessGroup | None = None, *, in_place: bool = False
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Step 5 (collective): this rank's rows of the fused classes, weight and states merged by the plan
+    (in_place: written over the inputs' first rows and returned as views of them, `reshard_merge`)."""
     t = time.perf_counter()
     new_w, new_states = reshard_merge(local_weight, list(optimizer_states), planned.old_to_new,
-                                      planned.plan.num_classes_new, group)
+                                      planned.plan.num_classes_new, group, in_place=in_place)
     planned.timings["reshard_s"] = _elapsed(t, local_weight.device)
     return new_w, new_states
 
 
 def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor], *, class_dataset,
                label_map, source_info: SourceInfo | None, config: FusionConfig,
-               group: ProcessGroup | None = None, report_dir: str | None = None) -> FusionResult:
+               group: ProcessGroup | None = None, report_dir: str | None = None,
+               in_place: bool = False) -> FusionResult:
     """Fuse the classes whose proxies match across datasets; every rank of `group` must call.
 
     local_weight: [n_local, D] this rank's rows of shard_range(C_old, rank, W) (unnormalised is
@@ -202,11 +205,13 @@ def run_fusion(local_weight: torch.Tensor, optimizer_states: list[torch.Tensor],
       same_dataset_policy, allow_same_dataset, see `fftrain.fusion.components`) and the kNN backend.
     report_dir: where rank 0 writes fusion_report.json and fusion_top1_hist.png (rank 0's value
       decides for all ranks; None: no report).
+    in_place: the new weight and states are written over the inputs (contiguous) and returned as views
+      of their first rows, so fusion allocates no second shard (the trainer's choice: it swaps them in).
     The weight and states come back on the input's device and dtype; the tables (label map,
     dataset table, old_to_new) on the CPU.
     """
     planned = plan_fusion(local_weight, class_dataset=class_dataset, label_map=label_map, config=config, group=group)
-    new_w, new_states = apply_fusion(planned, local_weight, optimizer_states, group)
+    new_w, new_states = apply_fusion(planned, local_weight, optimizer_states, group, in_place=in_place)
     plan = planned.plan
     t = time.perf_counter()
     paths = {}

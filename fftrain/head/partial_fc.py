@@ -260,11 +260,13 @@ class PartialFCHead(nn.Module):
         return self.end - self.start
 
     def reset_classes(self, num_classes: int, local_weight: torch.Tensor,
-                      local_momentum: torch.Tensor | None = None) -> None:
+                      local_momentum: torch.Tensor | None = None, *, copy: bool = True) -> None:
         """Replace the shard after a change of the class count (fusion, resharding).
 
         `local_weight` (and `local_momentum`, zeros when None) must be this rank's rows
-        [shard_range(num_classes, rank, W)] of the new proxy matrix, shape [end - start, D]."""
+        [shard_range(num_classes, rank, W)] of the new proxy matrix, shape [end - start, D].
+        copy False: tensors already on the head's device and dtype are kept as they are (the
+        in-place fusion's views of the old shard), not copied."""
         start, end = self._range_for(num_classes)
         expected = (end - start, self.embedding_size)
         for name, t in (("local_weight", local_weight), ("local_momentum", local_momentum)):
@@ -272,10 +274,10 @@ class PartialFCHead(nn.Module):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}; rank {self.rank} of {self.world_size} "
                                  f"owns classes [{start}, {end}) of {num_classes}, so expected {expected}")
         like = self.weight
-        weight = local_weight.detach().to(device=like.device, dtype=like.dtype, copy=True)
+        weight = local_weight.detach().to(device=like.device, dtype=like.dtype, copy=copy)
         momentum = None
         if local_momentum is not None and self.momentum > 0:
-            momentum = local_momentum.detach().to(device=like.device, dtype=like.dtype, copy=True)
+            momentum = local_momentum.detach().to(device=like.device, dtype=like.dtype, copy=copy)
         self._install(num_classes, weight, momentum)
 
     def get_extra_state(self):

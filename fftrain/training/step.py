@@ -211,7 +211,8 @@ def swap_in_fusion(head, labels, fusion: FusionConfig, *, group: ProcessGroup | 
 
     states = [head.momentum_buffer] if head.momentum_buffer is not None else []
     result = run_fusion(head.weight.data, states, class_dataset=labels.fused_dataset, label_map=labels.label_map,
-                        source_info=source_info, config=fusion, group=group, report_dir=report_dir)
-    head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None)
+                        source_info=source_info, config=fusion, group=group, report_dir=report_dir, in_place=True)
+    head.reset_classes(result.num_classes_new, result.new_local_weight, result.new_states[0] if states else None,
+                       copy=False)  # views of the old shard's storage: fusion holds no second shard
     labels.swap_label_map(result.new_label_map)
     return result

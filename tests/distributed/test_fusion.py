@@ -185,12 +185,19 @@ def _checks(ctx: DistContext, problem, knn, raw, report_dir):
         for chunk in (1, 3, None):
             out[("stream", dtype, chunk)] = reshard_merge(_slice(ws, r, W), [_slice(s, r, W) for s in ss],
                                                           old_to_new, C_new, group, chunk_rows=chunk)
+            own = [_slice(t, r, W).clone() for t in (ws, *ss)]  # in place overwrites them
+            out[("in place", dtype, chunk)] = reshard_merge(own[0], own[1:], old_to_new, C_new, group,
+                                                            chunk_rows=chunk, in_place=True) + (own,)
     # the fusion itself
     res = run_fusion(_slice(problem["weight"], r, W), [_slice(problem["momentum"], r, W)],
                      class_dataset=problem["class_dataset"], label_map=None,
                      source_info=SourceInfo.from_counts(NAMES, COUNTS),
                      config=FusionConfig(t1=T1, knn_k=8, max_component=6), group=group, report_dir=report_dir)
     out["fusion"] = res
+    own = [_slice(problem[k], r, W).clone() for k in ("weight", "momentum")]
+    out["fusion in place"] = run_fusion(own[0], own[1:], class_dataset=problem["class_dataset"], label_map=None,
+                                        source_info=None, config=FusionConfig(t1=T1, knn_k=8, max_component=6),
+                                        group=group, in_place=True), own
     for name, config in (("auto", FusionConfig(t1="auto", knn_k=8)),
                          ("mutual", FusionConfig(t1=T1, knn_k=8, mutual_nn=True))):
         out[name] = run_fusion(_slice(problem["weight"], r, W), [], class_dataset=problem["class_dataset"],
@@ -351,6 +358,30 @@ def test_streaming_reshard_is_bit_identical_to_the_whole_shard_merge(runs, probl
             assert torch.equal(torch.cat([p[1][j] for p in parts]), ref_s[j]), (world, chunk, j)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_the_reshard_in_place_gives_the_same_bits_in_the_inputs_storage(runs, problems, world, dtype):
+    old_to_new, C_new, w, states = problems[2]  # a many-to-one map in any order, not only fusion's compaction
+    ref_w, ref_s = whole_shard_merge(w.to(dtype), [s.to(dtype) for s in states], old_to_new, C_new)
+    for chunk in (1, 3, None):
+        parts = [r[("in place", dtype, chunk)] for r in runs[world]]
+        assert torch.equal(torch.cat([p[0] for p in parts]), ref_w), (world, chunk)
+        for j in range(2):
+            assert torch.equal(torch.cat([p[1][j] for p in parts]), ref_s[j]), (world, chunk, j)
+        for new_w, new_s, own in parts:  # views of the inputs: nothing new was allocated for the shard
+            assert new_w.data_ptr() == own[0].data_ptr()
+            assert [t.data_ptr() for t in new_s] == [t.data_ptr() for t in own[1:]]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_fusion_in_place_equals_fusion_into_a_new_shard(runs, world):
+    for r in runs[world]:
+        copied, (in_place, own) = r["fusion"], r["fusion in place"]
+        assert torch.equal(in_place.new_local_weight, copied.new_local_weight)
+        assert torch.equal(in_place.new_states[0], copied.new_states[0])
+        assert in_place.new_local_weight.data_ptr() == own[0].data_ptr()
+
+
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_fusion_rows_are_bit_identical_to_the_whole_shard_merge(runs, problems, world):
     problem = problems[0]
@@ -360,6 +391,40 @@ def test_fusion_rows_are_bit_identical_to_the_whole_shard_merge(runs, problems, 
     assert torch.equal(results[0].new_label_map, problem["expected"])
     assert torch.equal(torch.cat([res.new_local_weight for res in results]), ref_w)
     assert torch.equal(torch.cat([res.new_states[0] for res in results]), ref_m)
+
+
+def _waiting_peak(old_to_new, chunk):
+    """One rank: the most lone rows that arrive (at old row // chunk) before their slot is sent (new row // chunk)."""
+    members = torch.bincount(old_to_new)
+    spans = [(old // chunk, int(new) // chunk) for old, new in enumerate(old_to_new.tolist()) if members[new] == 1]
+    return max([sum(a <= step < f for a, f in spans) for step in range(len(old_to_new))] + [0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_in_place_reshard_holds_only_the_rows_that_arrive_before_their_slot_is_free(monkeypatch, seed):
+    from fftrain.fusion import reshard
+
+    seen = []
+
+    class Recorded(reshard._Early):
+        def __init__(self, chunk):
+            super().__init__(chunk)
+            seen.append(self)
+
+    monkeypatch.setattr(reshard, "_Early", Recorded)
+    g = torch.Generator().manual_seed(seed)
+    c_old, c_new = 60, 45
+    any_order = torch.cat([torch.arange(c_new), torch.randint(0, c_new, (c_old - c_new,), generator=g)])
+    any_order = any_order[torch.randperm(c_old, generator=g)]  # rows may arrive before their slot is free
+    fusion_like = torch.cat([torch.arange(c_new), torch.arange(c_old - c_new)])  # the last classes merged into the first
+    for old_to_new, waiting in ((any_order, None), (fusion_like, 0)):
+        w = torch.randn(c_old, 4, generator=g)
+        ref, _ = reshard_merge(w, [], old_to_new, c_new, None, chunk_rows=2)
+        got, _ = reshard_merge(w.clone(), [], old_to_new, c_new, None, chunk_rows=2, in_place=True)
+        assert torch.equal(got, ref)
+        assert seen[-1].peak == _waiting_peak(old_to_new, 2) < c_new
+        assert waiting is None or seen[-1].peak == waiting
+    assert _waiting_peak(any_order, 2) > 0  # the first map does make rows wait
 
 
 def test_reshard_rejects_a_map_that_is_not_onto():

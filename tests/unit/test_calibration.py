@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from fftrain.calibration.evt import FitError
 from fftrain.calibration.modes import fit_two_modes
+from fftrain.calibration.tails import fit_body_tail
 from fftrain.calibration.thresholds import (AUTO, far_at, frr_at, lower_threshold, parse_rate, parse_threshold, tar_at,
                                             threshold_at_far, threshold_at_frr, upper_threshold)
 from fftrain.errors import UserError
@@ -63,6 +65,40 @@ def test_lower_threshold_from_the_genuine_tail():
     assert "FRR" in auto.describe() and "paper's 0.3" in auto.describe()
 
 
+@pytest.mark.parametrize("family", ["norm", "gumbel_r"])
+def test_a_body_tail_ignores_genuine_matches_at_the_top_that_move_the_empirical_quantile(family):
+    rng = np.random.default_rng(4)
+    impostor = np.tanh(getattr(stats, family).rvs(loc=0.1, scale=0.05, size=200000, random_state=rng))
+    matches = rng.normal(0.9, 0.03, 400)  # 0.2 %: the empirical 1e-4 quantile lands on them
+    contaminated = np.concatenate([impostor, matches])
+    truth = np.tanh(getattr(stats, family).isf(1e-4, loc=0.1, scale=0.05))
+    assert threshold_at_far(contaminated, 1e-4)[0] > truth + 0.2
+    tail = fit_body_tail(contaminated, family=family, body=(0.05, 0.98))
+    assert tail.isf(1e-4) == pytest.approx(truth, abs=0.01) and tail.sf(truth) == pytest.approx(1e-4, rel=0.3)
+    choice = upper_threshold("inter", AUTO, contaminated, far=1e-4, paper=0.2, statistic="s", tail=tail)
+    assert choice.value == pytest.approx(tail.isf(1e-4)) and choice.far == pytest.approx(1e-4)
+    assert choice.sample_far > 1e-3 and choice.model["family"] == family and family in choice.how
+    assert choice.paper_far == pytest.approx(tail.sf(0.2))
+    floor = upper_threshold("inter", AUTO, contaminated, far=1e-4, paper=0.99, statistic="s", tail=tail)
+    assert floor.value == 0.99 and floor.how.startswith("auto: the paper's value")
+
+
+def test_a_body_tail_stays_a_cosine_where_a_family_on_the_cosine_would_pass_1():
+    cosines = np.random.default_rng(5).uniform(0.3, 0.9, 5000)  # wide: a normal on the cosine puts 1e-6 above 1
+    assert stats.norm.isf(1e-6, *stats.norm.fit(cosines)) > 1
+    tail = fit_body_tail(np.append(cosines, 1.0), family="gumbel_r", body=(0.05, 0.8))
+    assert 0.9 < tail.isf(1e-6) < 1 and tail.sf(1.0) < 1e-6
+
+
+def test_a_body_tail_needs_a_body_that_spreads():
+    with pytest.raises(FitError, match="fewer than"):
+        fit_body_tail(np.arange(10.0), family="norm", body=(0.5, 0.99))
+    with pytest.raises(FitError, match="do not spread"):
+        fit_body_tail(np.ones(1000), family="norm", body=(0.5, 0.99))
+    with pytest.raises(ValueError, match="family"):
+        fit_body_tail(np.arange(100.0), family="t", body=(0.5, 0.99))
+
+
 def test_no_scores_or_nan_scores_are_a_user_error():
     with pytest.raises(UserError, match="no scores"):
         threshold_at_far([], 1e-4)
@@ -99,3 +135,20 @@ def test_two_modes_found_with_valley_and_precision_recall():
 def test_one_mode_is_called_one_mode():
     modes = fit_two_modes(np.random.default_rng(5).normal(0.3, 0.1, 5000))
     assert not modes.separated and modes.explain().startswith("one mode") and modes.ashman_d < 3
+
+
+def test_the_audit_criteria_compare_with_the_better_fixed_setting_of_each_kind():
+    from benchmarks.audit_calibration import KINDS, criteria
+
+    def setting(p, r, leaked_share=0.0):
+        pr = {"precision": p, "recall": r}
+        return {"detection": {k: pr for k in KINDS}, "flagged": {"leaked_pair_share": leaked_share}}
+
+    planted = {"checkpoint": "x/step-1", "planted": True, "fixed (paper)": setting(0.2, 1.0),
+               "fixed (demo's T1)": setting(0.7, 0.7), "calibrated (auto)": setting(0.96, 0.66)}
+    verdicts = criteria([planted])
+    assert len(verdicts) == len(KINDS) and all(v["met"] and v["reference"] == "fixed (demo's T1)" for v in verdicts)
+    planted["calibrated (auto)"] = setting(None, 0.0)  # nothing flagged
+    assert not any(v["met"] for v in criteria([planted]))
+    clean = {"checkpoint": "y/step-2", "planted": False, "calibrated (auto)": setting(None, None, 0.06)}
+    assert criteria([clean]) == [{"criterion": "C1", "checkpoint": "step-2", "leaked_pair_share": 0.06, "met": False}]
