@@ -5,8 +5,8 @@ The `fftrain plan` command (fftrain/commands/plan.py) prints it.
 Two phases peak separately: a training step (backbone parameters, gradients, momentum and
 activations; the FC shard; the sampled rows and logits; the gathered batch; DALI buffers) and the
 fusion step at T2 (between steps: activations are free, the FC shard stays; the kNN walks the
-shards in bounded chunks, so it adds a few 16 MiB blocks and the running top-k; the streaming reshard
-adds the new shard and a few bounded chunks).
+shards in bounded chunks, so it adds a few 16 MiB blocks and the running top-k; the streaming reshard,
+in place over the old shard as the trainer runs it, a few bounded chunks and the merged members).
 
 Where the numbers come from:
 - backbone activations: measured, not guessed. The backbone runs forward on fake tensors (torch's FakeTensorMode: no
@@ -205,8 +205,9 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     kNN (fftrain/fusion/knn.py) holds one fp32 normalised query block and one fp32 normalised key chunk
     (each at most its CHUNK_BYTES), the per-dataset copies of them faiss searches and indexes, faiss's
     score block and BLAS's buffer, and the running top-k (the one part that grows with the shard); the
-    streaming reshard adds the new shard, a few chunk buffers, and the merged classes' members (in
-    storage dtype, folded in fp32). The two phases do not overlap."""
+    streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`: the new rows are
+    written over the old shard) adds a few chunk buffers and the merged classes' members (in storage
+    dtype, folded in fp32). The two phases do not overlap."""
     from fftrain.fusion.knn import CHUNK_BYTES as KNN_CHUNK_BYTES
     from fftrain.fusion.knn import chunk_rows
     from fftrain.fusion.reshard import CHUNK_BYTES
@@ -220,12 +221,12 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     knn = (2 * block                                     # the normalised query block and key chunk
            + block * (g - 1) // g                        # the block's queries of the other datasets
            + 2 * block // g                              # one dataset's keys and faiss's copy of them
-           + 6 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64) and the [n_local, k]
-                                                         # temporaries the peaks grow by (~700 B/row at k=10)
+           + 3 * block // 4                              # 12 MiB more the CPU peaks show, not traced to a
+                                                         # line (fitted at 30K-120K classes, 2 ranks)
+           + 2 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), one spare
            + _faiss_workspace(inp.device))
     merged = int(inp.merged_fraction * n_local)
-    reshard = (shard                                     # the new shard (a little smaller: merges)
-               + 3 * min(CHUNK_BYTES, shard)             # send, receive and masked copies of a chunk
+    reshard = (3 * min(CHUNK_BYTES, shard)               # send, receive and masked copies of a chunk
                + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
     return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
 
