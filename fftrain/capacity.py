@@ -216,7 +216,7 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     d, store = inp.embedding, _BYTES[inp.fc_storage]
     copies = 2 if inp.momentum else 1
     shard = n_local * d * store * copies
-    block = min(n_local, chunk_rows(d, KNN_CHUNK_BYTES)) * d * 4   # one fp32 query block or key chunk
+    block = min(n_local, chunk_rows(d, KNN_CHUNK_BYTES[inp.device])) * d * 4   # one fp32 query block or key chunk
     g = max(1, inp.datasets)
     knn = (2 * block                                     # the normalised query block and key chunk
            + block * (g - 1) // g                        # the block's queries of the other datasets

@@ -7,8 +7,8 @@ Each rank holds a contiguous block of the rows (rank r: rows [offset_r, offset_r
 rank-order concatenation, which is the fused class id under `class_sharding.shard_range`), in any
 float dtype (the FC weight in its storage dtype: no whole-shard copy is made). The ranks first
 exchange their row counts (shards may differ in size); then every rank broadcasts its shard in turn,
-in chunks of at most `CHUNK_BYTES` of fp32 rows (every rank derives the same chunk schedule from the
-counts). Each rank searches its own rows, one block of queries of the same bounded size at a time,
+in chunks of at most `CHUNK_BYTES` (per device type) of fp32 rows (every rank derives the same chunk
+schedule from the counts). Each rank searches its own rows, one block of queries of the same bounded size at a time,
 against the chunk in hand and folds the hits into a running top-k. Memory above the shard: one key
 chunk (as received and in fp32), one fp32 query block, the backend's copies of them, and the running
 top-k ([n_local, k]) -- the only part that grows with the shard. Inner product is the score; with
@@ -36,10 +36,18 @@ from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_
 from fftrain.search import block_searcher, merge_topk, resolve_backend
 
 # resolve_backend: fftrain.search's, for run_fusion
-__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "CHUNK_BYTES", "resolve_backend"]
+__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "chunk_bytes_for", "CHUNK_BYTES", "resolve_backend"]
 
-CHUNK_BYTES = 16 * 2**20
-"""fp32 bytes of one key chunk and of one query block (8192 rows at D = 512): fixed, not shard-sized."""
+CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
+"""fp32 bytes of one key chunk and of one query block, per device type (2048 / 8192 rows at D = 512): fixed,
+not shard-sized. A CPU GEMM of 2048-row blocks is as fast per multiply-add as a larger one, and the smaller
+blocks keep fusion's working set under half a 120K-class fp32 shard on two ranks; a GPU wants larger blocks
+and its shards are larger."""
+
+
+def chunk_bytes_for(device) -> int:
+    """`CHUNK_BYTES` of this device type (a GPU's for any accelerator), read at the call."""
+    return CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cuda"])
 
 
 def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device | None = None) -> list[int]:
@@ -65,7 +73,7 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
     groups: optional global [C] int64 table; a query gets no neighbour of its own group.
     precision: 'fp32', 'bf16' or 'auto' (`fftrain.search.resolve_precision`: bf16 scores re-scored in fp32).
     chunk_bytes: the fp32 bytes of one key chunk and of one query block, at least one row each (None:
-      the module's `CHUNK_BYTES`, read at the call).
+      the module's `CHUNK_BYTES` for the rows' device, read at the call).
     Returns (sims [n_local, k] float32, ids [n_local, k] int64 global row ids), best first, on
     the rows' device; missing neighbours are id -1, similarity -inf.
     """
@@ -84,7 +92,7 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
         if groups.shape != (offsets[-1],):
             raise ValueError(f"groups must have shape [{offsets[-1]}] (all rows of all ranks), "
                              f"got {tuple(groups.shape)}")
-    rows = chunk_rows(dim, CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    rows = chunk_rows(dim, chunk_bytes_for(device) if chunk_bytes is None else chunk_bytes)
     queries = QueryBlocks(x, rows, normalize, offsets[rank], groups)
     best_s = torch.full((x.shape[0], k), float("-inf"), dtype=torch.float32, device=device)
     best_i = torch.full((x.shape[0], k), -1, dtype=torch.int64, device=device)

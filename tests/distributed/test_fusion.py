@@ -148,7 +148,7 @@ def _blockwise_knn(out, raw, W, r, group):
 def _chunked_fusion(out, problem, W, r, group):
     """run_fusion with 7-row kNN chunks and query blocks (the module's bound, set for the call), both storages."""
     saved = knn_module.CHUNK_BYTES
-    knn_module.CHUNK_BYTES = 7 * 4 * D
+    knn_module.CHUNK_BYTES = dict(saved, cpu=7 * 4 * D)
     try:
         for storage, dtype in STORAGES.items():
             for name, config in (("fixed", FusionConfig(t1=T1, knn_k=8, max_component=6)),
