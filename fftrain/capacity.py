@@ -221,9 +221,7 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     knn = (2 * block                                     # the normalised query block and key chunk
            + block * (g - 1) // g                        # the block's queries of the other datasets
            + 2 * block // g                              # one dataset's keys and faiss's copy of them
-           + 3 * block // 4                              # 12 MiB more the CPU peaks show, not traced to a
-                                                         # line (fitted at 30K-120K classes, 2 ranks)
-           + 2 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), one spare
+           + 3 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), the merge's two
            + _faiss_workspace(inp.device))
     merged = int(inp.merged_fraction * n_local)
     reshard = (3 * min(CHUNK_BYTES, shard)               # send, receive and masked copies of a chunk
@@ -233,9 +231,10 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
 
 def _faiss_workspace(device: str) -> int:
     """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU; faiss-cpu
-    scores [4096 queries x 1024 keys] fp32 blocks (16 MiB) through BLAS, whose sgemm keeps a 32 MiB buffer
-    per thread (one thread per rank here)."""
-    return int(1.5 * GIB) if device == "cuda" else (16 + 32) * 2**20
+    scores [4096 queries x 1024 keys] fp32 blocks (16 MiB) through BLAS, whose 32 MiB sgemm buffer (one
+    thread per rank here) is touched in part at the CPU's 2048-row blocks: 40 MiB in all, fitted to the
+    peaks bench_fusion_memory.py measures at 30K-120K classes on 2 ranks (the rest is traced)."""
+    return int(1.5 * GIB) if device == "cuda" else 40 * 2**20
 
 
 def plan(inp: PlanInput, classes: int | None = None) -> Plan:
