@@ -5,7 +5,7 @@ The `fftrain plan` command (fftrain/commands/plan.py) prints it.
 Two phases peak separately: a training step (backbone parameters, gradients, momentum and
 activations; the FC shard; the sampled rows and logits; the gathered batch; DALI buffers) and the
 fusion step at T2 (between steps: activations are free, the FC shard stays; the kNN walks the
-shards in bounded chunks, so it adds a few 16 MiB blocks and the running top-k; the streaming reshard,
+shards in bounded chunks, so it adds a few 4 / 16 MiB blocks and the running top-k; the streaming reshard,
 in place over the old shard as the trainer runs it, a few bounded chunks and the merged members).
 
 Where the numbers come from:
