@@ -11,7 +11,8 @@ cross-dataset duplicates so the component and reshard phases have work):
   every core of the host (the lower bound a fusion kNN is held to);
 - fusion: `fftrain.fusion.run_fusion` (no report) on W gloo ranks on this host, each rank with
   (cores / W) threads; the phase times are the max over ranks.
-- roofline: this machine's fp32 GEMM rate (torch.mm of [8192, D] x [D, 8192], all cores); kNN/roofline =
+- roofline: this machine's fp32 GEMM rate ([8192, D] x [D, 8192], all cores, the faster of torch's and
+  numpy's BLAS); kNN/roofline =
   (the kNN's multiply-adds, every proxy against the other datasets' proxies, at that rate) / kNN seconds:
   1.0 is a kNN that does nothing but its score GEMMs at the BLAS's best rate.
 The baseline and the measured configurations alternate, `--repeats` rounds per size (raw, then each
@@ -77,13 +78,17 @@ GEMM_ROWS = 8192
 
 
 def gemm_roofline(dim: int, threads: int, repeats: int = 3) -> float:
-    """FLOP/s of this machine's fp32 GEMM (torch.mm, the BLAS faiss also calls), best of `repeats`
-    products of [8192, dim] x [dim, 8192]: the rate a kNN's score blocks cannot beat."""
+    """FLOP/s of this machine's fp32 GEMM: the faster of torch's BLAS and numpy's (an OpenBLAS, the kind
+    faiss-cpu links), best of `repeats` products of [8192, dim] x [dim, 8192] each: the rate a kNN's
+    score blocks cannot beat."""
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(GEMM_ROWS, dim, generator=g), torch.randn(GEMM_ROWS, dim, generator=g)
-    a @ b.T  # warm-up: page in, pick the kernel
-    best = min(_timed(lambda: a @ b.T) for _ in range(repeats))
+    an, bn = a.numpy(), b.numpy()
+    best = float("inf")
+    for product in (lambda: a @ b.T, lambda: an @ bn.T):
+        product()  # warm-up: page in, pick the kernel
+        best = min([best] + [_timed(product) for _ in range(repeats)])
     return 2.0 * GEMM_ROWS * GEMM_ROWS * dim / best
 
 

@@ -40,9 +40,9 @@ __all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "chunk_bytes_for", "
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
 """fp32 bytes of one key chunk and of one query block, per device type (2048 / 8192 rows at D = 512): fixed,
-not shard-sized. A CPU GEMM of 2048-row blocks is as fast per multiply-add as a larger one, and the smaller
-blocks keep fusion's working set under half a 120K-class fp32 shard on two ranks; a GPU wants larger blocks
-and its shards are larger."""
+not shard-sized. On the CPU the smaller blocks keep fusion's working set under half a 120K-class fp32 shard
+on two ranks, for ~15 % more kNN time in one process (none measured on two ranks; benchmarks/RESULTS.md,
+"Fusion"); a GPU wants larger blocks, and its shards are larger."""
 
 
 def chunk_bytes_for(device) -> int:
