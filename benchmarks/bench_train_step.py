@@ -74,6 +74,7 @@ def parse_args(argv=None):
                    help="auto: on for CUDA (paper config), off on the CPU (demo config)")
     p.add_argument("--batch", type=int, default=64, help="images per step (one rank)")
     p.add_argument("--embedding-size", type=int, default=512, help="D")
+    p.add_argument("--fc-storage", default="fp32", choices=("fp32", "bf16"), help="head.fc_storage of every run")
     p.add_argument("--modes", default=",".join(MODES), help=f"throughput part, comma-separated from {MODES}; "
                    "'' skips it")
     p.add_argument("--classes", type=int, default=10000, help="head classes in the throughput part")
@@ -206,7 +207,7 @@ def build_trainer(cfg_in: dict, output_dir: str):
                           channels_last=channels_last),
         data=DataConfig(manifest=cfg_in.get("manifest") or "", reader=mode if mode != "memory" else "dali",
                         batch_size=cfg_in["batch"], num_workers=cfg_in["workers"]),
-        head=PartialFCConfig(sample_rate=cfg_in["sample_rate"]),
+        head=PartialFCConfig(sample_rate=cfg_in["sample_rate"], fc_storage=cfg_in.get("fc_storage", "fp32")),
         fusion=FusionConfig(t2=1.0),  # no fusion: the dataset-aware phase throughout
         checkpoint=CheckpointConfig(every=0, resume=""),
         log=LogConfig(eval_every=0, tensorboard=False))
@@ -259,7 +260,8 @@ def run_one(cfg_in: dict) -> dict:
            "data_ms_per_step": 1000 * sum(datas) / len(datas), "cpu_ms_per_step": 1000 * cpu / len(walls),
            "cpu_ms_per_image": 1000 * cpu / images, "build_s": build_s, "loss_cls": loss,
            "head_held_bytes": trainer.head.weight.numel() * trainer.head.weight.element_size()
-           + (trainer.head.momentum_buffer.numel() * 4 if trainer.head.momentum_buffer is not None else 0),
+           + (trainer.head.momentum_buffer.numel() * trainer.head.momentum_buffer.element_size()
+              if trainer.head.momentum_buffer is not None else 0),
            "dtype_used": str(trainer.dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads()}
     if cfg_in["mode"] != "memory":
         row["classes_data"] = len(data.prepared.manifest.class_dataset())
@@ -387,7 +389,7 @@ def main(argv=None) -> dict:
     common = {"device": args.device, "backbone": args.backbone, "dtype": args.dtype,
               "channels_last": args.channels_last, "batch": args.batch, "embedding_size": args.embedding_size,
               "workers": args.workers, "threads": args.threads, "warmup": args.warmup, "steps": args.steps,
-              "max_seconds": args.max_seconds}
+              "max_seconds": args.max_seconds, "fc_storage": args.fc_storage}
 
     if args.max_gb is None:
         args.max_gb = _default_max_gb(args.device)
