@@ -63,6 +63,8 @@ from fftrain.head.margins import Margin
 
 _MASK64 = (1 << 64) - 1
 _INIT_BLOCK = 8192
+ROUND_ROWS = 8192
+"""Rows per chunk of the bf16-storage update: its fp32 temporaries are bounded by this, not the sampled rows."""
 _SALT_INIT, _SALT_SAMPLE, _SALT_ROUND = 1, 2, 3
 
 
@@ -534,18 +536,24 @@ class PartialFCHead(nn.Module):
 
     def _step_stochastic_bf16(self, lr: float, grad: torch.Tensor, index: torch.Tensor | None) -> None:
         """The same SGD as step(), computed in float32 on the used rows and stochastically rounded into
-        the bf16 weight and momentum."""
-        rows = slice(None) if index is None else index
-        w = self.weight[rows].float()
-        update = grad.float()
-        if self.weight_decay:
-            update.add_(w, alpha=self.weight_decay)
-        gen = torch.Generator(device=w.device)
+        the bf16 weight and momentum, ROUND_ROWS rows at a time: the update is built in the gradient's
+        own storage and the rounding's fp32 temporaries stay bounded. The momentum is rounded first, all
+        chunks in order, then the weight, so the draws are those of one pass over all rows."""
+        update = grad.float()  # the forward's fp32 rows' gradient: no copy
+        gen = torch.Generator(device=update.device)
         gen.manual_seed(_mix(_SALT_ROUND, self.seed, self.rank, self.sample_step))
-        if self.momentum_buffer is not None:
-            update = self.momentum_buffer[rows].float().mul_(self.momentum).add_(update)
-            self.momentum_buffer[rows] = stochastic_round_bf16(update, gen)
-        self.weight[rows] = stochastic_round_bf16(w.sub_(update, alpha=lr), gen)
+        chunks = [(a, min(a + ROUND_ROWS, update.shape[0])) for a in range(0, update.shape[0], ROUND_ROWS)]
+        for a, b in chunks:
+            rows = slice(a, b) if index is None else index[a:b]
+            if self.weight_decay:
+                update[a:b].add_(self.weight[rows].float(), alpha=self.weight_decay)
+            if self.momentum_buffer is not None:
+                momentum = self.momentum_buffer[rows].float().mul_(self.momentum).add_(update[a:b])
+                self.momentum_buffer[rows] = stochastic_round_bf16(momentum, gen)
+                update[a:b] = momentum
+        for a, b in chunks:
+            rows = slice(a, b) if index is None else index[a:b]
+            self.weight[rows] = stochastic_round_bf16(self.weight[rows].float().sub_(update[a:b], alpha=lr), gen)
 
 
 def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -214,6 +214,23 @@ def test_bf16_storage_holds_two_bytes_per_value_and_steps_are_repeatable():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.momentum_buffer, b.momentum_buffer)
 
 
+@pytest.mark.parametrize("sample_rate", [1.0, 0.3])
+def test_the_bf16_update_in_chunks_gives_the_bits_of_one_pass(monkeypatch, sample_rate):
+    from fftrain.head import partial_fc
+
+    def trained(round_rows):
+        monkeypatch.setattr(partial_fc, "ROUND_ROWS", round_rows)
+        head = PartialFCHead(300, D, margin=build_margin("arcface"), sample_rate=sample_rate, dtype=torch.bfloat16)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(3):
+            head(torch.randn(16, D, generator=g), torch.randint(0, 300, (16,), generator=g)).backward()
+            head.step(0.1)
+        return head.weight, head.momentum_buffer
+
+    one_pass, chunked = trained(10**6), trained(7)  # 7 rows: many chunks, a short last one
+    assert torch.equal(one_pass[0], chunked[0]) and torch.equal(one_pass[1], chunked[1])
+
+
 # ---- errors and packaging --------------------------------------------------------------------------
 
 def test_an_unexpected_error_goes_to_the_rank_log_with_a_hint(synth, tmp_path, monkeypatch, capsys):

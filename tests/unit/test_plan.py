@@ -17,8 +17,9 @@ MIB = 2**20
 HEAD_PEAKS = [(100_000, 1.0, 757), (100_000, 0.1, 523), (500_000, 1.0, 3697), (500_000, 0.1, 2444),
               (1_000_000, 1.0, 7470), (1_000_000, 0.1, 4640), (2_000_000, 0.1, 9100)]
 # "Training step", class-count sweep: iresnet_tiny, batch 64, D=512, fp32, whole step (peak MiB); the 500K row
-# from "Capacity planner", the bf16-storage sweep of 2026-12-05
-STEP_PEAKS = [(1_000_000, 1.0, 7090), (1_000_000, 0.1, 5066), (500_000, 0.1, 2691)]
+# and the bf16-storage rows from "Capacity planner", "The training step with bf16 FC storage"
+STEP_PEAKS = [(1_000_000, 1.0, "fp32", 7090), (1_000_000, 0.1, "fp32", 5066), (500_000, 0.1, "fp32", 2747),
+              (500_000, 0.1, "bf16", 1660), (1_000_000, 0.1, "bf16", 2929)]
 
 
 @pytest.mark.parametrize("classes,rate,measured", HEAD_PEAKS)
@@ -28,10 +29,10 @@ def test_head_memory_matches_the_measured_cpu_peak_within_10_percent(classes, ra
     assert predicted == pytest.approx(measured, rel=0.10)
 
 
-@pytest.mark.parametrize("classes,rate,measured", STEP_PEAKS)
-def test_training_step_memory_matches_the_measured_cpu_peak_within_10_percent(classes, rate, measured):
+@pytest.mark.parametrize("classes,rate,storage,measured", STEP_PEAKS)
+def test_training_step_memory_matches_the_measured_cpu_peak_within_10_percent(classes, rate, storage, measured):
     inp = PlanInput(classes=classes, gpus=1, batch=64, embedding=512, sample_rate=rate, dtype="fp32",
-                    device="cpu", backbone="iresnet_tiny")
+                    device="cpu", backbone="iresnet_tiny", fc_storage=storage)
     assert plan(inp).train_peak / MIB == pytest.approx(measured, rel=0.10)
 
 
