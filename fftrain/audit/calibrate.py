@@ -112,16 +112,18 @@ def intra_threshold(requested, cos_centre: np.ndarray, *, frr: float) -> Thresho
     cosine below which a fraction `frr` of all own-centre cosines lies."""
     defined = cos_centre[~np.isnan(cos_centre)].astype(np.float64)
     statistic = "image vs its own class centre"
+
+    def lower_tail(how: str = "") -> Threshold:
+        return lower_threshold("intra", requested, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic, how=how)
+
     if requested != AUTO:
-        return lower_threshold("intra", requested, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic)
+        return lower_tail()
     try:
         modes = fit_two_modes(defined)
     except FitError as e:
-        return lower_threshold("intra", AUTO, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic,
-                               how=f"no two-mode fit: {e}")
+        return lower_tail(f"no two-mode fit: {e}")
     if not noise_mode(modes):
-        return lower_threshold("intra", AUTO, defined, frr=frr, paper=PAPER_INTRA, statistic=statistic,
-                               how=f"no noise mode; {modes.explain()}")
+        return lower_tail(f"no noise mode; {modes.explain()}")
     genuine = modes.mixture.high.dist
     return Threshold("intra", modes.valley, f"auto: the valley between the noise and genuine modes; {modes.explain()}",
                      statistic, int(defined.size), float(genuine.cdf(modes.valley)), PAPER_INTRA,

@@ -184,12 +184,9 @@ class _Early:
         chunk can wait), and none where each row keeps its place, as in fusion's maps"""
 
     def write(self, new: list[torch.Tensor], target: torch.Tensor, rows: list[torch.Tensor], step: int) -> None:
-        free = target // self.chunk <= step
-        for out, r in zip(new, rows):
-            out[target[free]] = r[free]
-        if not bool(free.all()):
-            self.targets.append(target[~free])
-            self.rows.append([r[~free] for r in rows])
+        """This step's rows: written where their slot was sent by `step`, kept waiting otherwise."""
+        self.targets.append(target)
+        self.rows.append(rows)
         self.flush(new, step)
         self.peak = max(self.peak, sum(int(t.numel()) for t in self.targets))
 

@@ -543,16 +543,15 @@ class PartialFCHead(nn.Module):
         gen = torch.Generator(device=update.device)
         gen.manual_seed(_mix(_SALT_ROUND, self.seed, self.rank, self.sample_step))
         chunks = [(a, min(a + ROUND_ROWS, update.shape[0])) for a in range(0, update.shape[0], ROUND_ROWS)]
-        for a, b in chunks:
-            rows = slice(a, b) if index is None else index[a:b]
+        chunks = [(a, b, slice(a, b) if index is None else index[a:b]) for a, b in chunks]
+        for a, b, rows in chunks:
             if self.weight_decay:
                 update[a:b].add_(self.weight[rows].float(), alpha=self.weight_decay)
             if self.momentum_buffer is not None:
                 momentum = self.momentum_buffer[rows].float().mul_(self.momentum).add_(update[a:b])
                 self.momentum_buffer[rows] = stochastic_round_bf16(momentum, gen)
                 update[a:b] = momentum
-        for a, b in chunks:
-            rows = slice(a, b) if index is None else index[a:b]
+        for a, b, rows in chunks:
             self.weight[rows] = stochastic_round_bf16(self.weight[rows].float().sub_(update[a:b], alpha=lr), gen)
 
 
