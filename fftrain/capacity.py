@@ -201,40 +201,51 @@ def dali_parts(inp: PlanInput) -> dict[str, int]:
 
 
 def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
-    """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend): the
-    kNN (fftrain/fusion/knn.py) holds one fp32 normalised query block and one fp32 normalised key chunk
-    (each at most its CHUNK_BYTES), the per-dataset copies of them faiss searches and indexes, faiss's
-    score block and BLAS's buffer, and the running top-k (the one part that grows with the shard); the
-    streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`: the new rows are
-    written over the old shard) adds a few chunk buffers and the merged classes' members (in storage
-    dtype, folded in fp32). The two phases do not overlap."""
+    """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend). The kNN
+    (fftrain/fusion/knn.py) holds one fp32 normalised key chunk and one query block (half of it), faiss's
+    score block and BLAS's buffers, and the running top-k, packed (8 B a hit: the one part that grows
+    with the shard). The streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`:
+    the new rows are written over the old shard) runs while the kNN's result and the plan's tables are
+    kept; it holds three chunk buffers, then the merged classes' members in storage dtype (up to 2.5
+    copies while they are put in order) and the fp32 fold of one chunk of them. `merged_fraction`: the
+    share of this rank's classes that are members of merged classes (new ids follow a class's smallest
+    member, so the ranks holding the first datasets get more). The two phases do not overlap."""
     from fftrain.fusion.knn import CHUNK_BYTES as KNN_CHUNK_BYTES
     from fftrain.fusion.knn import chunk_rows
-    from fftrain.fusion.reshard import CHUNK_BYTES
+    from fftrain.fusion.reshard import CHUNK_BYTES as RESHARD_CHUNK_BYTES
 
+    total = classes if classes is not None else inp.classes
     n_local = local_classes(inp, classes)
     d, store = inp.embedding, _BYTES[inp.fc_storage]
     copies = 2 if inp.momentum else 1
     shard = n_local * d * store * copies
-    block = min(n_local, chunk_rows(d, KNN_CHUNK_BYTES[inp.device])) * d * 4   # one fp32 query block or key chunk
-    g = max(1, inp.datasets)
-    knn = (2 * block                                     # the normalised query block and key chunk
-           + block * (g - 1) // g                        # the block's queries of the other datasets
-           + 2 * block // g                              # one dataset's keys and faiss's copy of them
-           + 3 * n_local * inp.knn_k * 12                # running top-k (fp32 + int64), the merge's two
-           + _faiss_workspace(inp.device))
-    merged = int(inp.merged_fraction * n_local)
-    reshard = (3 * min(CHUNK_BYTES, shard)               # send, receive and masked copies of a chunk
-               + merged * d * (store * copies + 3 * 4))  # the waiting members and their fp32 fold
+    key_bytes = KNN_CHUNK_BYTES[inp.device]
+    knn = ((min(n_local, chunk_rows(d, key_bytes)) + min(n_local, chunk_rows(d, key_bytes // 2))) * d * 4
+           + n_local * inp.knn_k * 8                     # the running top-k, packed
+           + _search_workspace(inp.device))
+    kept = n_local * inp.knn_k * 12 + total * _PLAN_BYTES_PER_CLASS   # the kNN's result, the plan's tables
+    chunk = min(RESHARD_CHUNK_BYTES[inp.device], shard)
+    members = int(inp.merged_fraction * n_local)
+    member_bytes = members * d * store * copies
+    fold_rows = min(members, max(1, chunk // (d * store * copies + 16)))
+    reshard = kept + max(3 * chunk + member_bytes,                     # the steps: chunk buffers, members waiting
+                         int(2.5 * member_bytes),                      # the members put in old-id order
+                         member_bytes + fold_rows * d * 4 * 4)         # one chunk of them folded in fp32
     return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
 
 
-def _faiss_workspace(device: str) -> int:
-    """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU; faiss-cpu
-    scores [4096 queries x 1024 keys] fp32 blocks (16 MiB) through BLAS, whose 32 MiB sgemm buffer (one
-    thread per rank here) is touched in part at the CPU's 2048-row blocks: 40 MiB in all, fitted to the
-    peaks bench_fusion_memory.py measures at 30K-120K classes on 2 ranks (the rest is traced)."""
-    return int(1.5 * GIB) if device == "cuda" else 40 * 2**20
+_PLAN_BYTES_PER_CLASS = 176
+"""What fusion keeps per class of the whole label space through the reshard: the dataset table, label
+maps and old-to-new map (int64, torch and numpy) and the components' arrays; measured on the CPU (the
+resident set as the reshard starts, less the kNN's result, at 120K classes on 2 ranks)."""
+
+
+def _search_workspace(device: str) -> int:
+    """faiss-gpu's StandardGpuResources reserves 1.5 GiB of temporary memory on a large GPU. faiss-cpu
+    scores a [512 x 4096] fp32 block (8 MiB, `fftrain.search.FAISS_CPU_BLAS_BLOCK`) through BLAS, whose
+    packing buffers (one thread per rank here) add ~12 MiB: 20 MiB, the 12 fitted to the kNN's peaks
+    bench_fusion_memory.py measures at 30K and 60K classes on 2 ranks (the rest is traced)."""
+    return int(1.5 * GIB) if device == "cuda" else 20 * 2**20
 
 
 def plan(inp: PlanInput, classes: int | None = None) -> Plan:

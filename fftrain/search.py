@@ -11,8 +11,9 @@ returned). `self_keys`: the keys are the queries themselves (row i of both is on
 query's own row is never its neighbour. With `query_groups` / `key_groups` (int64 tables), a query
 gets no neighbour of its own group.
 
-Backends (`resolve_backend`, the one fallback policy): 'faiss' (IndexFlatIP; GpuIndexFlatIP when the
-rows are on CUDA and faiss-gpu is installed, otherwise faiss-cpu on a host copy), 'torch' (matmul +
+Backends (`resolve_backend`, the one fallback policy): 'faiss' (GpuIndexFlatIP when the rows are on
+CUDA and faiss-gpu is installed, otherwise faiss-cpu's brute-force `faiss.knn` on host rows, the search
+IndexFlatIP runs without its copy of the keys), 'torch' (matmul +
 topk in blocks of queries, so a score block stays under `max_block_elems`; None: a quarter of the
 free memory, CUDA's cudaMemGetInfo or the CPU's MemAvailable, see `block_elems_for`), 'auto' (CUDA:
 faiss-gpu if installed, else torch; CPU: faiss if importable, else torch). All backends give the same
@@ -102,15 +103,25 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "faiss-cpu" if faiss is not None else "torch"
 
 
+FAISS_CPU_BLAS_BLOCK = (512, 4096)
+"""faiss-cpu's BLAS block (queries, keys) while a `block_searcher` runs: an 8 MiB fp32 score block, as
+faiss's default (4096 x 1024) touches at 2048 queries, but a key chunk's 4096 keys in one pass per heap:
+~6 % more of the GEMM rate (benchmarks/RESULTS.md, "Fusion")."""
+
+
 @contextlib.contextmanager
-def _faiss_threads(faiss, n: int):
-    """Run faiss with `n` OpenMP threads (torch's count: ranks sharing a host must not oversubscribe)."""
-    old = faiss.omp_get_max_threads()
+def _faiss_settings(faiss, n: int):
+    """Run faiss with `n` OpenMP threads (torch's count: ranks sharing a host must not oversubscribe)
+    and `FAISS_CPU_BLAS_BLOCK`; both are faiss globals, put back on exit."""
+    cvar = faiss.cvar
+    old = (faiss.omp_get_max_threads(), cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs)
     faiss.omp_set_num_threads(max(1, n))
+    cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = FAISS_CPU_BLAS_BLOCK
     try:
         yield
     finally:
-        faiss.omp_set_num_threads(old)
+        faiss.omp_set_num_threads(old[0])
+        cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = old[1:]
 
 
 def merge_topk(best_s: torch.Tensor, best_i: torch.Tensor, cand_s: torch.Tensor, cand_i: torch.Tensor,
@@ -118,6 +129,8 @@ def merge_topk(best_s: torch.Tensor, best_i: torch.Tensor, cand_s: torch.Tensor,
     """Top-k of the union of two candidate lists per row; ties go to the smaller id, -1 ids last."""
     s = torch.cat([best_s, cand_s], dim=1)
     i = torch.cat([best_i, cand_i], dim=1)
+    if s.dtype == torch.float32 and i.numel() and int(i.max()) < PACKED_ID_LIMIT:
+        return unpack_hits(top_packed(pack_hits(s, i), k))
     s = torch.where(i < 0, torch.full_like(s, float("-inf")), s)
     # stable sort by id (with -1 mapped past every real id), then stable sort by score, descending
     id_key = torch.where(i < 0, torch.full_like(i, torch.iinfo(torch.int64).max), i)
@@ -125,6 +138,37 @@ def merge_topk(best_s: torch.Tensor, best_i: torch.Tensor, cand_s: torch.Tensor,
     s, i = s.gather(1, order), i.gather(1, order)
     order = torch.argsort(s, dim=1, descending=True, stable=True)[:, :k]
     return s.gather(1, order), i.gather(1, order)
+
+
+PACKED_ID_LIMIT = 1 << 31
+"""Ids below this pack with their fp32 score into one int64 (`pack_hits`)."""
+PACKED_NONE = torch.iinfo(torch.int64).min
+"""The packed value of a missing hit (id -1, similarity -inf): below every real hit."""
+
+
+def pack_hits(sims: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """One int64 per hit that orders as `merge_topk` does: the fp32 score's bits made monotonic in the
+    high half (IEEE order, -0.0 read as +0.0), the id reversed in the low half (the smaller id first),
+    a missing hit (id < 0) below everything. Ids must be below `PACKED_ID_LIMIT`. The running top-k of a
+    kNN kept this way is 8 bytes a hit instead of 12, and merging is one topk."""
+    bits = (sims.float() + 0.0).view(torch.int32)
+    monotonic = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    keys = (monotonic << 32) | (PACKED_ID_LIMIT - 1 - ids)
+    return torch.where(ids < 0, torch.full_like(keys, PACKED_NONE), keys)
+
+
+def unpack_hits(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sims float32, ids int64) of packed hits; missing ones are -inf / -1."""
+    monotonic = (keys >> 32).to(torch.int32)
+    sims = (monotonic ^ ((monotonic >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    ids = PACKED_ID_LIMIT - 1 - (keys & 0xFFFFFFFF)
+    none = keys == PACKED_NONE
+    return sims.masked_fill(none, float("-inf")), ids.masked_fill(none, -1)
+
+
+def top_packed(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """The best k packed hits of each row, best first."""
+    return torch.topk(keys, k, dim=1).values
 
 
 def best_hits(sims: torch.Tensor, ids: torch.Tensor, k: int,
@@ -195,9 +239,7 @@ def _rescore(queries, keys, low_s, j, k):
     return s, j.gather(1, pick)
 
 
-def _faiss_index(faiss, dim: int, device: torch.device, res):
-    if res is None:
-        return faiss.IndexFlatIP(dim)
+def _faiss_gpu_index(faiss, dim: int, device: torch.device, res):
     cfg = faiss.GpuIndexFlatConfig()
     cfg.device = device.index if device.index is not None else torch.cuda.current_device()
     return faiss.GpuIndexFlatIP(res, dim, cfg)
@@ -209,12 +251,11 @@ def _search_faiss(faiss, res, queries, keys, k):
     kk = min(k, n_k)
     if n_q == 0 or kk == 0:
         return _empty(n_q, kk, queries)
-    index = _faiss_index(faiss, keys.shape[1], queries.device, res)
-    if res is None:  # faiss-cpu: numpy in and out
-        index.add(keys.detach().cpu().contiguous().numpy())
-        d, i = index.search(queries.detach().cpu().contiguous().numpy(), kk)
+    if res is None:  # faiss-cpu: its brute-force kNN on numpy views, no index (no copy of the keys)
+        d, i = faiss.knn(_host_rows(queries), _host_rows(keys), kk, metric=faiss.METRIC_INNER_PRODUCT)
         d, i = torch.from_numpy(d).to(queries.device), torch.from_numpy(i).to(queries.device)
     else:  # faiss-gpu with faiss.contrib.torch_utils: torch CUDA tensors in and out
+        index = _faiss_gpu_index(faiss, keys.shape[1], queries.device, res)
         index.add(keys.contiguous())
         d, i = index.search(queries.contiguous(), kk)
     i = i.to(torch.int64)
@@ -222,14 +263,46 @@ def _search_faiss(faiss, res, queries, keys, k):
     return d, i
 
 
+def _host_rows(rows: torch.Tensor) -> np.ndarray:
+    """Contiguous fp32 rows as a numpy array (a view of a contiguous CPU tensor, else a copy)."""
+    return rows.detach().cpu().contiguous().numpy()
+
+
+def group_runs(groups: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(start, end, group) of each run of equal consecutive values."""
+    n = groups.numel()
+    if n == 0:
+        return []
+    starts = [0] + (torch.nonzero(groups[1:] != groups[:-1]).flatten() + 1).tolist()
+    ends = starts[1:] + [n]
+    return list(zip(starts, ends, groups[starts].tolist()))
+
+
+def _other_group_ranges(q_runs, g) -> list[tuple[int, int]]:
+    """The maximal ranges of query rows whose group is not g, from the queries' runs."""
+    ranges = []
+    for a, b, qg in q_runs:
+        if qg == g:
+            continue
+        if ranges and ranges[-1][1] == a:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    return ranges
+
+
+MAX_RUNS = 16
+"""Groups in at most this many runs (a label space laid out dataset after dataset) are searched as
+rectangles of contiguous rows; more runs (interleaved groups) go through per-group gathers."""
+
+
 def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_groups, k, self_offset):
     """faiss search of the queries against one block of keys, self (query row i is global id
     self_offset + i, when not None) and same-group excluded; global ids."""
     n_q = queries.shape[0]
     kk = min(k, keys.shape[0])
-    best_s, best_i = _empty(n_q, kk, queries)
     if n_q == 0 or kk == 0:
-        return best_s, best_i
+        return _empty(n_q, kk, queries)
     if k_groups is None:
         # self keys: one extra neighbour, then drop the query itself by id (the self-match is
         # not always first: exact duplicates tie with it)
@@ -237,19 +310,38 @@ def _search_faiss_block(faiss, res, queries, q_groups, keys, key_offset, k_group
         gid = torch.where(j < 0, j, j + key_offset)
         own = None if self_offset is None else torch.arange(n_q, device=queries.device) + self_offset
         return best_hits(s, gid, kk, own)
-    # one sub-index per group present in the block, searched by the queries of the other groups
+    k_runs, q_runs = group_runs(k_groups), group_runs(q_groups)
+    if len(k_runs) > MAX_RUNS or len(q_runs) > MAX_RUNS:
+        return _search_faiss_gathered(faiss, res, queries, q_groups, keys, key_offset, k_groups, kk)
+    # one search per rectangle (a run of one group's keys, a range of queries of other groups), all
+    # views: the candidates of each key run in their own columns, merged by the caller
+    cand_s, cand_i = _empty(n_q, kk * len(k_runs), queries)
+    for r, (ka, kb, g) in enumerate(k_runs):
+        for qa, qb in _other_group_ranges(q_runs, g):
+            s, j = _search_faiss(faiss, res, queries[qa:qb], keys[ka:kb], kk)
+            cols = slice(r * kk, r * kk + s.shape[1])
+            cand_s[qa:qb, cols] = s
+            cand_i[qa:qb, cols] = torch.where(j < 0, j, j + key_offset + ka)
+    return cand_s, cand_i
+
+
+def _search_faiss_gathered(faiss, res, queries, q_groups, keys, key_offset, k_groups, kk):
+    """Groups interleaved: one sub-index per group present in the block, searched by the queries
+    of the other groups (gathered copies)."""
+    best_s, best_i = _empty(queries.shape[0], kk, queries)
     for g in torch.unique(k_groups).tolist():
         key_rows = torch.nonzero(k_groups == g).flatten()
         q_rows = torch.nonzero(q_groups != g).flatten()
         if q_rows.numel() == 0:
             continue
-        s, j = _search_faiss(faiss, res, queries[q_rows], keys[key_rows], k)
+        s, j = _search_faiss(faiss, res, queries[q_rows], keys[key_rows], kk)
         gid = torch.where(j < 0, j, key_rows[j.clamp(min=0)] + key_offset)
         best_s[q_rows], best_i[q_rows] = merge_topk(best_s[q_rows], best_i[q_rows], s, gid, kk)
     return best_s, best_i
 
 
-#: search(queries, keys, k, *, key_offset, self_keys, query_offset, query_groups, key_groups) -> (sims, global ids)
+#: search(queries, keys, k, *, key_offset, self_keys, query_offset, query_groups, key_groups) -> (sims, global ids):
+#: the block's candidates, its top k among them (a block of several groups may return k per group); merge them
 BlockSearch = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
@@ -280,8 +372,8 @@ def block_searcher(backend: str, device: torch.device, max_block_elems: int | No
         if kind == "faiss-gpu":
             import faiss.contrib.torch_utils  # noqa: F401  (lets GPU indexes take torch tensors)
             res = faiss.StandardGpuResources()
-    threads = _faiss_threads(faiss, torch.get_num_threads()) if faiss is not None else contextlib.nullcontext()
-    with threads:
+    settings = _faiss_settings(faiss, torch.get_num_threads()) if faiss is not None else contextlib.nullcontext()
+    with settings:
         yield functools.partial(_search_block, kind, faiss, res, max_block_elems, low)
 
 

@@ -7,17 +7,21 @@ Each rank holds a contiguous block of the rows (rank r: rows [offset_r, offset_r
 rank-order concatenation, which is the fused class id under `class_sharding.shard_range`), in any
 float dtype (the FC weight in its storage dtype: no whole-shard copy is made). The ranks first
 exchange their row counts (shards may differ in size); then every rank broadcasts its shard in turn,
-in chunks of at most `CHUNK_BYTES` (per device type) of fp32 rows (every rank derives the same chunk
-schedule from the counts). Each rank searches its own rows, one block of queries of the same bounded size at a time,
-against the chunk in hand and folds the hits into a running top-k. Memory above the shard: one key
-chunk (as received and in fp32), one fp32 query block, the backend's copies of them, and the running
-top-k ([n_local, k]) -- the only part that grows with the shard. Inner product is the score; with
-`normalize` each chunk and each query block is L2-normalised in fp32 first (F.normalize, row by row,
-so the rows are those of the whole normalised shard) and the score is the cosine.
+in key chunks of at most `CHUNK_BYTES` (per device type) of fp32 rows (every rank derives the same
+chunk schedule from the counts). Each rank searches its own rows, in query blocks of half that size,
+against the chunk in hand and folds the hits into a running top-k, packed (`fftrain.search.pack_hits`:
+one int64 a hit, one topk a merge). Memory above the shard: one key chunk (as received and in fp32),
+one fp32 query block, the backend's score block, and the running top-k ([n_local, k] int64) -- the
+only part that grows with the shard. Inner product is the score; with `normalize` each chunk and each
+query block is L2-normalised in fp32 first (F.normalize's division, row by row, so the rows are those
+of the whole normalised shard) and the score is the cosine.
 
 Self-matches are excluded by id. With `groups` (a global [C] int64 table, e.g. the dataset of
-each class), a query only gets neighbours from other groups; the search is still exact (faiss
-searches one sub-index per group of the chunk in hand; torch masks the score block).
+each class), a query only gets neighbours from other groups; the search is still exact. A query block
+of one group is not searched against a chunk of the same group at all; otherwise faiss searches each
+rectangle of a run of one group's keys against the queries of other groups (views, in a label space
+laid out dataset after dataset; per-group gathers where groups interleave), and torch masks the score
+block.
 
 The search of each block, the backends ('auto', 'faiss', 'torch'), the fallback policy and the
 order of ties are `fftrain.search`'s: with one process this is `fftrain.search.top_k(x, x, k,
@@ -33,16 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
-from fftrain.search import block_searcher, merge_topk, resolve_backend
+from fftrain.search import (PACKED_ID_LIMIT, PACKED_NONE, block_searcher, merge_topk, pack_hits, resolve_backend,
+                            top_packed, unpack_hits)
 
 # resolve_backend: fftrain.search's, for run_fusion
 __all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "chunk_bytes_for", "CHUNK_BYTES", "resolve_backend"]
 
-CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
-"""fp32 bytes of one key chunk and of one query block, per device type (2048 / 8192 rows at D = 512): fixed,
-not shard-sized. On the CPU the smaller blocks keep fusion's working set under half a 120K-class fp32 shard
-on two ranks, for ~15 % more kNN time in one process (none measured on two ranks; benchmarks/RESULTS.md,
-"Fusion"); a GPU wants larger blocks, and its shards are larger."""
+CHUNK_BYTES = {"cpu": 8 * 2**20, "cuda": 16 * 2**20}
+"""fp32 bytes of one key chunk, per device type (4096 / 8192 rows at D = 512); a query block is half of it:
+fixed, not shard-sized. On the CPU, 2048 queries against 4096 keys is the smallest search at which faiss's
+GEMM and heap reach ~0.93 of the machine's GEMM rate (benchmarks/RESULTS.md, "Fusion"), and fusion's working
+set stays under half a 120K-class bf16 shard on two ranks; a GPU wants larger blocks, and its shards are
+larger."""
 
 
 def chunk_bytes_for(device) -> int:
@@ -72,8 +78,8 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
     normalize: L2-normalise the rows (fp32, one bounded block at a time): the score is the cosine.
     groups: optional global [C] int64 table; a query gets no neighbour of its own group.
     precision: 'fp32', 'bf16' or 'auto' (`fftrain.search.resolve_precision`: bf16 scores re-scored in fp32).
-    chunk_bytes: the fp32 bytes of one key chunk and of one query block, at least one row each (None:
-      the module's `CHUNK_BYTES` for the rows' device, read at the call).
+    chunk_bytes: the fp32 bytes of one key chunk (a query block is half of it), at least one row each
+      (None: the module's `CHUNK_BYTES` for the rows' device, read at the call).
     Returns (sims [n_local, k] float32, ids [n_local, k] int64 global row ids), best first, on
     the rows' device; missing neighbours are id -1, similarity -inf.
     """
@@ -92,10 +98,10 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
         if groups.shape != (offsets[-1],):
             raise ValueError(f"groups must have shape [{offsets[-1]}] (all rows of all ranks), "
                              f"got {tuple(groups.shape)}")
-    rows = chunk_rows(dim, chunk_bytes_for(device) if chunk_bytes is None else chunk_bytes)
-    queries = QueryBlocks(x, rows, normalize, offsets[rank], groups)
-    best_s = torch.full((x.shape[0], k), float("-inf"), dtype=torch.float32, device=device)
-    best_i = torch.full((x.shape[0], k), -1, dtype=torch.int64, device=device)
+    key_bytes = chunk_bytes_for(device) if chunk_bytes is None else chunk_bytes
+    rows = chunk_rows(dim, key_bytes)
+    queries = QueryBlocks(x, chunk_rows(dim, key_bytes // 2), normalize, offsets[rank], groups)
+    best = RunningTopK(x.shape[0], k, offsets[-1], device)
     with block_searcher(backend, device, max_block_elems, precision) as search:
         for src in range(world):
             for a in range(0, sizes[src], rows):
@@ -103,12 +109,12 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
                 keys = _unit(_key_chunk(x, a, b, src, rank, group, cdev), normalize)
                 start = offsets[src] + a
                 k_groups = groups[start:offsets[src] + b] if groups is not None else None
-                for qa, qb, q, q_groups in queries:
+                for qa, qb, q, q_groups in queries.against(_sole_group(k_groups)):
                     s, i = search(q, keys, k, key_offset=start, query_offset=offsets[rank] + qa,
                                   query_groups=q_groups, key_groups=k_groups)
-                    best_s[qa:qb], best_i[qa:qb] = merge_topk(best_s[qa:qb], best_i[qa:qb], s, i, k)
+                    best.merge(qa, qb, s, i)
                 del keys
-    return best_s, best_i
+    return best.result()
 
 
 def chunk_rows(dim: int, chunk_bytes: int) -> int:
@@ -127,9 +133,14 @@ def _raw_rows(x) -> torch.Tensor:
 
 
 def _unit(rows: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """The rows in contiguous fp32, L2-normalised when `normalize` (what the search reads)."""
-    rows = rows.float()
-    return (F.normalize(rows, dim=1) if normalize else rows).contiguous()
+    """The rows in contiguous fp32, L2-normalised when `normalize` (what the search reads). A copy the
+    cast made (bf16 storage) is normalised in place: F.normalize's division, without a second block."""
+    fp32 = rows.float().contiguous()
+    if not normalize:
+        return fp32
+    if fp32.data_ptr() == rows.data_ptr():
+        return F.normalize(fp32, dim=1)
+    return fp32.div_(torch.linalg.vector_norm(fp32, dim=1, keepdim=True).clamp_min_(1e-12))
 
 
 def _key_chunk(x, a, b, src, rank, group, cdev) -> torch.Tensor:
@@ -141,6 +152,30 @@ def _key_chunk(x, a, b, src, rank, group, cdev) -> torch.Tensor:
     return buf.to(x.device)
 
 
+class RunningTopK:
+    """The best k hits so far of each of n query rows: packed (`fftrain.search.pack_hits`, one int64 a
+    hit, one topk a merge) when every id fits, else a (sims, ids) pair merged by `merge_topk`."""
+
+    def __init__(self, n: int, k: int, n_ids: int, device):
+        self.k = k
+        self.packed = n_ids <= PACKED_ID_LIMIT
+        if self.packed:
+            self.keys = torch.full((n, k), PACKED_NONE, dtype=torch.int64, device=device)
+        else:
+            self.sims = torch.full((n, k), float("-inf"), dtype=torch.float32, device=device)
+            self.ids = torch.full((n, k), -1, dtype=torch.int64, device=device)
+
+    def merge(self, a: int, b: int, sims: torch.Tensor, ids: torch.Tensor) -> None:
+        """Fold candidate hits of rows [a, b) in."""
+        if self.packed:
+            self.keys[a:b] = top_packed(torch.cat([self.keys[a:b], pack_hits(sims, ids)], dim=1), self.k)
+        else:
+            self.sims[a:b], self.ids[a:b] = merge_topk(self.sims[a:b], self.ids[a:b], sims, ids, self.k)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return unpack_hits(self.keys) if self.packed else (self.sims, self.ids)
+
+
 class QueryBlocks:
     """This rank's rows in blocks of `rows` rows: (start, end, the block in fp32 (normalised), its groups).
     The block is made again per key chunk unless the shard is one block (kept then)."""
@@ -150,8 +185,21 @@ class QueryBlocks:
         self.groups = groups[offset:offset + x.shape[0]] if groups is not None else None
         self.whole = _unit(x, normalize) if x.shape[0] <= rows else None
 
-    def __iter__(self):
+    def against(self, key_group: int | None):
+        """The blocks with a query outside `key_group` (the one group of a key chunk; None: all blocks):
+        a block of that group alone has no neighbour there, so it is neither made nor searched."""
         for a in range(0, self.x.shape[0], self.rows):
             b = min(self.x.shape[0], a + self.rows)
+            q_groups = self.groups[a:b] if self.groups is not None else None
+            if key_group is not None and _sole_group(q_groups) == key_group:
+                continue
             q = self.whole if self.whole is not None else _unit(self.x[a:b], self.normalize)
-            yield a, b, q, self.groups[a:b] if self.groups is not None else None
+            yield a, b, q, q_groups
+
+
+def _sole_group(groups: torch.Tensor | None) -> int | None:
+    """The group of every row of a block, when there is one (None: no groups, or several)."""
+    if groups is None or groups.numel() == 0:
+        return None
+    lo, hi = int(groups.min()), int(groups.max())
+    return lo if lo == hi else None

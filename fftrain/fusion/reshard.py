@@ -36,8 +36,15 @@ from fftrain.distributed.class_sharding import owner_of, shard_range, shard_rang
 from fftrain.distributed import ProcessGroup, all_to_all_single_, comm_device, rank_of, world_size_of
 
 _EPS = 1e-12
-CHUNK_BYTES = 16 * 2**20
-"""Rows sent per chunk step: this many bytes of one rank's rows (weight and states together)."""
+CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
+"""Rows sent per chunk step, per device type: this many bytes of one rank's rows (weight and states
+together). The CPU's 4 MiB keep the in-place reshard under the kNN's working set (benchmarks/RESULTS.md,
+"Fusion memory"); a GPU's shards are larger and its collectives want larger messages."""
+
+
+def chunk_bytes_for(device) -> int:
+    """`CHUNK_BYTES` of this device type (a GPU's for any accelerator), read at the call."""
+    return CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cuda"])
 
 
 def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: ProcessGroup | None
@@ -76,6 +83,7 @@ def fold_merged(weight_rows: torch.Tensor, state_rows: list[torch.Tensor], targe
     w = weight_rows.to(torch.float32)
     norms = w.norm(dim=1, keepdim=True)
     sum_dir = _segment_sum(w / norms.clamp(min=_EPS), slot, targets.numel())
+    del w  # before the states' fp32 copies
     sum_norm = _segment_sum(norms, slot, targets.numel())
     new_w = (F.normalize(sum_dir, dim=1, eps=_EPS) * (sum_norm / cnt)).to(weight_rows.dtype)
     new_states = [(_segment_sum(s.to(torch.float32), slot, targets.numel()) / cnt).to(s.dtype) for s in state_rows]
@@ -130,7 +138,7 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
         raise ValueError(f"in_place needs contiguous inputs of at least {n_new} rows")
     tensors = [t.detach().reshape(t.shape[0], -1) for t in (local_weight, *states)]
     row_bytes = sum(t.shape[1] * t.element_size() for t in tensors) + 16
-    chunk = max(1, chunk_rows or CHUNK_BYTES // row_bytes)
+    chunk = max(1, chunk_rows or chunk_bytes_for(device) // row_bytes)
     steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
     new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
     waiting = []  # (old ids, new local rows, rows of each tensor) of merged classes' members
@@ -158,15 +166,33 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
     if early is not None:
         early.flush(new, steps)
     if waiting:
-        order = torch.argsort(torch.cat([w[0] for w in waiting]))
-        target = torch.cat([w[1] for w in waiting])[order]
+        by_old_id = torch.argsort(torch.cat([w[0] for w in waiting]))
+        target = torch.cat([w[1] for w in waiting])[by_old_id]
+        order = by_old_id[torch.argsort(target, stable=True)]  # by class, each class's members by old id
+        target = target.sort(stable=True).values
         rows = [torch.cat([w[2][i] for w in waiting])[order] for i in range(len(tensors))]
         del waiting
-        targets, merged_w, merged_states = fold_merged(rows[0], rows[1:], target)
-        for out, merged in zip(new, [merged_w, *merged_states]):
-            out[targets] = merged
+        for a, b in _class_parts(target, chunk):
+            targets, merged_w, merged_states = fold_merged(rows[0][a:b], [r[a:b] for r in rows[1:]], target[a:b])
+            for out, merged in zip(new, [merged_w, *merged_states]):
+                out[targets] = merged
     return (new[0].reshape(n_new, *local_weight.shape[1:]),
             [n.reshape(n_new, *s.shape[1:]) for n, s in zip(new[1:], states)])
+
+
+def _class_parts(target: torch.Tensor, rows: int) -> list[tuple[int, int]]:
+    """Row ranges of about `rows` rows over members grouped by class (`target` sorted), a class's
+    members in one range, so the fold's fp32 working set is bounded like a chunk; each class folds
+    alone, so the bits are those of one fold over all."""
+    counts = torch.unique_consecutive(target, return_counts=True)[1].tolist()
+    parts, first, end = [], 0, 0
+    for c in counts:
+        if end > first and end + c - first > rows:
+            parts.append((first, end))
+            first = end
+        end += c
+    parts.append((first, end))
+    return parts
 
 
 class _Early:

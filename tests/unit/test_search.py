@@ -13,6 +13,7 @@ from fftrain.fusion.knn import distributed_knn
 from fftrain.pseudo_label.clustering import knn_graph
 from fftrain.pseudo_label.separation import max_cosine
 from fftrain.pseudo_label.uncertainty import cluster_centres, cluster_margins
+from fftrain import search
 from fftrain.search import best_hits, resolve_backend, top_k, unit_rows
 
 faiss = pytest.importorskip("faiss")
@@ -209,3 +210,75 @@ def test_precision_resolves_per_backend_and_device():
         resolve_precision("fp16", "torch", cpu)
     with pytest.raises(ConfigError, match="fusion.knn_precision"):
         FusionConfig(knn_precision="fp16")
+
+
+def _argsort_merge(s, i, k):
+    """merge_topk's order spelled out: -1 ids as -inf and last, then score descending, then id ascending."""
+    s = torch.where(i < 0, torch.full_like(s, float("-inf")), s)
+    id_key = torch.where(i < 0, torch.full_like(i, torch.iinfo(torch.int64).max), i)
+    order = torch.argsort(id_key, dim=1, stable=True)
+    s, i = s.gather(1, order), i.gather(1, order)
+    order = torch.argsort(s, dim=1, descending=True, stable=True)[:, :k]
+    return s.gather(1, order), i.gather(1, order)
+
+
+def test_packed_hits_order_as_the_two_sorts_and_come_back_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(-3, 4, (200, 30), generator=g).float() / 4  # many ties, zeros, negatives
+    s[s == 0.25] = -0.0
+    s[:, ::7] = float("-inf")
+    s[5] = torch.randn(30, generator=g) * 1e-30                    # subnormals and tiny values
+    i = torch.randperm(30 * 200, generator=g).reshape(200, 30) * 1000
+    i[:, ::5] = -1
+    i[0, 0] = search.PACKED_ID_LIMIT - 1
+    got = search.unpack_hits(search.top_packed(search.pack_hits(s, i), 12))
+    ref = _argsort_merge(s, i, 12)
+    assert torch.equal(got[1], ref[1])
+    assert torch.equal(got[0].view(torch.int32), (ref[0] + 0.0).view(torch.int32))
+    none = search.pack_hits(torch.tensor([[float("-inf")]]), torch.tensor([[-1]]))
+    assert int(none) == search.PACKED_NONE and search.unpack_hits(none)[1].item() == -1
+
+
+def test_merge_topk_past_the_packed_id_limit_keeps_the_same_order():
+    s = torch.tensor([[0.5, 0.5, 0.9, float("-inf")]])
+    i = torch.tensor([[search.PACKED_ID_LIMIT + 5, 3, search.PACKED_ID_LIMIT + 1, -1]])
+    got = search.merge_topk(s[:, :0], i[:, :0], s, i, 4)
+    assert got[1].tolist() == [[search.PACKED_ID_LIMIT + 1, 3, search.PACKED_ID_LIMIT + 5, -1]]
+
+
+@pytest.mark.parametrize("layout", ["datasets in turn", "interleaved"])
+def test_grouped_faiss_search_is_the_torch_reference(layout, monkeypatch):
+    """Contiguous groups go through rectangles of views, interleaved ones through per-group gathers (and
+    so does a contiguous layout when the rectangles are switched off): the same neighbours either way."""
+    x = unit_rows(_rows(600, 32, seed=3))
+    groups = torch.arange(600) // 200 if layout == "datasets in turn" else torch.arange(600) % 3
+    ref = top_k(x, x, 7, backend="torch", self_keys=True, query_groups=groups, key_groups=groups)
+    got = distributed_knn(x, 7, None, backend="faiss", groups=groups, chunk_bytes=170 * 4 * 32)
+    assert torch.equal(got[1], ref[1])
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-6)
+    monkeypatch.setattr(search, "MAX_RUNS", 0)
+    gathered = distributed_knn(x, 7, None, backend="faiss", groups=groups, chunk_bytes=170 * 4 * 32)
+    assert torch.equal(gathered[1], ref[1])
+
+
+def test_faiss_block_settings_hold_inside_the_searcher_and_are_put_back():
+    cvar = faiss.cvar
+    before = (faiss.omp_get_max_threads(), cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs)
+    with search.block_searcher("faiss", torch.device("cpu")):
+        assert (cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs) == search.FAISS_CPU_BLAS_BLOCK
+        assert faiss.omp_get_max_threads() == torch.get_num_threads()
+    assert (faiss.omp_get_max_threads(), cvar.distance_compute_blas_query_bs,
+            cvar.distance_compute_blas_database_bs) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fusion_knn_blocks_are_torchs_normalize_bit_for_bit_and_leave_the_shard_alone(dtype):
+    """A bf16 block is cast, then normalised in place (no second block); an fp32 block is normalised into
+    a new tensor: either way F.normalize's bits, and the shard is not written."""
+    from fftrain.fusion.knn import _unit
+
+    x = torch.from_numpy(_rows(300, 64, seed=5)).to(dtype)
+    x[7] = 0
+    before = x.clone()
+    assert torch.equal(_unit(x, True), F.normalize(x.float(), dim=1))
+    assert torch.equal(x, before)
