@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import socket
+import subprocess
 
 from recordio_tools.files import write_json_atomic
 
@@ -78,3 +79,15 @@ def write_report(report: dict, out: str | None, name: str) -> str:
     write_json_atomic(path, report, indent=1, newline=False, make_parents=True)
     print(f"wrote {path}")
     return path
+
+
+def baseline_tree(rev: str, tmp: str) -> str:
+    """git revision `rev`'s fftrain and recordio_tools, extracted under `tmp`: a folder to put first on
+    PYTHONPATH, so a benchmark can alternate that code with this tree's in one run."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dest = os.path.join(tmp, "baseline")
+    os.makedirs(dest)
+    archive = subprocess.run(["git", "-C", repo, "archive", rev, "fftrain", "recordio_tools"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest

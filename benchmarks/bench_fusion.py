@@ -3,6 +3,7 @@
     python benchmarks/bench_fusion.py                                  # 10K..50K, world sizes 1 and 2
     python benchmarks/bench_fusion.py --sizes 10000 100000 --worlds 1 2 4 --backends faiss torch
     python benchmarks/bench_fusion.py --out benchmarks/out/my.json
+    python benchmarks/bench_fusion.py --sizes 20000 40000 --worlds 1 --baseline-commit 1e3a23f   # before / after
     python benchmarks/bench_fusion.py --device cuda --sizes 390000 4000000 --worlds 1 --backends torch
 
 For each proxy count N (D=512 by default, three equal "datasets", 1% of the classes planted as
@@ -15,6 +16,9 @@ cross-dataset duplicates so the component and reshard phases have work):
   numpy's BLAS); kNN/roofline =
   (the kNN's multiply-adds, every proxy against the other datasets' proxies, at that rate) / kNN seconds:
   1.0 is a kNN that does nothing but its score GEMMs at the BLAS's best rate.
+With --baseline-commit REV each fusion configuration also runs REV's fftrain (git archive into a
+temporary folder, first on PYTHONPATH), and every fusion run is then a fresh process (`--child`), both
+codes alike; the `code` column says which.
 The baseline and the measured configurations alternate, `--repeats` rounds per size (raw, then each
 fusion configuration, then raw again, ...), so a change of the machine's load hits both alike; ratio =
 the median over rounds of (fusion total / the raw run of the same round), with its range over rounds.
@@ -30,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -158,9 +164,20 @@ def run_fusion_world(world: int, threads: int, path: str, k: int, t1: float, bac
 
 
 _TIMES = ("knn_s", "components_s", "reshard_s", "total_s")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def measure_size(n: int, a, tmp: str) -> list[dict]:
+def run_fusion_child(code_path: str, world: int, threads: int, path: str, k: int, t1: float, backend: str) -> dict:
+    """`run_fusion_world` in a fresh process with `code_path`'s fftrain first on PYTHONPATH (this
+    tree's when empty)."""
+    args = json.dumps(dict(world=world, threads=threads, path=path, k=k, t1=t1, backend=backend))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (code_path, os.path.dirname(HERE)) if p))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", args], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_size(n: int, a, tmp: str, codes: dict[str, str]) -> list[dict]:
     """One row per (backend, world): median times over `a.repeats` rounds, each round the raw faiss
     baseline then every configuration, and the median (and range) of the per-round ratios."""
     x, cd = make_proxies(n, a.dim, a.seed)
@@ -170,20 +187,24 @@ def measure_size(n: int, a, tmp: str) -> list[dict]:
     with_raw = n <= a.raw_max
     if with_raw:
         import faiss  # noqa: F401  (its import is not the first round's cost)
-    configs = [(backend, world) for backend in a.backends for world in a.worlds]
+    configs = [(code, backend, world) for code in codes for backend in a.backends for world in a.worlds]
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     raws, gemms = [], []
     for _ in range(a.repeats):
         gemms.append(gemm_roofline(a.dim, a.threads) if a.device == "cpu" else float("nan"))
         raws.append(raw_faiss(x, a.k, a.threads) if with_raw else float("nan"))
-        for backend, world in configs:
-            runs[backend, world].append(run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device))
+        for code, backend, world in configs:
+            if len(codes) > 1:
+                result = run_fusion_child(codes[code], world, a.threads, path, a.k, a.t1, backend)
+            else:
+                result = run_fusion_world(world, a.threads, path, a.k, a.t1, backend, a.device)
+            runs[code, backend, world].append(result)
     del x
     rows = []
-    for (backend, world), results in runs.items():
+    for (code, backend, world), results in runs.items():
         ratios = [r["total_s"] / raw for r, raw in zip(results, raws)]
         roofline = [knn_flops(cd, a.dim) / gemm / r["knn_s"] for r, gemm in zip(results, gemms)]
-        row = dict(n=n, dim=a.dim, world=world, backend=backend, device=a.device, threads=a.threads,
+        row = dict(n=n, dim=a.dim, world=world, backend=backend, code=code, device=a.device, threads=a.threads,
                    repeats=a.repeats, raw_faiss_s=statistics.median(raws), raw_faiss_runs_s=raws,
                    ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
                    total_runs_s=[r["total_s"] for r in results],
@@ -210,23 +231,37 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the proxies sit (cuda: world 1)")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds of baseline and fusion per size")
     p.add_argument("--raw-max", type=int, default=1_000_000, help="skip the raw faiss baseline above this N")
+    p.add_argument("--baseline-commit", default=None, help="also run this git revision's fftrain, alternating")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/fusion_<host>_<date>.json)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.child:
+        c = json.loads(a.child)
+        print(json.dumps(run_fusion_world(c["world"], c["threads"], c["path"], c["k"], c["t1"], c["backend"])))
+        return 0
     if a.device == "cuda" and a.worlds != [1]:
         p.error("--device cuda runs world size 1 only (--worlds 1)")
+    if a.device == "cuda" and a.baseline_commit:
+        p.error("--baseline-commit runs on the CPU")
 
     host = socket.gethostname()
     date = datetime.date.today().strftime("%Y%m%d")
     out_path = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"fusion_{host}_{date}.json")
     rows = []
-    header = (f"{'N':>8} {'W':>2} {'backend':>7} {'knn s':>8} {'comp s':>8} {'reshard s':>9} {'total s':>8} "
+    header = (f"{'N':>8} {'W':>2} {'backend':>7} {'code':>8} {'knn s':>8} {'comp s':>8} {'reshard s':>9} {'total s':>8} "
               f"{'raw faiss s':>11} {'ratio':>6} {'range':>11} {'merged':>7} {'kNN/roofline':>12} {'range':>11}")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        codes = {"this": ""}
+        if a.baseline_commit:
+            sys.path.insert(0, HERE)
+            from bench_common import baseline_tree
+
+            codes = {a.baseline_commit: baseline_tree(a.baseline_commit, tmp), "this": ""}
         for n in a.sizes:
-            for row in measure_size(n, a, tmp):
+            for row in measure_size(n, a, tmp, codes):
                 rows.append(row)
-                print(f"{n:>8} {row['world']:>2} {row['backend']:>7} {row['knn_s']:>8.2f} {row['components_s']:>8.3f} "
+                print(f"{n:>8} {row['world']:>2} {row['backend']:>7} {row['code'][:8]:>8} {row['knn_s']:>8.2f} {row['components_s']:>8.3f} "
                       f"{row['reshard_s']:>9.3f} {row['total_s']:>8.2f} {row['raw_faiss_s']:>11.2f} "
                       f"{row['ratio']:>6.2f} {row['ratio_min']:>5.2f}-{row['ratio_max']:<5.2f} {row['merged']:>7} "
                       f"{row['knn_roofline']:>12.2f} {row['knn_roofline_min']:>5.2f}-{row['knn_roofline_max']:<5.2f}",

@@ -158,15 +158,6 @@ def _child(spec: str) -> None:
     print(json.dumps(ranks))
 
 
-def _baseline_tree(rev: str, tmp: str) -> str:
-    dest = os.path.join(tmp, "baseline")
-    os.makedirs(dest)
-    archive = subprocess.run(["git", "-C", REPO, "archive", rev, "fftrain", "recordio_tools"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return dest
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,7 +186,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         codes = [(head[0] + (" (worktree)"), "")]
         if a.baseline_commit:
-            codes.insert(0, (a.baseline_commit, _baseline_tree(a.baseline_commit, tmp)))
+            sys.path.insert(0, HERE)
+            from bench_common import baseline_tree
+
+            codes.insert(0, (a.baseline_commit, baseline_tree(a.baseline_commit, tmp)))
         for mode in a.modes:
             for n in a.sizes:
                 for storage in a.storages:

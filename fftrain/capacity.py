@@ -206,8 +206,8 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     score block and BLAS's buffers, and the running top-k, packed (8 B a hit: the one part that grows
     with the shard). The streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`:
     the new rows are written over the old shard) runs while the kNN's result and the plan's tables are
-    kept; it holds three chunk buffers, then the merged classes' members in storage dtype (up to 2.5
-    copies while they are put in order) and the fp32 fold of one chunk of them. `merged_fraction`: the
+    kept; it holds three chunk buffers and the merged classes' members (one buffer in storage dtype),
+    then folds them a chunk of classes at a time (that part's rows gathered, and in fp32). `merged_fraction`: the
     share of this rank's classes that are members of merged classes (new ids follow a class's smallest
     member, so the ranks holding the first datasets get more). The two phases do not overlap."""
     from fftrain.fusion.knn import CHUNK_BYTES as KNN_CHUNK_BYTES
@@ -222,22 +222,25 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     key_bytes = KNN_CHUNK_BYTES[inp.device]
     knn = ((min(n_local, chunk_rows(d, key_bytes)) + min(n_local, chunk_rows(d, key_bytes // 2))) * d * 4
            + n_local * inp.knn_k * 8                     # the running top-k, packed
-           + _search_workspace(inp.device))
-    kept = n_local * inp.knn_k * 12 + total * _PLAN_BYTES_PER_CLASS   # the kNN's result, the plan's tables
+           + _search_workspace(inp.device) + total * _KNN_TABLE_BYTES[inp.device])
+    kept = n_local * inp.knn_k * 12 + total * _TABLE_BYTES_PER_CLASS[inp.device]  # the kNN's result, the tables
     chunk = min(RESHARD_CHUNK_BYTES[inp.device], shard)
-    members = int(inp.merged_fraction * n_local)
-    member_bytes = members * d * store * copies
-    fold_rows = min(members, max(1, chunk // (d * store * copies + 16)))
-    reshard = kept + max(3 * chunk + member_bytes,                     # the steps: chunk buffers, members waiting
-                         int(2.5 * member_bytes),                      # the members put in old-id order
-                         member_bytes + fold_rows * d * 4 * 4)         # one chunk of them folded in fp32
+    row_bytes = d * store * copies
+    member_bytes = int(inp.merged_fraction * n_local) * row_bytes
+    fold_rows = min(int(inp.merged_fraction * n_local), max(1, chunk // (row_bytes + 16)))
+    reshard = kept + member_bytes + max(3 * chunk,                       # the steps' chunk buffers
+                                        fold_rows * (row_bytes + d * 4 * 4))  # one part gathered, folded in fp32
     return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}
 
 
-_PLAN_BYTES_PER_CLASS = 176
-"""What fusion keeps per class of the whole label space through the reshard: the dataset table, label
-maps and old-to-new map (int64, torch and numpy) and the components' arrays; measured on the CPU (the
-resident set as the reshard starts, less the kNN's result, at 120K classes on 2 ranks)."""
+_KNN_TABLE_BYTES = {"cpu": 16, "cuda": 8}
+"""Bytes per class of the whole label space during the kNN: the dataset table (on the device) and, on the
+CPU, the label map beside it."""
+_TABLE_BYTES_PER_CLASS = {"cpu": 176, "cuda": 16}
+"""Bytes per class of the whole label space that fusion holds where it runs: on a GPU the old-to-new
+map and the member counts (int64) on the device (the dataset table, label maps and the components'
+arrays stay on the host); on the CPU all of them, torch and numpy, measured (the resident set as the
+reshard starts, less the kNN's result, at 120K classes on 2 ranks)."""
 
 
 def _search_workspace(device: str) -> int:

@@ -141,7 +141,7 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
     chunk = max(1, chunk_rows or chunk_bytes_for(device) // row_bytes)
     steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
     new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
-    waiting = []  # (old ids, new local rows, rows of each tensor) of merged classes' members
+    waiting = _Members(members[new_start:new_end], tensors)
     early = _Early(chunk) if in_place else None
     for step in range(steps):
         a, b = min(start + step * chunk, end), min(start + (step + 1) * chunk, end)
@@ -161,23 +161,48 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
             for out, rows in zip(new, recv):
                 out[target[alone]] = rows[alone]
         if not bool(alone.all()):
-            waiting.append((recv_ids[~alone, 0], target[~alone], [rows[~alone] for rows in recv]))
+            waiting.add(recv_ids[~alone, 0], target[~alone], [rows[~alone] for rows in recv])
         del recv_ids, recv
     if early is not None:
         early.flush(new, steps)
-    if waiting:
-        by_old_id = torch.argsort(torch.cat([w[0] for w in waiting]))
-        target = torch.cat([w[1] for w in waiting])[by_old_id]
-        order = by_old_id[torch.argsort(target, stable=True)]  # by class, each class's members by old id
-        target = target.sort(stable=True).values
-        rows = [torch.cat([w[2][i] for w in waiting])[order] for i in range(len(tensors))]
-        del waiting
-        for a, b in _class_parts(target, chunk):
-            targets, merged_w, merged_states = fold_merged(rows[0][a:b], [r[a:b] for r in rows[1:]], target[a:b])
-            for out, merged in zip(new, [merged_w, *merged_states]):
-                out[targets] = merged
+    waiting.fold_into(new, chunk)
     return (new[0].reshape(n_new, *local_weight.shape[1:]),
             [n.reshape(n_new, *s.shape[1:]) for n, s in zip(new[1:], states)])
+
+
+class _Members:
+    """The members of this rank's merged classes, written as they arrive into one buffer per tensor
+    sized from the member counts (no list of pieces to concatenate and copy), then folded class by
+    class in parts of about a chunk: the fold holds the buffer, one part's rows in order and their fp32
+    working set."""
+
+    def __init__(self, member_counts: torch.Tensor, tensors: list[torch.Tensor]):
+        n = int(member_counts[member_counts > 1].sum())
+        self.rows = [t.new_empty((n, t.shape[1])) for t in tensors]
+        self.old_ids = torch.empty(n, dtype=torch.int64, device=member_counts.device)
+        self.targets = torch.empty_like(self.old_ids)
+        self.filled = 0
+
+    def add(self, old_ids: torch.Tensor, targets: torch.Tensor, rows: list[torch.Tensor]) -> None:
+        a, b = self.filled, self.filled + old_ids.numel()
+        self.old_ids[a:b], self.targets[a:b] = old_ids, targets
+        for buf, r in zip(self.rows, rows):
+            buf[a:b] = r
+        self.filled = b
+
+    def fold_into(self, new: list[torch.Tensor], chunk: int) -> None:
+        """The merge rule over each class's members, in ascending old id, written to its new row."""
+        if self.filled == 0:
+            return
+        by_old_id = torch.argsort(self.old_ids[:self.filled])
+        order = by_old_id[torch.argsort(self.targets[by_old_id], stable=True)]  # by class, then by old id
+        target = self.targets[order]
+        for a, b in _class_parts(target, chunk):
+            part = order[a:b]
+            targets, merged_w, merged_states = fold_merged(self.rows[0][part], [r[part] for r in self.rows[1:]],
+                                                           target[a:b])
+            for out, merged in zip(new, [merged_w, *merged_states]):
+                out[targets] = merged
 
 
 def _class_parts(target: torch.Tensor, rows: int) -> list[tuple[int, int]]:
