@@ -29,3 +29,24 @@ def test_other_errors_do_not_wait():
     start = time.monotonic()
     wait_for_a_stop_signal(ValueError("a real bug"), seconds=5.0)
     assert time.monotonic() - start < 1.0
+
+
+def _dcp_failure(exc: BaseException):
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    def save():
+        try:
+            raise exc
+        except BaseException as e:  # as DCP's save does on each rank
+            raise CheckpointException("save failed", {0: _wrap_exception(e)}) from None
+    return save
+
+
+def test_a_ctrl_c_inside_the_checkpoint_save_stays_an_interrupt():
+    """DCP wraps whatever a rank raised while saving, a Ctrl-C included, in its CheckpointException; the save's
+    failure exchange must not turn that into a write error (the job would then end as a crash)."""
+    from fftrain.training.checkpoint.dcp_io import _try
+
+    with pytest.raises(KeyboardInterrupt):
+        _try(_dcp_failure(KeyboardInterrupt()))
+    assert _try(_dcp_failure(OSError(28, "No space left on device"))) == "ENOSPC"  # a real failure: reported

@@ -83,6 +83,9 @@ def _try(fn, *args) -> str | None:
     except BaseException as e:  # DCP's CheckpointException derives from BaseException
         if type(e).__name__ != "CheckpointException":
             raise
+        if any(isinstance(exc, KeyboardInterrupt) for exc, _ in getattr(e, "failures", {}).values()):
+            # DCP wrapped a Ctrl-C that landed in its save: the job is being interrupted, not failing
+            raise KeyboardInterrupt from e
         return _describe_failure(e)
 
 
