@@ -226,8 +226,9 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     kept = n_local * inp.knn_k * 12 + total * _TABLE_BYTES_PER_CLASS[inp.device]  # the kNN's result, the tables
     chunk = min(RESHARD_CHUNK_BYTES[inp.device], shard)
     row_bytes = d * store * copies
-    member_bytes = int(inp.merged_fraction * n_local) * row_bytes
-    fold_rows = min(int(inp.merged_fraction * n_local), max(1, chunk // (row_bytes + 16)))
+    members = int(inp.merged_fraction * n_local)
+    member_bytes = members * row_bytes
+    fold_rows = min(members, max(1, chunk // (row_bytes + 16)))
     reshard = kept + member_bytes + max(3 * chunk,                       # the steps' chunk buffers
                                         fold_rows * (row_bytes + d * 4 * 4))  # one part gathered, folded in fp32
     return {"fc shard (weight + momentum)": shard, "kNN or reshard working set": max(knn, reshard)}

@@ -131,8 +131,13 @@ def merge_topk(best_s: torch.Tensor, best_i: torch.Tensor, cand_s: torch.Tensor,
     i = torch.cat([best_i, cand_i], dim=1)
     if s.dtype == torch.float32 and i.numel() and int(i.max()) < PACKED_ID_LIMIT:
         return unpack_hits(top_packed(pack_hits(s, i), k))
+    return top_by_sorts(s, i, k)
+
+
+def top_by_sorts(s: torch.Tensor, i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`merge_topk`'s order by two stable sorts (any ids): -1 ids as -inf and last, then score descending,
+    then id ascending."""
     s = torch.where(i < 0, torch.full_like(s, float("-inf")), s)
-    # stable sort by id (with -1 mapped past every real id), then stable sort by score, descending
     id_key = torch.where(i < 0, torch.full_like(i, torch.iinfo(torch.int64).max), i)
     order = torch.argsort(id_key, dim=1, stable=True)
     s, i = s.gather(1, order), i.gather(1, order)

@@ -181,17 +181,20 @@ class QueryBlocks:
     The block is made again per key chunk unless the shard is one block (kept then)."""
 
     def __init__(self, x, rows, normalize, offset, groups):
-        self.x, self.rows, self.normalize = x, rows, normalize
-        self.groups = groups[offset:offset + x.shape[0]] if groups is not None else None
+        self.x, self.normalize = x, normalize
+        groups = groups[offset:offset + x.shape[0]] if groups is not None else None
+        self.blocks = []  # (start, end, groups, the one group of them or None), found once for all chunks
+        for a in range(0, x.shape[0], rows):
+            b = min(x.shape[0], a + rows)
+            block_groups = groups[a:b] if groups is not None else None
+            self.blocks.append((a, b, block_groups, _sole_group(block_groups)))
         self.whole = _unit(x, normalize) if x.shape[0] <= rows else None
 
     def against(self, key_group: int | None):
         """The blocks with a query outside `key_group` (the one group of a key chunk; None: all blocks):
         a block of that group alone has no neighbour there, so it is neither made nor searched."""
-        for a in range(0, self.x.shape[0], self.rows):
-            b = min(self.x.shape[0], a + self.rows)
-            q_groups = self.groups[a:b] if self.groups is not None else None
-            if key_group is not None and _sole_group(q_groups) == key_group:
+        for a, b, q_groups, sole in self.blocks:
+            if key_group is not None and sole == key_group:
                 continue
             q = self.whole if self.whole is not None else _unit(self.x[a:b], self.normalize)
             yield a, b, q, q_groups

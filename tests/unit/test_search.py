@@ -212,16 +212,6 @@ def test_precision_resolves_per_backend_and_device():
         FusionConfig(knn_precision="fp16")
 
 
-def _argsort_merge(s, i, k):
-    """merge_topk's order spelled out: -1 ids as -inf and last, then score descending, then id ascending."""
-    s = torch.where(i < 0, torch.full_like(s, float("-inf")), s)
-    id_key = torch.where(i < 0, torch.full_like(i, torch.iinfo(torch.int64).max), i)
-    order = torch.argsort(id_key, dim=1, stable=True)
-    s, i = s.gather(1, order), i.gather(1, order)
-    order = torch.argsort(s, dim=1, descending=True, stable=True)[:, :k]
-    return s.gather(1, order), i.gather(1, order)
-
-
 def test_packed_hits_order_as_the_two_sorts_and_come_back_bit_for_bit():
     g = torch.Generator().manual_seed(0)
     s = torch.randint(-3, 4, (200, 30), generator=g).float() / 4  # many ties, zeros, negatives
@@ -232,7 +222,7 @@ def test_packed_hits_order_as_the_two_sorts_and_come_back_bit_for_bit():
     i[:, ::5] = -1
     i[0, 0] = search.PACKED_ID_LIMIT - 1
     got = search.unpack_hits(search.top_packed(search.pack_hits(s, i), 12))
-    ref = _argsort_merge(s, i, 12)
+    ref = search.top_by_sorts(s, i, 12)
     assert torch.equal(got[1], ref[1])
     assert torch.equal(got[0].view(torch.int32), (ref[0] + 0.0).view(torch.int32))
     none = search.pack_hits(torch.tensor([[float("-inf")]]), torch.tensor([[-1]]))
