@@ -96,7 +96,8 @@ def _score(report: dict, extra: dict, manifest, records, train, truth: dict | No
     return out
 
 
-def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str], flip: bool = True) -> dict:
+def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str], flip: bool = True,
+                   matched_far: float | None = None) -> dict:
     from fftrain.audit.pipeline import analyse
 
     noise = os.path.join(synth, "noise.json")
@@ -106,11 +107,18 @@ def run_checkpoint(checkpoint: str, synth: str, extra_args: list[str], flip: boo
         view, manifest, records, train, sets = _embed(checkpoint, synth, work, flip)
         result = {"checkpoint": os.path.abspath(checkpoint), "embed_s": time.perf_counter() - started,
                   "planted": truth is not None, "flip": flip}
-        for name, (intra, inter, leak) in SETTINGS.items():
-            args = _audit_args(checkpoint, synth, intra, inter, leak, extra_args)
+        settings = {name: (*values, extra_args) for name, values in SETTINGS.items()}
+        if matched_far is not None:
+            settings[matched_name(matched_far)] = ("auto", "auto", "auto", [*extra_args, "--far", str(matched_far)])
+        for name, (intra, inter, leak, more) in settings.items():
+            args = _audit_args(checkpoint, synth, intra, inter, leak, more)
             report, extra = analyse(args, view, manifest, records, train, sets)
             result[name] = _score(report, extra, manifest, records, train, truth)
     return result
+
+
+def matched_name(far: float) -> str:
+    return f"calibrated (auto, FAR {far:g})"
 
 
 KINDS = ("mislabeled_images", "duplicates_within_dataset", "leaked_images", "leaked_classes")
@@ -165,7 +173,7 @@ def table(results: list[dict]) -> str:
             "duplicate pairs within / across | leaked pairs | mislabeled P / R | duplicates P / R | "
             "leaked images P / R | leaked classes P / R |", "|---|---|---|---|---:|---:|---:|---|---|---|---|"]
     for r in results:
-        for name in (n for n in SETTINGS if n in r):
+        for name in (n for n in r if n in SETTINGS or n.startswith("calibrated (auto, FAR")):
             s = r[name]
             t, f, d = s["thresholds"], s["flagged"], s.get("detection")
             pr = (lambda k: f"{_fmt(d[k]['precision'])} / {_fmt(d[k]['recall'])}") if d else (lambda k: "-")
@@ -186,6 +194,9 @@ def main(argv=None) -> int:
     p.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --json-out, nothing else")
     p.add_argument("--audit-args", default="", help="more `fftrain audit` options for both settings, one string")
     p.add_argument("--no-flip", action="store_true", help="embed the image only (as fftrain audit --no-flip)")
+    p.add_argument("--matched-far", type=float, metavar="RATE",
+                   help="also a calibrated row at --far RATE (e.g. the fixed 0.82's own leak FAR): a side row, "
+                        "not scored by the criteria")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     if args.table_from:
@@ -196,7 +207,7 @@ def main(argv=None) -> int:
     if not args.synth or not args.checkpoint:
         p.error("--synth and --checkpoint are needed (or --table-from)")
     extra = args.audit_args.split() + (["--no-flip"] if args.no_flip else [])
-    results = [run_checkpoint(c, args.synth, extra, not args.no_flip) for c in args.checkpoint]
+    results = [run_checkpoint(c, args.synth, extra, not args.no_flip, args.matched_far) for c in args.checkpoint]
     from bench_common import machine_info
 
     verdicts = criteria(results)

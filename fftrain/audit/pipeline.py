@@ -249,7 +249,7 @@ def _thresholds(args, train, centres, intra, class_dataset):
                                  max_component=args.max_component, backend=args.backend))
         return found[-1].pairs
 
-    chosen, calibration = calibrate(args, train, centres, intra.cos_centre, duplicate_pairs)
+    chosen, calibration = calibrate(args, train, centres, intra.cos_centre, class_dataset, duplicate_pairs)
     resolved = argparse.Namespace(**vars(args))
     for name, choice in chosen.items():
         setattr(resolved, f"{name}_threshold", choice.value)

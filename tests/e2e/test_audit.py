@@ -257,13 +257,34 @@ def test_calibration_impostors_of_each_statistic():
     got = nearest_other_identity(images, labels, centres, np.ones(6, bool), groups, probes=10, seed=0)
     sims = images @ centres.T
     assert got[0] == pytest.approx(sims[0, 2:].max()) and got[1] == pytest.approx(np.delete(sims[1], 2).max())
+    other = rng.normal(0.0, 0.2, 5000)  # an image against another class's centre
     clean = rng.normal(0.7, 0.05, 2000)
-    noisy = np.concatenate([clean, rng.normal(0.1, 0.05, 200), [np.nan]])
-    intra = intra_threshold("auto", noisy, frr=0.01)
-    assert intra.how.startswith("auto: the valley") and 0.2 < intra.value < 0.6
-    assert intra.sample_far == pytest.approx(200 / 2200, abs=0.005) and intra.far < 1e-3
-    one_mode = intra_threshold("auto", clean, frr=0.01)
-    assert one_mode.value == pytest.approx(np.quantile(clean, 0.01), abs=0.005) and "no noise mode" in one_mode.how
+    noisy = np.concatenate([clean, rng.normal(0.0, 0.2, 200), [np.nan]])
+    intra = intra_threshold("auto", noisy, other, frr=0.01)
+    assert intra.how.startswith("auto: label noise estimated at") and 0.3 < intra.value < 0.6
+    assert intra.model["weight"] == pytest.approx(200 / 2200, abs=0.025)  # ~100 noise scores below the median and intra.far < 1e-2
+    assert intra.sample_far == pytest.approx(np.mean(noisy[:-1] < intra.value))
+    no_noise = intra_threshold("auto", clean, other, frr=0.01)
+    assert no_noise.value == pytest.approx(np.quantile(clean, 0.01), abs=0.005) and "no label noise" in no_noise.how
+
+
+def test_the_noise_sample_is_another_identity_of_the_images_own_dataset():
+    from fftrain.audit.calibrate import other_class_scores
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((8, 4)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    class_dataset = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+    groups = np.array([0, 0, 2, 3, 4, 5, 6, 7])  # classes 0 and 1 are one person
+    labels = np.repeat(np.arange(8), 50)
+    images = centres[labels]
+    got = other_class_scores(images, labels, centres, class_dataset, np.ones(8, bool), groups, probes=400, seed=0)
+    sims = centres @ centres.T
+    allowed = {c: {o for o in range(8) if groups[o] != groups[c] and (class_dataset[o] == class_dataset[c]
+                                                                        or class_dataset[c] == 2)} for c in range(8)}
+    for c, score in zip(labels, got):  # probes=400 takes every image, in key order
+        assert any(abs(score - sims[c, o]) < 1e-5 for o in allowed[c])
+    assert got.size == 400 and np.allclose(got[:50], sims[0, 2], atol=1e-5)  # class 0's only other identity
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from scipy import stats
 
 from fftrain.calibration.evt import FitError
 from fftrain.calibration.modes import fit_two_modes
+from fftrain.calibration.noise import fit_label_noise
 from fftrain.calibration.tails import fit_body_tail
 from fftrain.calibration.thresholds import (AUTO, far_at, frr_at, lower_threshold, parse_rate, parse_threshold, tar_at,
                                             threshold_at_far, threshold_at_frr, upper_threshold)
@@ -152,3 +153,31 @@ def test_the_audit_criteria_compare_with_the_better_fixed_setting_of_each_kind()
     assert not any(v["met"] for v in criteria([planted]))
     clean = {"checkpoint": "y/step-2", "planted": False, "calibrated (auto)": setting(None, None, 0.06)}
     assert criteria([clean]) == [{"criterion": "C1", "checkpoint": "step-2", "leaked_pair_share": 0.06, "met": False}]
+
+
+def _planted_label_noise(rng, n=40000, weight=0.03):
+    """Own-centre cosines: genuine images near 0.85, a share `weight` of noise scored like an image against
+    another class's centre (normal at 0.0, sd 0.25); and an independent sample of that noise."""
+    noisy = rng.random(n) < weight
+    genuine = 1 - rng.gamma(2.0, 0.06, n)
+    scores = np.where(noisy, rng.normal(0.0, 0.25, n), genuine)
+    return scores, noisy, rng.normal(0.0, 0.25, 20000)
+
+
+def test_label_noise_weight_split_and_estimates_match_the_planted_mixture():
+    scores, noisy, other = _planted_label_noise(np.random.default_rng(0))
+    noise = fit_label_noise(np.append(scores, np.nan), other)
+    assert noise.weight == pytest.approx(noisy.mean(), abs=0.003)
+    grid = np.linspace(0.0, 0.9, 181)
+    f1 = [2 * (noisy & (scores < t)).sum() / ((scores < t).sum() + noisy.sum()) for t in grid]
+    assert noise.threshold == pytest.approx(grid[int(np.argmax(f1))], abs=0.04)
+    flagged = scores < noise.threshold
+    assert noise.precision == pytest.approx((flagged & noisy).sum() / flagged.sum(), abs=0.03)
+    assert noise.recall == pytest.approx((flagged & noisy).sum() / noisy.sum(), abs=0.03)
+    assert noise.genuine_frr == pytest.approx((flagged & ~noisy).sum() / (~noisy).sum(), abs=0.002)
+
+
+def test_no_label_noise_is_a_fit_error_not_a_threshold():
+    scores, noisy, other = _planted_label_noise(np.random.default_rng(1))
+    with pytest.raises(FitError, match="no label noise"):
+        fit_label_noise(scores[~noisy], other)
