@@ -9,6 +9,9 @@
     modes = fit_two_modes(scores)                         # two-Weibull mixture (evt.py) + valley + verdict
     modes.separated, modes.valley, modes.precision_recall(t), modes.explain()
 
+    from fftrain.calibration.noise import fit_label_noise
+    noise = fit_label_noise(own_centre_cosines, other_class_cosines)   # label noise of known shape: weight, split
+
 numpy and scipy only (layer of data/model/head), so fusion, the audit and the pseudo-labels share it.
 `evt.py` holds Otsu's threshold and the Weibull / two-Weibull-mixture fits.
 """
