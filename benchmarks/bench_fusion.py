@@ -27,7 +27,7 @@ Times are the medians over rounds.
 momentum sit on cuda:0 and the phases are timed with CUDA synchronised; the raw faiss baseline
 stays on the CPU (skipped above 1M proxies: `--raw-max`). Prints a table and writes JSON (default
 benchmarks/out/fusion_<host>_<yyyymmdd>.json). Times are seconds (faiss is imported before the
-first timed run).
+first timed run, in every process that runs fusion).
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def _fusion(group, rank, world, path, k, t1, backend, device="cpu"):
     data = np.load(path, mmap_mode="r")
     cd = np.load(path.replace(".npy", "_cd.npy"))
     a, b = shard_range(data.shape[0], rank, world)
+    if backend == "faiss":
+        import faiss  # noqa: F401  (before the timer: a trainer's readiness checks have searched before its fusion)
     w = torch.from_numpy(np.array(data[a:b])).to(device)
     mom = torch.zeros_like(w)
     sync = torch.cuda.synchronize if w.is_cuda else (lambda: None)

@@ -202,9 +202,9 @@ def dali_parts(inp: PlanInput) -> dict[str, int]:
 
 def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend). The kNN
-    (fftrain/fusion/knn.py) holds one fp32 normalised key chunk and one query block (half of it), faiss's
-    score block and BLAS's buffers, and the running top-k, packed (8 B a hit: the one part that grows
-    with the shard). The streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`:
+    (fftrain/fusion/knn.py) holds one fp32 normalised key chunk, the next one in flight (in storage dtype,
+    with more than one rank) and one query block (half a chunk), faiss's score block and BLAS's buffers,
+    and the running top-k, packed (8 B a hit: the one part that grows with the shard). The streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`:
     the new rows are written over the old shard) runs while the kNN's result and the plan's tables are
     kept; it holds three chunk buffers and the merged classes' members (one buffer in storage dtype),
     then folds them a chunk of classes at a time (that part's rows gathered, and in fp32). `merged_fraction`: the
@@ -220,7 +220,9 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     copies = 2 if inp.momentum else 1
     shard = n_local * d * store * copies
     key_bytes = KNN_CHUNK_BYTES[inp.device]
-    knn = ((min(n_local, chunk_rows(d, key_bytes)) + min(n_local, chunk_rows(d, key_bytes // 2))) * d * 4
+    key_rows = min(n_local, chunk_rows(d, key_bytes))
+    in_flight = key_rows * d * _BYTES[inp.fc_storage] if inp.gpus > 1 else 0  # the next chunk, as received
+    knn = ((key_rows + min(n_local, chunk_rows(d, key_bytes // 2))) * d * 4 + in_flight
            + n_local * inp.knn_k * 8                     # the running top-k, packed
            + _search_workspace(inp.device) + total * _KNN_TABLE_BYTES[inp.device])
     kept = n_local * inp.knn_k * 12 + total * _TABLE_BYTES_PER_CLASS[inp.device]  # the kNN's result, the tables

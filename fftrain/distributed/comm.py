@@ -110,6 +110,20 @@ def broadcast_(tensor: torch.Tensor, src: int, group: dist.ProcessGroup | None) 
     return tensor
 
 
+class _Done:
+    def wait(self) -> bool:
+        return True
+
+
+def broadcast_async_(tensor: torch.Tensor, src: int, group: dist.ProcessGroup | None):
+    """`broadcast_` posted without waiting: returns a handle whose `wait()` completes it (on NCCL the
+    current stream waits, the host does not). `tensor` must stay alive and untouched until then."""
+    if group is None or world_size_of(group) == 1:
+        return _Done()
+    check_comm_tensor(tensor, group, "broadcast")
+    return dist.broadcast(tensor, src=dist.get_global_rank(group, src), group=group, async_op=True)
+
+
 def all_to_all_single_(out: torch.Tensor, inp: torch.Tensor, group: dist.ProcessGroup | None, *,
                        output_split_sizes=None, input_split_sizes=None) -> torch.Tensor:
     check_comm_tensor(inp, group, "all_to_all")

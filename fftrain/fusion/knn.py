@@ -6,13 +6,15 @@
 Each rank holds a contiguous block of the rows (rank r: rows [offset_r, offset_r + n_r), the
 rank-order concatenation, which is the fused class id under `class_sharding.shard_range`), in any
 float dtype (the FC weight in its storage dtype: no whole-shard copy is made). The ranks first
-exchange their row counts (shards may differ in size); then every rank broadcasts its shard in turn,
-in key chunks of at most `CHUNK_BYTES` (per device type) of fp32 rows (every rank derives the same
-chunk schedule from the counts). Each rank searches its own rows, in query blocks of half that size,
-against the chunk in hand and folds the hits into a running top-k, packed (`fftrain.search.pack_hits`:
-one int64 a hit, one topk a merge). Memory above the shard: one key chunk (as received and in fp32),
-one fp32 query block, the backend's score block, and the running top-k ([n_local, k] int64) -- the
-only part that grows with the shard. Inner product is the score; with `normalize` each chunk and each
+exchange their row counts (shards may differ in size); then every shard is broadcast by its rank in
+key chunks of at most `CHUNK_BYTES` (per device type) of fp32 rows, in one order every rank derives
+from the counts and the groups (`chunk_schedule`). Each rank searches its own rows, in query blocks of
+half that size, against the chunk in hand and folds the hits into a running top-k, packed
+(`fftrain.search.pack_hits`: one int64 a hit, one topk a merge). The next chunk's broadcast is posted
+before the search of this one, so a rank with little work on this chunk receives the next one while
+the others still search. Memory above the shard: one key chunk in fp32 and the next one in flight (in
+storage dtype), one fp32 query block, the backend's score block, and the running top-k ([n_local, k]
+int64) -- the only part that grows with the shard. Inner product is the score; with `normalize` each chunk and each
 query block is L2-normalised in fp32 first (F.normalize's division, row by row, so the rows are those
 of the whole normalised shard) and the score is the cosine.
 
@@ -36,12 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_, comm_device, rank_of, world_size_of
+from fftrain.distributed import ProcessGroup, all_gather_list, broadcast_async_, comm_device, rank_of, world_size_of
 from fftrain.search import (PACKED_ID_LIMIT, PACKED_NONE, block_searcher, merge_topk, pack_hits, resolve_backend,
                             top_packed, unpack_hits)
 
 # resolve_backend: fftrain.search's, for run_fusion
-__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "chunk_bytes_for", "CHUNK_BYTES", "resolve_backend"]
+__all__ = ["distributed_knn", "gather_sizes", "chunk_rows", "chunk_schedule", "chunk_bytes_for", "CHUNK_BYTES",
+           "resolve_backend"]
 
 CHUNK_BYTES = {"cpu": 8 * 2**20, "cuda": 16 * 2**20}
 """fp32 bytes of one key chunk, per device type (4096 / 8192 rows at D = 512); a query block is half of it:
@@ -103,18 +106,23 @@ def distributed_knn(local_rows: torch.Tensor, k: int, group: ProcessGroup | None
     queries = QueryBlocks(x, chunk_rows(dim, key_bytes // 2), normalize, offsets[rank], groups)
     best = RunningTopK(x.shape[0], k, offsets[-1], device)
     with block_searcher(backend, device, max_block_elems, precision) as search:
-        for src in range(world):
-            for a in range(0, sizes[src], rows):
-                b = min(sizes[src], a + rows)
-                keys = _unit(_key_chunk(x, a, b, src, rank, group, cdev), normalize)
-                start = offsets[src] + a
-                k_groups = groups[start:offsets[src] + b] if groups is not None else None
-                for qa, qb, q, q_groups in queries.against(_sole_group(k_groups)):
-                    s, i = search(q, keys, k, key_offset=start, query_offset=offsets[rank] + qa,
-                                  query_groups=q_groups, key_groups=k_groups)
-                    best.merge(qa, qb, s, i)
-                del keys
+        incoming = KeyStream(x, chunk_schedule(sizes, rows, groups), rank, group, cdev)
+        for src, a, b in incoming.schedule:
+            keys = _unit(incoming.take(), normalize)  # the chunk as received is dropped here, before ...
+            incoming.post_next()                      # ... the next one is received beside the fp32 keys
+            start = offsets[src] + a
+            k_groups = groups[start:offsets[src] + b] if groups is not None else None
+            for qa, qb, q, q_groups in queries.against(_sole_group(k_groups)):
+                s, i = search(q, keys, k, key_offset=start, query_offset=offsets[rank] + qa,
+                              query_groups=q_groups, key_groups=k_groups)
+                best.merge(qa, qb, s, i)
+            del keys
     return best.result()
+
+
+MAX_SCHEDULE_GROUPS = 4096
+"""`chunk_schedule` counts each chunk's rows per group ([chunks, groups] numbers); with more groups than
+this (datasets, in fusion) it keeps the plain order rather than hold that table."""
 
 
 def chunk_rows(dim: int, chunk_bytes: int) -> int:
@@ -143,13 +151,80 @@ def _unit(rows: torch.Tensor, normalize: bool) -> torch.Tensor:
     return fp32.div_(torch.linalg.vector_norm(fp32, dim=1, keepdim=True).clamp_min_(1e-12))
 
 
-def _key_chunk(x, a, b, src, rank, group, cdev) -> torch.Tensor:
-    """Rows [a, b) of rank src's shard, in its storage dtype, broadcast from src (collective)."""
-    if world_size_of(group) == 1:
-        return x[a:b]
-    buf = x[a:b].to(cdev).contiguous() if src == rank else torch.empty((b - a, x.shape[1]), dtype=x.dtype, device=cdev)
-    broadcast_(buf, src, group)
-    return buf.to(x.device)
+def chunk_schedule(sizes: list[int], rows: int, groups: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    """The key chunks (owner rank, first row, end row) in the order every rank walks them: rank after
+    rank without groups or with one rank. With groups a rank's work on a chunk is its queries of the
+    *other* groups times the chunk's rows, so ranks that hold different datasets have uneven work on one
+    chunk, and long runs of one dataset's chunks would leave the lighter ranks waiting (a rank is at most
+    one chunk ahead: the broadcast in flight). So the next chunk is, at each step, the next one of the
+    owner whose chunk keeps the ranks' summed work closest together (each owner's chunks stay in order)."""
+    per_owner = [[(src, a, min(n, a + rows)) for a in range(0, n, rows)] for src, n in enumerate(sizes)]
+    if len(sizes) == 1 or groups is None or not groups.numel() or int(groups.max()) >= MAX_SCHEDULE_GROUPS:
+        return [c for chunks in per_owner for c in chunks]
+    work = _chunk_work(sizes, rows, groups)
+    heads, done, order = [0] * len(sizes), np.zeros(len(sizes)), []
+    while True:
+        owners = [o for o in range(len(sizes)) if heads[o] < len(per_owner[o])]
+        if not owners:
+            return order
+        spread = [np.ptp(done + work[o][heads[o]]) for o in owners]
+        o = owners[int(np.argmin(spread))]
+        done += work[o][heads[o]]
+        order.append(per_owner[o][heads[o]])
+        heads[o] += 1
+
+
+def _chunk_work(sizes: list[int], rows: int, groups: torch.Tensor) -> list[np.ndarray]:
+    """Per owner, [its chunks, ranks]: the multiply-adds of each rank's queries against each chunk, its
+    queries of the other groups only (a rank's rows are its own chunks' rows)."""
+    n_groups = int(groups.max()) + 1
+    counts, start = [], 0  # per owner, [chunks, groups] rows of each group in each chunk
+    for n in sizes:
+        n_chunks = -(-n // rows)
+        step = max(1, 2**22 // rows) * rows  # bounds the temporary of the bincount
+        parts = []
+        for a in range(0, n, step):
+            g = groups[start + a:start + min(n, a + step)]
+            chunk = torch.arange(g.numel(), device=g.device) // rows
+            parts.append(torch.bincount(chunk * n_groups + g, minlength=-(-g.numel() // rows) * n_groups))
+        counts.append(torch.cat(parts).view(n_chunks, n_groups).cpu().numpy().astype(np.float64) if parts
+                      else np.zeros((0, n_groups)))
+        start += n
+    queries = np.stack([c.sum(axis=0) for c in counts])  # [ranks, groups]
+    return [c.sum(axis=1, keepdims=True) * queries.sum(axis=1)[None, :] - c @ queries.T for c in counts]
+
+
+class KeyStream:
+    """The key chunks of `schedule`, each broadcast by its owner: `take()` gives the next one (on the rows'
+    device), `post_next()` posts the broadcast of the one after it without waiting."""
+
+    def __init__(self, x, schedule, rank, group, cdev):
+        self.x, self.schedule, self.rank, self.group, self.cdev = x, schedule, rank, group, cdev
+        self.position, self.pending = 0, None
+
+    def take(self) -> torch.Tensor:
+        if world_size_of(self.group) == 1:
+            _, a, b = self.schedule[self.position]
+            self.position += 1
+            return self.x[a:b]
+        buf, work = self.pending if self.pending is not None else self._post(self.position)
+        self.pending = None
+        work.wait()
+        self.position += 1
+        return buf.to(self.x.device)
+
+    def post_next(self) -> None:
+        if world_size_of(self.group) > 1 and self.position < len(self.schedule):
+            self.pending = self._post(self.position)
+
+    def _post(self, position: int):
+        src, a, b = self.schedule[position]
+        x = self.x
+        if src == self.rank:
+            buf = x[a:b].to(self.cdev).contiguous()
+        else:
+            buf = torch.empty((b - a, x.shape[1]), dtype=x.dtype, device=self.cdev)
+        return buf, broadcast_async_(buf, src, self.group)
 
 
 class RunningTopK:
