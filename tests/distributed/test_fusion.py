@@ -37,6 +37,7 @@ PLANTED = [(5, 107), (30, 203), (150, 261), (99, 200), (12, 112, 213), (70, 103,
 KNN_SIZES = {1: [23], 2: [17, 9], 4: [7, 0, 11, 5]}  # rows per rank, empty shard included
 RAW_D = 16
 TINY_CHUNK = 3 * 4 * RAW_D  # bytes: 3 fp32 rows per key chunk and per query block, many chunks per shard
+FUSION_CHUNK_ROWS = 20  # run_fusion's kNN chunks (query blocks of 10): 4-15 chunks per shard at W = 4-1
 STORAGES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -146,9 +147,10 @@ def _blockwise_knn(out, raw, W, r, group):
 
 
 def _chunked_fusion(out, problem, W, r, group):
-    """run_fusion with 7-row kNN chunks and query blocks (the module's bound, set for the call), both storages."""
+    """run_fusion with FUSION_CHUNK_ROWS-row kNN chunks and half-size query blocks (the module's bound, set for
+    the call), both storages."""
     saved = knn_module.CHUNK_BYTES
-    knn_module.CHUNK_BYTES = dict(saved, cpu=7 * 4 * D)
+    knn_module.CHUNK_BYTES = dict(saved, cpu=FUSION_CHUNK_ROWS * 4 * D)
     try:
         for storage, dtype in STORAGES.items():
             for name, config in (("fixed", FusionConfig(t1=T1, knn_k=8, max_component=6)),
