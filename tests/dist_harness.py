@@ -29,6 +29,7 @@ DEADLINE_S = float(os.environ.get("FFTRAIN_TEST_DEADLINE_S", "300"))
 def _worker(rank, world_size, init_file, fn, args, result_dir):
     stacks = open(os.path.join(result_dir, f"stacks{rank}.txt"), "w")
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    faulthandler.enable(file=stacks, all_threads=True)  # a crash at exit leaves its Python stacks for the parent
     torch.set_num_threads(1)
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -64,7 +65,7 @@ def run_distributed(fn, world_size: int, args: tuple = (), deadline_s: float = D
                     process.kill()
         results = _results(tmp, world_size)
         if exit_error is not None:
-            raise AssertionError(f"every rank returned, but then: {exit_error}")
+            raise AssertionError(f"every rank returned, but then: {exit_error}\n{_written_stacks(tmp, world_size)}")
         return results
 
 
@@ -82,6 +83,13 @@ def _stacks(context, tmp: str) -> str:
     time.sleep(2.0)
     return "\n".join(f"--- rank {rank} ---\n" + open(os.path.join(tmp, f"stacks{rank}.txt")).read()
                      for rank, _ in running)
+
+
+def _written_stacks(tmp: str, world_size: int) -> str:
+    """What faulthandler wrote when a rank crashed (its Python threads at the crash)."""
+    texts = [(rank, open(os.path.join(tmp, f"stacks{rank}.txt")).read()) for rank in range(world_size)
+             if os.path.exists(os.path.join(tmp, f"stacks{rank}.txt"))]
+    return "\n".join(f"--- rank {rank} ---\n{text}" for rank, text in texts if text.strip())
 
 
 def _results(tmp: str, world_size: int) -> list:
