@@ -204,12 +204,13 @@ def fusion_parts(inp: PlanInput, classes: int | None = None) -> dict[str, int]:
     """The fusion step from the code's temporaries (fftrain.fusion on one rank, faiss backend). The kNN
     (fftrain/fusion/knn.py) holds one fp32 normalised key chunk, the next one in flight (in storage dtype,
     with more than one rank) and one query block (half a chunk), faiss's score block and BLAS's buffers,
-    and the running top-k, packed (8 B a hit: the one part that grows with the shard). The streaming reshard (in place, the trainer's `run_fusion(..., in_place=True)`:
-    the new rows are written over the old shard) runs while the kNN's result and the plan's tables are
-    kept; it holds three chunk buffers and the merged classes' members (one buffer in storage dtype),
-    then folds them a chunk of classes at a time (that part's rows gathered, and in fp32). `merged_fraction`: the
-    share of this rank's classes that are members of merged classes (new ids follow a class's smallest
-    member, so the ranks holding the first datasets get more). The two phases do not overlap."""
+    and the running top-k, packed (8 B a hit: the one part that grows with the shard). The streaming
+    reshard (in place, the trainer's `run_fusion(..., in_place=True)`: the new rows are written over the
+    old shard) runs while the kNN's result and the plan's tables are kept; it holds three chunk buffers
+    and the merged classes' members (one buffer in storage dtype), then folds them a chunk of classes at
+    a time (that part's rows gathered, and in fp32). `merged_fraction`: the share of this rank's classes
+    that are members of merged classes (new ids follow a class's smallest member, so the ranks holding
+    the first datasets get more). The two phases do not overlap."""
     from fftrain.fusion.knn import CHUNK_BYTES as KNN_CHUNK_BYTES
     from fftrain.fusion.knn import chunk_rows
     from fftrain.fusion.reshard import CHUNK_BYTES as RESHARD_CHUNK_BYTES

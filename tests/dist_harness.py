@@ -81,15 +81,18 @@ def _stacks(context, tmp: str) -> str:
     for _, process in running:
         os.kill(process.pid, signal.SIGUSR1)
     time.sleep(2.0)
-    return "\n".join(f"--- rank {rank} ---\n" + open(os.path.join(tmp, f"stacks{rank}.txt")).read()
-                     for rank, _ in running)
+    return "\n".join(f"--- rank {rank} ---\n" + _stack_file(tmp, rank) for rank, _ in running)
 
 
 def _written_stacks(tmp: str, world_size: int) -> str:
     """What faulthandler wrote when a rank crashed (its Python threads at the crash)."""
-    texts = [(rank, open(os.path.join(tmp, f"stacks{rank}.txt")).read()) for rank in range(world_size)
-             if os.path.exists(os.path.join(tmp, f"stacks{rank}.txt"))]
+    texts = [(rank, _stack_file(tmp, rank)) for rank in range(world_size)]
     return "\n".join(f"--- rank {rank} ---\n{text}" for rank, text in texts if text.strip())
+
+
+def _stack_file(tmp: str, rank: int) -> str:
+    path = os.path.join(tmp, f"stacks{rank}.txt")
+    return open(path).read() if os.path.exists(path) else ""
 
 
 def _results(tmp: str, world_size: int) -> list:

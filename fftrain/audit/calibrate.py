@@ -105,27 +105,25 @@ def other_class_scores(embeddings, labels: np.ndarray, centres: np.ndarray, clas
     own = labels[keys]
     other = np.full(keys.size, -1, np.int64)
     for d in np.unique(class_dataset[own]):
-        mine = np.flatnonzero(class_dataset[own] == d)
-        pool = np.flatnonzero(has_images & (class_dataset == d))
-        for _ in range(100):  # redraw the draws that met the image's own identity
-            todo = mine[other[mine] < 0]
-            if todo.size == 0 or pool.size == 0:
-                break
-            drawn = pool[rng.integers(0, pool.size, todo.size)]
-            ok = groups[drawn] != groups[own[todo]]
-            other[todo[ok]] = drawn[ok]
-    left = np.flatnonzero(other < 0)
-    pool = np.flatnonzero(has_images)
-    for _ in range(100):
-        if left.size == 0:
-            break
-        drawn = pool[rng.integers(0, pool.size, left.size)]
-        ok = groups[drawn] != groups[own[left]]
-        other[left[ok]] = drawn[ok]
-        left = left[~ok]
+        _draw_other_identity(other, np.flatnonzero(class_dataset[own] == d), own,
+                             np.flatnonzero(has_images & (class_dataset == d)), groups, rng)
+    _draw_other_identity(other, np.flatnonzero(other < 0), own, np.flatnonzero(has_images), groups, rng)
     keep = other >= 0
     rows = np.asarray(embeddings[keys[keep]], dtype=np.float32)
     return np.einsum("ij,ij->i", rows, centres[other[keep]].astype(np.float32)).astype(np.float64)
+
+
+def _draw_other_identity(other: np.ndarray, todo: np.ndarray, own: np.ndarray, pool: np.ndarray, groups: np.ndarray,
+                         rng: np.random.Generator) -> None:
+    """other[todo] = a random class of `pool` that is not the probe's own identity (up to 100 redraws;
+    a probe left without one stays -1)."""
+    for _ in range(100):
+        if todo.size == 0 or pool.size == 0:
+            return
+        drawn = pool[rng.integers(0, pool.size, todo.size)]
+        ok = groups[drawn] != groups[own[todo]]
+        other[todo[ok]] = drawn[ok]
+        todo = todo[~ok]
 
 
 def intra_threshold(requested, cos_centre: np.ndarray, noise_scores: np.ndarray, *, frr: float) -> Threshold:
@@ -146,14 +144,10 @@ def intra_threshold(requested, cos_centre: np.ndarray, noise_scores: np.ndarray,
     except FitError as e:
         return lower_tail(str(e))
     t = noise.threshold
-    genuine_paper = max(0.0, frr_at(defined, PAPER_INTRA) - noise.weight * _share_below(noise_scores, PAPER_INTRA))
+    genuine_paper = max(0.0, frr_at(defined, PAPER_INTRA) - noise.weight * frr_at(noise_scores, PAPER_INTRA))
     return Threshold("intra", t, f"auto: {noise.explain()}", statistic, int(defined.size), noise.genuine_frr,
                      PAPER_INTRA, genuine_paper / max(1e-12, 1 - noise.weight), None, rate="frr",
                      sample_far=frr_at(defined, t), model=noise.to_dict())
-
-
-def _share_below(scores: np.ndarray, t: float) -> float:
-    return float(np.mean(np.asarray(scores) < t)) if len(scores) else 0.0
 
 
 def _tail(scores: np.ndarray, *, family: str, body: tuple[float, float]):

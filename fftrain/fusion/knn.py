@@ -14,9 +14,9 @@ half that size, against the chunk in hand and folds the hits into a running top-
 before the search of this one, so a rank with little work on this chunk receives the next one while
 the others still search. Memory above the shard: one key chunk in fp32 and the next one in flight (in
 storage dtype), one fp32 query block, the backend's score block, and the running top-k ([n_local, k]
-int64) -- the only part that grows with the shard. Inner product is the score; with `normalize` each chunk and each
-query block is L2-normalised in fp32 first (F.normalize's division, row by row, so the rows are those
-of the whole normalised shard) and the score is the cosine.
+int64) -- the only part that grows with the shard. Inner product is the score; with `normalize` each
+chunk and each query block is L2-normalised in fp32 first (F.normalize's division, row by row, so the
+rows are those of the whole normalised shard) and the score is the cosine.
 
 Self-matches are excluded by id. With `groups` (a global [C] int64 table, e.g. the dataset of
 each class), a query only gets neighbours from other groups; the search is still exact. A query block
@@ -54,9 +54,11 @@ set stays under half a 120K-class bf16 shard on two ranks; a GPU wants larger bl
 larger."""
 
 
-def chunk_bytes_for(device) -> int:
-    """`CHUNK_BYTES` of this device type (a GPU's for any accelerator), read at the call."""
-    return CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cuda"])
+def chunk_bytes_for(device, table: dict[str, int] | None = None) -> int:
+    """`table`'s bytes for this device type, a GPU's for any accelerator (None: this module's
+    `CHUNK_BYTES`, read at the call; the reshard passes its own)."""
+    table = CHUNK_BYTES if table is None else table
+    return table.get(torch.device(device).type, table["cuda"])
 
 
 def gather_sizes(n_local: int, group: ProcessGroup | None, device: torch.device | None = None) -> list[int]:
@@ -159,9 +161,10 @@ def chunk_schedule(sizes: list[int], rows: int, groups: torch.Tensor | None) -> 
     one chunk ahead: the broadcast in flight). So the next chunk is, at each step, the next one of the
     owner whose chunk keeps the ranks' summed work closest together (each owner's chunks stay in order)."""
     per_owner = [[(src, a, min(n, a + rows)) for a in range(0, n, rows)] for src, n in enumerate(sizes)]
-    if len(sizes) == 1 or groups is None or not groups.numel() or int(groups.max()) >= MAX_SCHEDULE_GROUPS:
+    n_groups = int(groups.max()) + 1 if groups is not None and groups.numel() else 0
+    if len(sizes) == 1 or not 0 < n_groups <= MAX_SCHEDULE_GROUPS:
         return [c for chunks in per_owner for c in chunks]
-    work = _chunk_work(sizes, rows, groups)
+    work = _chunk_work(sizes, rows, groups, n_groups)
     heads, done, order = [0] * len(sizes), np.zeros(len(sizes)), []
     while True:
         owners = [o for o in range(len(sizes)) if heads[o] < len(per_owner[o])]
@@ -174,14 +177,13 @@ def chunk_schedule(sizes: list[int], rows: int, groups: torch.Tensor | None) -> 
         heads[o] += 1
 
 
-def _chunk_work(sizes: list[int], rows: int, groups: torch.Tensor) -> list[np.ndarray]:
+def _chunk_work(sizes: list[int], rows: int, groups: torch.Tensor, n_groups: int) -> list[np.ndarray]:
     """Per owner, [its chunks, ranks]: the multiply-adds of each rank's queries against each chunk, its
-    queries of the other groups only (a rank's rows are its own chunks' rows)."""
-    n_groups = int(groups.max()) + 1
+    queries of the other groups only (a rank's rows are its own chunks' rows; groups below `n_groups`)."""
+    step = max(1, 2**22 // rows) * rows  # whole chunks of rows per bincount: bounds its temporary
     counts, start = [], 0  # per owner, [chunks, groups] rows of each group in each chunk
     for n in sizes:
         n_chunks = -(-n // rows)
-        step = max(1, 2**22 // rows) * rows  # bounds the temporary of the bincount
         parts = []
         for a in range(0, n, step):
             g = groups[start + a:start + min(n, a + step)]

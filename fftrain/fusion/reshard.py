@@ -34,17 +34,13 @@ import torch.nn.functional as F
 
 from fftrain.distributed.class_sharding import owner_of, shard_range, shard_ranges
 from fftrain.distributed import ProcessGroup, all_to_all_single_, comm_device, rank_of, world_size_of
+from fftrain.fusion.knn import chunk_bytes_for
 
 _EPS = 1e-12
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 16 * 2**20}
 """Rows sent per chunk step, per device type: this many bytes of one rank's rows (weight and states
 together). The CPU's 4 MiB keep the in-place reshard under the kNN's working set (benchmarks/RESULTS.md,
 "Fusion memory"); a GPU's shards are larger and its collectives want larger messages."""
-
-
-def chunk_bytes_for(device) -> int:
-    """`CHUNK_BYTES` of this device type (a GPU's for any accelerator), read at the call."""
-    return CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cuda"])
 
 
 def exchange_rows(tensors: list[torch.Tensor], dest: torch.Tensor, group: ProcessGroup | None
@@ -138,7 +134,7 @@ def reshard_merge(local_weight: torch.Tensor, states: list[torch.Tensor], old_to
         raise ValueError(f"in_place needs contiguous inputs of at least {n_new} rows")
     tensors = [t.detach().reshape(t.shape[0], -1) for t in (local_weight, *states)]
     row_bytes = sum(t.shape[1] * t.element_size() for t in tensors) + 16
-    chunk = max(1, chunk_rows or chunk_bytes_for(device) // row_bytes)
+    chunk = max(1, chunk_rows or chunk_bytes_for(device, CHUNK_BYTES) // row_bytes)
     steps = -(-_per_rank_rows(num_old, world) // chunk)  # the same count on every rank
     new = [t[:n_new] if in_place else t.new_empty((n_new, t.shape[1])) for t in tensors]
     waiting = _Members(members[new_start:new_end], tensors)
